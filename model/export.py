@@ -1,0 +1,151 @@
+"""Export a trained tokenizer to the served artifact: one TorchScript file with meta.json inside.
+
+Contract (what the service relies on):
+    encode(images: uint8[B, H, W, 3]) -> int64[B, K]
+    decode(tokens: int64[B, K]) -> uint8[B, H, W, 3]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TiTokConfig
+from .tokenizer import build_model
+
+META_FILE = "meta.json"
+
+
+class ExportedTokenizer(nn.Module):
+    """uint8 pixels <-> int64 tokens around any model with encode_indices / decode_indices."""
+
+    def __init__(self, model: nn.Module, image_size: int, num_tokens: int, codebook_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.num_tokens = num_tokens
+        self.codebook_size = codebook_size
+        # Follows the module's dtype through .half() / .to(): the compute dtype for pixels.
+        self.register_buffer("dtype_probe", torch.zeros(()), persistent=False)
+
+    @torch.jit.export
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) at the model's resolution -> int64 (B, K)."""
+        if images.dim() != 4 or images.shape[3] != 3:
+            raise ValueError("encode expects uint8 images of shape (B, H, W, 3)")
+        if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
+            raise ValueError("encode expects images at the model's image_size")
+        x = images.permute(0, 3, 1, 2).to(self.dtype_probe.dtype) / 255.0  # (B, 3, H, W) in [0, 1]
+        return self.model.encode_indices(x)
+
+    @torch.jit.export
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """int64 (B, K) with ids in [0, codebook_size) -> uint8 (B, H, W, 3)."""
+        if tokens.dim() != 2 or tokens.shape[1] != self.num_tokens:
+            raise ValueError("decode expects int64 tokens of shape (B, num_tokens)")
+        x = self.model.decode_indices(tokens.long())  # (B, 3, H, W) float
+        return (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+
+def script(model: nn.Module, cfg: TiTokConfig) -> torch.jit.ScriptModule:
+    wrapper = ExportedTokenizer(model.eval(), cfg.image_size, cfg.num_tokens, cfg.codebook_size)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        return torch.jit.script(wrapper)
+
+
+def state_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_artifact(scripted: torch.jit.ScriptModule, model: nn.Module, cfg: TiTokConfig,
+                   images: torch.Tensor | None = None) -> dict[str, float]:
+    """The scripted artifact must give the eager model's tokens and pixels within 1/255."""
+    if images is None:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (2, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        eager_tokens = model.encode_indices(x)
+        eager_pixels = (model.decode_indices(eager_tokens).clamp(0, 1) * 255).round()
+        tokens = scripted.encode(images)
+        pixels = scripted.decode(tokens).permute(0, 3, 1, 2).float()
+    if not torch.equal(tokens, eager_tokens):
+        raise RuntimeError("export check failed: the artifact's tokens differ from the eager model's")
+    max_diff = float((pixels - eager_pixels).abs().max())
+    if max_diff > 1.0:
+        raise RuntimeError(f"export check failed: pixels differ by {max_diff:.0f}/255 (allowed 1/255)")
+    return {"max_pixel_diff": max_diff}
+
+
+def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict[str, Any] | None = None,
+                 fp16_storage: bool = False) -> dict[str, Any]:
+    """Script, check and save; returns the meta.json written into the artifact.
+
+    fp16_storage halves the file by storing weights in fp16; they are cast back to fp32 on load
+    by the loader (service.engine), so the arithmetic stays fp32 on CPU.
+    """
+    model = model.float().eval()
+    scripted = script(model, cfg)
+    check = check_artifact(scripted, model, cfg)
+    full_meta: dict[str, Any] = {
+        "name": (meta or {}).get("name", f"titok-{cfg.arch}-{cfg.image_size}px-{cfg.num_tokens}tok"),
+        "image_size": cfg.image_size,
+        "num_tokens": cfg.num_tokens,
+        "codebook_size": cfg.codebook_size,
+        "config": cfg.to_dict(),
+        "content_hash": state_hash(model),
+        "torch_version": torch.__version__,
+        "weights_dtype": "float16" if fp16_storage else "float32",
+        "export_check": check,
+        **{k: v for k, v in (meta or {}).items() if k != "name"},
+    }
+    if fp16_storage:
+        # Script a half copy: .half() on the scripted module would also cast the caller's model.
+        scripted = script(copy.deepcopy(model).half(), cfg)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(out), _extra_files={META_FILE: json.dumps(full_meta, indent=1, default=str)})
+    return full_meta
+
+
+def load_artifact(path: str | Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load an artifact and its meta.json (weights cast to fp32)."""
+    extra = {META_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    return module.float().eval(), json.loads(extra[META_FILE])
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, use_ema: bool = True,
+                      fp16_storage: bool = False, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`titok export`: rebuild the model from a checkpoint alone and export it."""
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    cfg = TiTokConfig.from_dict(ckpt["config"])
+    model = build_model(cfg)
+    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
+    model.load_state_dict(weights)
+    meta = {
+        "preset": ckpt.get("preset"),
+        "training": ckpt.get("training", {}),
+        "step": ckpt.get("step"),
+        "weights": "ema" if weights is ckpt.get("ema") else "raw",
+        **ckpt.get("meta", {}),
+        **(extra_meta or {}),
+    }
+    return export_model(model, cfg, out, meta, fp16_storage=fp16_storage)

@@ -1,0 +1,184 @@
+"""The TiTok-style 1D tokenizer: ViT encoder -> K latent tokens -> vector quantizer -> ViT decoder.
+
+Pixels enter and leave as float (B, 3, H, W) in [0, 1]; the model works in [-1, 1] inside.
+Every module here is TorchScript-friendly: the exported artifact scripts it as it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TiTokConfig
+from .quantizer import VectorQuantizer
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, h, N, d)
+        return self.proj(y.transpose(1, 2).reshape(b, n, w))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: attention then MLP (GELU), each with a residual."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+def conv_stem(width: int, patch: int) -> nn.Sequential:
+    """Strided 3x3 convolutions from pixels down to the patch grid (one halving per layer)."""
+    layers: list[nn.Module] = []
+    steps = int(math.log2(patch))
+    ch_in = 3
+    for i in range(steps):
+        ch_out = width if i == steps - 1 else max(32, width >> (steps - 1 - i))
+        layers.append(nn.Conv2d(ch_in, ch_out, 3, stride=2, padding=1))
+        if i < steps - 1:
+            layers.append(nn.GELU())
+        ch_in = ch_out
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TiTokConfig) -> None:
+        super().__init__()
+        w = cfg.enc_width
+        self.num_tokens = cfg.num_tokens
+        if cfg.stem == "conv":
+            self.patch_embed = conv_stem(w, cfg.patch_size)
+        else:
+            self.patch_embed = nn.Sequential(nn.Conv2d(3, w, cfg.patch_size, stride=cfg.patch_size))
+        scale = w ** -0.5
+        self.pos_embed = nn.Parameter(scale * torch.randn(cfg.num_patches, w))
+        self.latent_tokens = nn.Parameter(scale * torch.randn(cfg.num_tokens, w))
+        self.latent_pos_embed = nn.Parameter(scale * torch.randn(cfg.num_tokens, w))
+        self.ln_pre = nn.LayerNorm(w)
+        self.blocks = nn.ModuleList([Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth)])
+        self.ln_post = nn.LayerNorm(w)
+        self.proj = nn.Linear(w, cfg.code_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) in [-1, 1] -> (B, K, code_dim)."""
+        p = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, W)
+        lat = (self.latent_tokens + self.latent_pos_embed).unsqueeze(0).expand(p.shape[0], -1, -1)  # (B, K, W)
+        h = self.ln_pre(torch.cat([p, lat], dim=1))  # (B, N+K, W)
+        for blk in self.blocks:
+            h = blk(h)
+        return self.proj(self.ln_post(h[:, -self.num_tokens:]))  # (B, K, code_dim)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TiTokConfig) -> None:
+        super().__init__()
+        w = cfg.dec_width
+        self.grid = cfg.grid
+        self.patch = cfg.patch_size
+        self.num_patches = cfg.num_patches
+        self.head_channels = cfg.head_channels if cfg.head == "conv" else 3
+        scale = w ** -0.5
+        self.embed = nn.Linear(cfg.code_dim, w)
+        self.mask_token = nn.Parameter(scale * torch.randn(1, 1, w))
+        self.pos_embed = nn.Parameter(scale * torch.randn(cfg.num_patches, w))
+        self.latent_pos_embed = nn.Parameter(scale * torch.randn(cfg.num_tokens, w))
+        self.ln_pre = nn.LayerNorm(w)
+        self.blocks = nn.ModuleList([Block(w, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth)])
+        self.ln_post = nn.LayerNorm(w)
+        self.to_pixels = nn.Linear(w, cfg.patch_size * cfg.patch_size * self.head_channels)
+        if cfg.head == "conv":
+            c = cfg.head_channels
+            self.refine = nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+                nn.Conv2d(c, 3, 3, padding=1),
+            )
+        else:
+            self.refine = nn.Sequential(nn.Identity())
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes: (B, K, code_dim) -> (B, 3, H, W) in [-1, 1] (unclamped)."""
+        b = codes.shape[0]
+        lat = self.embed(codes) + self.latent_pos_embed  # (B, K, W)
+        masks = (self.mask_token + self.pos_embed).expand(b, -1, -1)  # (B, N, W)
+        h = self.ln_pre(torch.cat([masks, lat], dim=1))
+        for blk in self.blocks:
+            h = blk(h)
+        h = self.to_pixels(self.ln_post(h[:, : self.num_patches]))  # (B, N, P*P*C)
+        g, p, c = self.grid, self.patch, self.head_channels
+        img = h.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)  # (B, C, H, W)
+        return self.refine(img)
+
+
+class TiTok(nn.Module):
+    """encode: pixels -> token ids; decode: token ids -> pixels; forward: training reconstruction."""
+
+    def __init__(self, cfg: TiTokConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_size = cfg.image_size
+        self.num_tokens = cfg.num_tokens
+        self.codebook_size = cfg.codebook_size
+        self.encoder = Encoder(cfg)
+        self.quantize = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.l2_norm_codes,
+                                        cfg.dead_code_steps)
+        self.decoder = Decoder(cfg)
+        self.apply(_init_weights)
+
+    def forward(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x01: (B, 3, H, W) in [0, 1] -> recon in [0, 1] (unclamped), indices (B, K), vq loss, z (B, K, D)."""
+        z = self.encoder(x01 * 2.0 - 1.0)
+        q, idx, vq_loss = self.quantize(z)
+        recon = self.decoder(q) * 0.5 + 0.5
+        return recon, idx, vq_loss, z
+
+    @torch.jit.export
+    def encode_indices(self, x01: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> (B, K) int64."""
+        z = self.encoder(x01 * 2.0 - 1.0)
+        b, k, d = z.shape
+        return self.quantize.nearest(z.float().reshape(b * k, d)).view(b, k)
+
+    @torch.jit.export
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, K) int64 -> (B, 3, H, W) float, nominally [0, 1] (unclamped)."""
+        q = self.quantize.lookup(indices)  # (B, K, D) fp32
+        dtype = self.decoder.embed.weight.dtype
+        return self.decoder(q.to(dtype)).float() * 0.5 + 0.5
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def build_model(cfg: TiTokConfig) -> nn.Module:
+    """The model for a config: ours, or the published layout (model.reference) when cfg.arch says so."""
+    if cfg.arch == "reference":
+        from .reference import build_reference_model
+
+        return build_reference_model(cfg)
+    return TiTok(cfg)
