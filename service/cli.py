@@ -1,0 +1,133 @@
+"""The `titok` console script: one entry point, one subcommand per job.
+
+Subcommands import their module only when chosen, so `titok serve` never loads `model` (training
+code, matplotlib, ...) and `titok --help` imports nothing but this file. The table below is the one
+place that names each subcommand, its help line and the module that implements it.
+
+Two kinds of targets:
+- ``"pkg.module:function"``: the function takes the remaining argv and returns an exit code
+  (the service's own entry points, which parse their arguments themselves);
+- ``"pkg.module"``: the module has ``add_args(parser)`` and ``run(args) -> int``; the parser is
+  built here with ``prog="titok NAME"``.
+
+A subcommand may instead hold a table of its own (``titok data photos OUT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    target: str = ""
+    children: dict[str, Command] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Command] = {
+    "serve": Command("run the HTTP service (POST /encode, POST /decode, GET /metrics)", "service.__main__:main"),
+    "bench": Command("benchmark the service against the raw engine and print a table", "service.bench:main"),
+    "encode": Command("client: send images to a running service, print token IDs", "service.client:encode_main"),
+    "decode": Command("client: send token IDs to a running service, save the PNG", "service.client:decode_main"),
+    "train": Command("train a tokenizer (single process or under torchrun)", "model.train"),
+    "eval": Command("evaluate a checkpoint or exported model on held-out images", "model.evaluate"),
+    "export": Command("export a checkpoint to the TorchScript file the service loads", "model.export"),
+    "convert": Command("convert external weights into a checkpoint of this project", "model.convert"),
+    "data": Command(
+        "build training data",
+        children={"photos": Command("build the offline photo set from Debian/PyPI packages", "model.photos")},
+    ),
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("titok-service")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _group_parser(prog: str, description: str, table: dict[str, Command]) -> argparse.ArgumentParser:
+    """A parser that only lists `table`'s subcommands and validates the chosen name."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    if prog == "titok":
+        parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+    for name, cmd in table.items():
+        # add_help=False: the subcommand's own parser answers `titok NAME --help`.
+        sub.add_parser(name, help=cmd.help, add_help=False)
+    parser.epilog = f"Run '{prog} COMMAND --help' for a command's options."
+    return parser
+
+
+def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split argv after its first positional: (options up to and including the command, the rest)."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return list(argv[: i + 1]), list(argv[i + 1 :])
+    return list(argv), []
+
+
+def _runner(prog: str, name: str, cmd: Command, rest: list[str]) -> Callable[[], int]:
+    if cmd.children:
+        return resolve(rest, prog=f"{prog} {name}", description=cmd.help, table=cmd.children)
+    module_name, _, func_name = cmd.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("model", "service"):
+            raise
+        # A third-party package from an optional extra (e.g. tqdm for training) is not installed.
+        raise SystemExit(
+            f"{prog} {name}: needs the Python package {exc.name!r}, which is not installed; "
+            "install the extras with: pip install 'titok-service[train]'"
+        ) from exc
+    if func_name:
+        func = getattr(module, func_name)
+        return lambda: func(rest)
+    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=cmd.help)
+    module.add_args(parser)
+
+    def run() -> int:
+        return module.run(parser.parse_args(rest))
+
+    return run
+
+
+def resolve(
+    argv: Sequence[str],
+    prog: str = "titok",
+    description: str = "TiTok 1D image tokenizer: serve, train, evaluate and export models.",
+    table: dict[str, Command] = COMMANDS,
+) -> Callable[[], int]:
+    """Choose the subcommand named in `argv`, import only its module, and return a callable that runs it.
+
+    `--help` at this level and unknown names are answered by argparse (exit 0 and 2).
+    """
+    head, rest = _split(argv)
+    parser = _group_parser(prog, description, table)
+    name = parser.parse_args(head).command
+    return _runner(prog, name, table[name], rest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = resolve(argv)()
+    except SystemExit as exc:  # argparse's --help / usage errors: return the code rather than exit
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)  # noqa: T201
+    return 0 if code is None else int(code)
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node=N -m service.cli train ...`
+    sys.exit(main())
