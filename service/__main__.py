@@ -1,0 +1,78 @@
+"""`python -m service` / `titok serve`: load the model (a bad file stops here), then run uvicorn, one worker.
+
+SIGTERM or SIGINT: readiness goes false and new work gets 503, queued work is finished, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from .app import build_app
+from .engine import Engine
+from .errors import ModelLoadError
+from .middleware import configure_logging
+from .settings import Settings
+
+log = logging.getLogger("titok.serve")
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app to drain the moment the signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: object) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_signal()  # type: ignore[operator]
+        super().handle_exit(sig, frame)
+
+
+def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        settings = settings or Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"TITOK_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
+        sys.stderr.write(f"titok serve: invalid settings: {problems}\n")
+        return 2
+    configure_logging(settings.log_format)
+    try:
+        engine = Engine.load(settings.model_path, settings.device, settings.dtype, settings.torch_threads)
+    except ModelLoadError as e:
+        sys.stderr.write(f"titok serve: {e}\n")
+        return 2
+    app = build_app(settings, engine=engine)
+    config = uvicorn.Config(app, host=host or settings.host, port=settings.port if port is None else port,
+                            workers=1, access_log=False, log_config=None, timeout_graceful_shutdown=None,
+                            lifespan="on")
+    server = _DrainingServer(config, app.state.service.start_draining)
+    # uvicorn re-raises the signal it caught once it has shut down; a handler of ours makes that a no-op,
+    # so a drained shutdown ends with exit code 0 rather than death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: None)
+    server.run()
+    if not server.started:  # start-up failed (e.g. warm-up ran out of memory, port in use)
+        sys.stderr.write("titok serve: the server did not start; see the log above\n")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="titok serve", description="Serve the tokenizer over HTTP. "
+                                     "Settings come from TITOK_* environment variables (see service/settings.py).")
+    parser.add_argument("--host", help="address to bind (default: TITOK_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default: TITOK_PORT or 8000)")
+    args = parser.parse_args(argv)
+    return serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

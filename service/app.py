@@ -1,0 +1,119 @@
+"""The FastAPI app: `build_app()` wires settings, engine, batcher, codec pool and metrics in a lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .batcher import Batcher
+from .engine import Engine
+from .errors import ServiceError
+from .metrics import Metrics
+from .middleware import RequestContext
+from .routes import router
+from .settings import Settings
+
+log = logging.getLogger("titok.app")
+
+
+class ServiceState:
+    """What the routes need; lives on app.state.service."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine: Any = None
+        self.batcher: Batcher | None = None
+        self.codec_pool: ThreadPoolExecutor | None = None
+        self.ready = False
+        self.draining = False
+
+    def start_draining(self) -> None:
+        """Called from the SIGTERM handler: readiness goes false and new work is refused."""
+        self.draining = True
+        self.ready = False
+        self.metrics.ready.set(0)
+
+
+def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
+    """The app; the engine is loaded (unless given, e.g. a fake in tests) and warmed up in the lifespan."""
+    settings = settings or Settings()
+    metrics = Metrics(settings.max_batch_size)
+    state = ServiceState(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng = engine or await asyncio.to_thread(
+            Engine.load, settings.model_path, settings.device, settings.dtype, settings.torch_threads)
+        state.engine = eng
+        state.codec_pool = ThreadPoolExecutor(settings.codec_threads or os.cpu_count() or 1,
+                                              thread_name_prefix="titok-codec")
+        if hasattr(eng, "warmup"):
+            await asyncio.to_thread(eng.warmup, settings.max_batch_size)
+        metrics.set_model_info(eng.info())
+        state.batcher = Batcher(eng, settings.max_batch_size, settings.max_batch_delay_ms, settings.max_queue_size,
+                                metrics)
+        state.batcher.start()
+        state.ready = not state.draining
+        metrics.ready.set(int(state.ready))
+        log.info("ready: model %s on %s, max batch %d", eng.name, getattr(eng, "device", "?"),
+                 settings.max_batch_size)
+        try:
+            yield
+        finally:
+            state.start_draining()
+            await state.batcher.stop()
+            state.codec_pool.shutdown(wait=True)
+            if hasattr(eng, "close"):
+                eng.close()
+            log.info("stopped")
+
+    app = FastAPI(title="TiTok tokenizer service", version="0.1.0", lifespan=lifespan,
+                  description="Images <-> 1D token sequences with dynamic batching. Every error is JSON "
+                              '`{"error": {"code", "message", "request_id"}}`.')
+    app.state.service = state
+    app.include_router(router)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    return app
+
+
+def _error(request: Request, status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    rid = getattr(request.state, "request_id", "")
+    return JSONResponse({"error": {"code": code, "message": message, "request_id": rid}}, status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(request, exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
+        return _error(request, 422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        messages = {404: f"no route {request.url.path}; see /docs",
+                    405: f"method {request.method} is not allowed on {request.url.path}; see /docs"}
+        message = messages.get(exc.status_code, str(exc.detail))
+        return _error(request, exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(request, 500, "internal_error", "internal error; see the server log for this request id")

@@ -1,0 +1,71 @@
+"""Errors a client can act on: each carries its HTTP status and a stable machine-readable code."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Rendered by the app as {"error": {"code", "message", "request_id"}} with `status`."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidImage(ServiceError):
+    status, code = 400, "invalid_image"
+
+
+class EmptyBody(ServiceError):
+    status, code = 400, "empty_body"
+
+
+class MalformedJSON(ServiceError):
+    status, code = 400, "malformed_json"
+
+
+class InvalidTokens(ServiceError):
+    status, code = 422, "invalid_tokens"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class TooManyImages(ServiceError):
+    status, code = 413, "too_many_images"
+
+
+class ImageTooLarge(ServiceError):
+    status, code = 413, "image_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class QueueFull(ServiceError):
+    status, code = 503, "queue_full"
+
+
+class Draining(ServiceError):
+    status, code = 503, "draining"
+
+
+class NotReady(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class DeadlineExceeded(ServiceError):
+    status, code = 504, "deadline_exceeded"
+
+
+class ModelError(ServiceError):
+    status, code = 500, "model_error"
+
+
+class ModelLoadError(Exception):
+    """The model file is missing or unusable: start-up stops with this one-line message."""

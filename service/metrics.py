@@ -1,0 +1,47 @@
+"""Every Prometheus object of the service, defined once (prefix titok_, base units, histograms)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """1, 2, 4, ... up to the max batch size (which is always a bucket edge)."""
+    edges, b = [], 1
+    while b < max_batch_size:
+        edges.append(float(b))
+        b *= 2
+    return (*edges, float(max_batch_size))
+
+
+class Metrics:
+    """One registry per app, so several apps (tests, benchmarks) never share counters."""
+
+    def __init__(self, max_batch_size: int = 32, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter("titok_requests", "HTTP requests by endpoint and status code.",
+                                ["endpoint", "status"], registry=r)
+        self.request_duration = Histogram("titok_request_duration_seconds", "Time from request to response.",
+                                          ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("titok_queue_wait_seconds", "Time an item waits in the queue before compute.",
+                                    ["op"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("titok_batch_size", "Items per model call.", ["op"],
+                                    buckets=batch_buckets(max_batch_size), registry=r)
+        self.model_compute = Histogram("titok_model_compute_seconds", "Model time per batch.", ["op"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("titok_queue_depth", "Items waiting in the queue.", registry=r)
+        self.items_processed = Counter("titok_items_processed", "Items (images or token sequences) computed.",
+                                       ["op"], registry=r)
+        self.rejections = Counter("titok_rejections", "Requests or items refused, by reason.", ["reason"], registry=r)
+        self.model_info = Info("titok_model", "The served model.", registry=r)
+        self.ready = Gauge("titok_ready", "1 when warmed up and not draining.", registry=r)
+
+    def set_model_info(self, info: dict[str, Any]) -> None:
+        self.model_info.info({k: str(v) for k, v in info.items() if not isinstance(v, dict)})
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,49 @@
+"""Request and response models of the HTTP API, and the errors each route documents in OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_tokens, queue_full.")
+    message: str = Field(description="What was wrong and what is allowed.")
+    request_id: str = Field(description="The X-Request-ID of the request (accepted or generated).")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class EncodeResponse(BaseModel):
+    model: str = Field(description="Name of the served model.")
+    num_tokens: int = Field(description="Tokens per image (K).")
+    codebook_size: int = Field(description="Token ids are in [0, codebook_size).")
+    tokens: list[list[int]] = Field(description="One sequence of K token ids per image, in upload order.")
+
+
+class DecodeRequest(BaseModel):
+    tokens: list[int] | list[list[int]] = Field(
+        description="K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs).")
+
+
+class DecodeManyResponse(BaseModel):
+    model: str
+    image_size: int
+    images: list[str] = Field(description="Base64-encoded PNGs, one per token sequence, in order.")
+
+
+class Status(BaseModel):
+    status: str
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the listed error statuses, all with the JSON error body."""
+    text = {400: "Malformed input (empty body, undecodable image, malformed JSON)",
+            404: "No such route", 413: "Body, image count or image pixels over the limit",
+            415: "Unsupported content type", 422: "Invalid parameters or token ids",
+            499: "The client closed the connection", 500: "The model failed on this batch",
+            503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}
+    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}

@@ -1,0 +1,53 @@
+"""Every setting of the service, read from the environment with the prefix TITOK_ (one source of truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"
+
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+class Settings(BaseSettings):
+    """Service settings; each field can be set as TITOK_<NAME> (e.g. TITOK_MAX_BATCH_SIZE=16)."""
+
+    model_config = SettingsConfigDict(env_prefix="TITOK_", extra="ignore", protected_namespaces=())
+
+    model_path: Path = Field(DEFAULT_MODEL_PATH, description="TorchScript artifact to serve (default: bundled model).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Compute dtype; float16/bfloat16 (or fp16/bf16) are allowed on CUDA only.")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most items (images or token sequences) per model call.")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=10_000, description="Longest time the oldest queued item waits for its batch to fill.")
+    max_queue_size: int = Field(
+        512, ge=1, description="Most items waiting; beyond it requests are refused at once with 503 + Retry-After.")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Per-request deadline; items still queued past it are dropped (504).")
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413).")
+    max_images_per_request: int = Field(64, ge=1, description="Most images or token sequences in one request (413).")
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Largest width x height of an uploaded image, checked before decoding (413).")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: the number of CPU cores.")
+    codec_threads: int = Field(
+        0, ge=0, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
+    log_format: Literal["json", "text"] = Field("json", description="One log line per request, as JSON or text.")
+    host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 inside a container).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, v: object) -> object:
+        return _DTYPE_ALIASES.get(v.lower(), v.lower()) if isinstance(v, str) else v
+
+    @field_validator("device", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
