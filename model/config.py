@@ -34,6 +34,21 @@ class TiTokConfig:
     dead_code_steps: int = 200  # a code unused for this many steps is re-seeded
     # Which architecture family: "titok" (ours) or "reference" (published TiTok layouts, see reference.py)
     arch: str = "titok"
+    # Options of arch="reference" (model/reference.py); our own architecture ignores them.
+    # legacy: the published L-32/B-64/S-128 quirk of reshaping (not permuting) the latents before the
+    # encoder's 1x1 projection (reference `is_legacy`).
+    legacy: bool = True
+    # Decoder head: "maskgit" predicts logits over the MaskGIT-VQGAN codes and runs its pixel decoder
+    # (reference `finetune_decoder: True`); "pixels" predicts RGB patches directly (the VQ-8k models).
+    pixel_head: str = "maskgit"
+    # The MaskGIT-VQGAN pixel decoder: base channels, multiplier per resolution level (it upsamples
+    # x2 between levels), ResNet blocks per level, and its codebook (size, dim). Published: 128,
+    # (1, 1, 2, 2, 4), 2, 1024, 256; configurable so that tests can build a small one.
+    pixel_channels: int = 128
+    pixel_channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    pixel_res_blocks: int = 2
+    pixel_codebook_size: int = 1024
+    pixel_code_dim: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,12 +92,24 @@ class TiTokConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def _published(width: int, depth: int, heads: int, tokens: int) -> dict[str, Any]:
+# The reference ViT sizes, (width, depth, heads), as named in its configs (`vit_enc_model_size`).
+REFERENCE_VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "small": (512, 8, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+def _reference(enc: str, dec: str, tokens: int, codebook: int, code_dim: int, legacy: bool) -> dict[str, Any]:
+    """A published bytedance/1d-tokenizer model (arch="reference", loads its checkpoints; 256 px, patch 16)."""
+    enc_width, enc_depth, enc_heads = REFERENCE_VIT_SIZES[enc]
+    dec_width, dec_depth, dec_heads = REFERENCE_VIT_SIZES[dec]
     return dict(
-        image_size=256, patch_size=16, num_tokens=tokens,
-        enc_width=width, enc_depth=depth, enc_heads=heads,
-        dec_width=width, dec_depth=depth, dec_heads=heads,
-        codebook_size=4096, code_dim=12, l2_norm_codes=True, stem="patch", head="linear",
+        arch="reference", image_size=256, patch_size=16, num_tokens=tokens,
+        enc_width=enc_width, enc_depth=enc_depth, enc_heads=enc_heads,
+        dec_width=dec_width, dec_depth=dec_depth, dec_heads=dec_heads,
+        codebook_size=codebook, code_dim=code_dim, l2_norm_codes=legacy,
+        legacy=legacy, pixel_head="maskgit" if legacy else "pixels", stem="patch", head="linear",
     )
 
 
@@ -99,11 +126,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         enc_width=1024, enc_depth=12, enc_heads=16, dec_width=1024, dec_depth=12, dec_heads=16,
         codebook_size=8192, code_dim=1024, l2_norm_codes=False, beta=0.25, stem="patch", head="linear",
     ),
-    # The published TiTok sizes (our architecture at their sizes; see model/reference.py for the
-    # layout that loads their checkpoints).
-    "titok-s-128": _published(512, 8, 8, 128),
-    "titok-b-64": _published(768, 12, 12, 64),
-    "titok-l-32": _published(1024, 24, 16, 32),
+    # The published TiTok tokenizers (`titok convert` loads their checkpoints into these). The
+    # original three: 4096 x 12 L2-normalised codes, legacy encoder, MaskGIT-VQGAN pixel decoder.
+    "titok-l-32": _reference("large", "large", 32, 4096, 12, legacy=True),
+    "titok-b-64": _reference("base", "base", 64, 4096, 12, legacy=True),
+    "titok-s-128": _reference("small", "small", 128, 4096, 12, legacy=True),
+    # The VQ-8k models: 8192 x 64 codes without L2 norm, fixed encoder, direct-pixel head.
+    "titok-bl-64-vq8k": _reference("base", "large", 64, 8192, 64, legacy=False),
+    "titok-bl-128-vq8k": _reference("base", "large", 128, 8192, 64, legacy=False),
+    "titok-sl-256-vq8k": _reference("small", "large", 256, 8192, 64, legacy=False),
 }
 
 
