@@ -47,6 +47,12 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class ClientGone(ServiceError):
+    """Logged and counted only: nobody is left to read it (nginx's 499)."""
+
+    status, code = 499, "client_closed_request"
+
+
 class QueueFull(ServiceError):
     status, code = 503, "queue_full"
 

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from . import codec
 from .errors import (
+    ClientGone,
     Draining,
     EmptyBody,
     InvalidImage,
@@ -25,10 +26,6 @@ from .schemas import DecodeManyResponse, DecodeRequest, EncodeResponse, Status, 
 
 router = APIRouter()
 T = TypeVar("T")
-
-
-class ClientGone(ServiceError):
-    status, code = 499, "client_closed_request"
 
 
 def _service(request: Request, work: bool = True) -> Any:
