@@ -20,6 +20,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Command:
     target: str = ""
     children: dict[str, Command] = field(default_factory=dict)
 
+
+DESCRIPTION = "TiTok 1D image tokenizer: serve, train, evaluate and export models."
 
 COMMANDS: dict[str, Command] = {
     "serve": Command("run the HTTP service (POST /encode, POST /decode, GET /metrics)", "service.__main__:main"),
@@ -76,46 +79,47 @@ def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return list(argv), []
 
 
-def _runner(prog: str, name: str, cmd: Command, rest: list[str]) -> Callable[[], int]:
+def _choose(
+    argv: Sequence[str], prog: str, description: str, table: dict[str, Command]
+) -> tuple[str, Command, list[str]]:
+    """Walk the (nested) table along argv: (the chosen command's prog, the command, its own arguments)."""
+    head, rest = _split(argv)
+    name = _group_parser(prog, description, table).parse_args(head).command
+    cmd = table[name]
     if cmd.children:
-        return resolve(rest, prog=f"{prog} {name}", description=cmd.help, table=cmd.children)
-    module_name, _, func_name = cmd.target.partition(":")
+        return _choose(rest, f"{prog} {name}", cmd.help, cmd.children)
+    return f"{prog} {name}", cmd, rest
+
+
+def _import(prog: str, module_name: str) -> ModuleType:
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("model", "service"):
             raise
         # A third-party package from an optional extra (e.g. tqdm for training) is not installed.
         raise SystemExit(
-            f"{prog} {name}: needs the Python package {exc.name!r}, which is not installed; "
+            f"{prog}: needs the Python package {exc.name!r}, which is not installed; "
             "install the extras with: pip install 'titok-service[train]'"
         ) from exc
-    if func_name:
+
+
+def resolve(argv: Sequence[str], table: dict[str, Command] = COMMANDS) -> Callable[[], int]:
+    """Choose the subcommand named in `argv`, import only its module, parse its arguments, and return a
+    callable that runs it.
+
+    `--help` and usage errors are answered by argparse (SystemExit 0 and 2), before anything runs.
+    """
+    prog, cmd, rest = _choose(argv, "titok", DESCRIPTION, table)
+    module_name, _, func_name = cmd.target.partition(":")
+    module = _import(prog, module_name)
+    if func_name:  # the target parses its own arguments
         func = getattr(module, func_name)
         return lambda: func(rest)
-    parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=cmd.help)
+    parser = argparse.ArgumentParser(prog=prog, description=cmd.help)
     module.add_args(parser)
-
-    def run() -> int:
-        return module.run(parser.parse_args(rest))
-
-    return run
-
-
-def resolve(
-    argv: Sequence[str],
-    prog: str = "titok",
-    description: str = "TiTok 1D image tokenizer: serve, train, evaluate and export models.",
-    table: dict[str, Command] = COMMANDS,
-) -> Callable[[], int]:
-    """Choose the subcommand named in `argv`, import only its module, and return a callable that runs it.
-
-    `--help` at this level and unknown names are answered by argparse (exit 0 and 2).
-    """
-    head, rest = _split(argv)
-    parser = _group_parser(prog, description, table)
-    name = parser.parse_args(head).command
-    return _runner(prog, name, table[name], rest)
+    args = parser.parse_args(rest)
+    return lambda: module.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

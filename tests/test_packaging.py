@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from service import errors
+from service import cli, errors
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -140,8 +140,15 @@ def metric_catalogue() -> dict[str, tuple[str, set[str]]]:
 
 
 def readme_code_lines() -> list[str]:
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", README, flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    """The non-empty lines of the README's shell code blocks (```bash, or no language)."""
+    lines, language = [], None
+    for line in README.splitlines():
+        if line.startswith("```"):
+            language = None if language is not None else (line[3:].strip() or "bash")
+        elif language == "bash" and line.strip():
+            lines.append(line.strip())
+    joined = "\n".join(lines).replace("\\\n", " ")  # continuation lines
+    return [" ".join(line.split()) for line in joined.splitlines()]
 
 
 def readme_test_command() -> str:
@@ -376,6 +383,23 @@ def test_readme_quick_start_commands() -> None:
     assert "ruff check" in test_command and test_command.endswith("pytest")
     assert "model/assets/reconstructions.png" in README
     assert "model/MODEL_CARD.md" in README
+
+
+def test_readme_titok_commands_parse() -> None:
+    """Every `titok ...` line in the README names a real subcommand with options it accepts."""
+    checked = 0
+    for line in readme_code_lines():
+        words = shlex.split(line, comments=True)
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # leading VAR=value assignments
+            words.pop(0)
+        if not words or words[0] != "titok" or "..." in words:
+            continue
+        try:
+            cli.resolve(words[1:])
+        except SystemExit as exc:  # --help exits 0 after printing; anything else is a usage error
+            assert exc.code == 0, f"README: `{line}` is not a valid command ({exc.code})"
+        checked += 1
+    assert checked >= 5
 
 
 # ---------------------------------------------------------------- CI and pyproject
