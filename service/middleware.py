@@ -1,4 +1,8 @@
-"""Pure ASGI middleware: request ids, the body-size limit, request metrics, one log line per request."""
+"""Pure ASGI middleware: request ids, the body-size limit, request metrics, one log line per request.
+
+The body limit is enforced while the body streams in (so chunked bodies are bounded too); routes
+also refuse an over-long Content-Length before reading anything.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLarge, ServiceError
+from .errors import PayloadTooLarge
 from .metrics import Metrics
 
 access_log = logging.getLogger("titok.access")
@@ -25,8 +29,8 @@ def request_id_from(header: bytes | None) -> str:
     return value if _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
 
 
-def error_json(err: ServiceError, request_id: str) -> bytes:
-    return json.dumps({"error": {"code": err.code, "message": err.message, "request_id": request_id}}).encode()
+def too_large(limit: int) -> str:
+    return f"the request body is over the limit of {limit} bytes (TITOK_MAX_UPLOAD_BYTES)"
 
 
 class RequestContext:
@@ -57,25 +61,16 @@ class RequestContext:
             message = await receive()
             if message["type"] == "http.request":
                 received[0] += len(message.get("body", b""))
-                if received[0] > self.max_body_bytes:
-                    raise PayloadTooLarge(self._too_large())
+                # A route may tighten the limit with its own error (see routes.decode).
+                limit, error = state.get("body_limit") or (self.max_body_bytes, None)
+                if received[0] > limit:
+                    raise error or PayloadTooLarge(too_large(limit))
             return message
 
         try:
-            length = int(headers.get(b"content-length", b"0"))
-        except ValueError:
-            length = 0
-        try:
-            if length > self.max_body_bytes:  # refuse before reading a byte of it
-                err = PayloadTooLarge(self._too_large())
-                await _send_error(send_with_id, err, rid)
-            else:
-                await self.app(scope, limited_receive, send_with_id)
+            await self.app(scope, limited_receive, send_with_id)
         finally:
             self._record(scope, state, status[0], time.perf_counter() - t0, rid)
-
-    def _too_large(self) -> str:
-        return f"the request body is over the limit of {self.max_body_bytes} bytes"
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float, rid: str) -> None:
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
@@ -85,14 +80,6 @@ class RequestContext:
             "request_id": rid, "method": scope["method"], "path": scope["path"], "status": status,
             "duration_ms": round(seconds * 1000, 2), "items": state.get("items"),
             "client": (scope.get("client") or ("", 0))[0]}})
-
-
-async def _send_error(send: Send, err: ServiceError, rid: str) -> None:
-    body = error_json(err, rid)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class LogFormatter(logging.Formatter):

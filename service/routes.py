@@ -18,10 +18,12 @@ from .errors import (
     InvalidImage,
     InvalidTokens,
     NotReady,
+    PayloadTooLarge,
     ServiceError,
     TooManyImages,
     UnsupportedMediaType,
 )
+from .middleware import too_large
 from .schemas import DecodeManyResponse, DecodeRequest, EncodeResponse, Status, errors
 
 router = APIRouter()
@@ -57,17 +59,16 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def _read_body(request: Request, limit: int, too_long: str) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidTokens(too_long)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _declared_length(request: Request) -> int:
+    try:
+        return int(request.headers.get("content-length") or 0)
+    except ValueError:
+        return 0
 
 
-async def _uploaded_images(request: Request, max_images: int) -> list[bytes]:
+async def _uploaded_images(request: Request, max_images: int, max_bytes: int) -> list[bytes]:
+    if _declared_length(request) > max_bytes:  # refuse before reading a byte of it
+        raise PayloadTooLarge(too_large(max_bytes))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         async with request.form(max_files=max(1000, max_images + 1)) as form:
@@ -110,7 +111,7 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
     """Images -> token ids: multipart parts named `images` (in order), or one raw `image/*` body."""
     svc = _service(request)
     s, eng = svc.settings, svc.engine
-    blobs = await _uploaded_images(request, s.max_images_per_request)
+    blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
     request.state.items = len(blobs)
     loop = asyncio.get_running_loop()
     arrays = await asyncio.gather(*(loop.run_in_executor(svc.codec_pool, _decode_one, i, b, eng.image_size, resize,
@@ -136,9 +137,10 @@ async def decode(request: Request) -> Response:
     limit = codec.token_body_limit(eng.num_tokens, s.max_images_per_request)
     too_long = (f"the token list is too long: the body is over {limit} bytes, and a request holds at most "
                 f"{s.max_images_per_request} sequences of {eng.num_tokens} tokens")
-    if int(request.headers.get("content-length") or 0) > limit:
+    if _declared_length(request) > limit:
         raise InvalidTokens(too_long)
-    body = await _read_body(request, limit, too_long)
+    request.state.body_limit = (limit, InvalidTokens(too_long))
+    body = await request.body()
     tokens, nested = codec.parse_tokens(body, eng.num_tokens, eng.codebook_size, s.max_images_per_request)
     request.state.items = len(tokens)
     pixels = await _unless_disconnected(request, svc.batcher.submit("decode", list(tokens), s.request_timeout_s))
