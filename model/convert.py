@@ -124,6 +124,16 @@ def check_state_dict(tensors: Mapping[str, torch.Tensor], expected: Mapping[str,
                      + "\ncheck that --preset names this checkpoint's model")
 
 
+def _layout(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _fits(tensors: Mapping[str, torch.Tensor], cfg: TiTokConfig) -> bool:
+    with torch.device("meta"):
+        layout = _layout(build_model(cfg))
+    return layout.keys() == tensors.keys() and all(tensors[k].shape == v for k, v in layout.items())
+
+
 def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path, preset: str | None = None,
                        config: str | Path | None = None, fp16_storage: bool = False,
                        progress: Callable[[str], None] = log.info) -> dict[str, Any]:
@@ -145,7 +155,12 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
     # The layout on the meta device: keys and shapes without allocating or initialising the weights.
     with torch.device("meta"):
         model = build_model(cfg)
-    check_state_dict(tensors, {k: v.shape for k, v in model.state_dict().items()})
+    try:
+        check_state_dict(tensors, _layout(model))
+    except ValueError as exc:
+        fits = [name for name in reference_presets() if name != preset and _fits(tensors, get_preset(name))]
+        hint = f"\nthis checkpoint has the layout of preset {' / '.join(fits)}" if fits else ""
+        raise ValueError(f"{exc}{hint}") from None
     progress(f"loading {len(tensors)} tensors ({sum(t.numel() for t in tensors.values()):,} parameters)")
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
     model.eval().requires_grad_(False)

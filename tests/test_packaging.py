@@ -250,8 +250,8 @@ def test_dashboard_covers_the_operators_questions() -> None:
     exprs = "\n".join(dashboard_exprs())
     for needle in (
         "sum by (endpoint, status) (rate(titok_requests_total",
-        "histogram_quantile(0.5, sum by (le, endpoint) (rate(titok_request_duration_seconds_bucket",
-        "histogram_quantile(0.99, sum by (le, endpoint) (rate(titok_request_duration_seconds_bucket",
+        "histogram_quantile(0.5, sum by (le, endpoint) (rate(titok_request_duration_seconds_bucket{",
+        "histogram_quantile(0.99, sum by (le, endpoint) (rate(titok_request_duration_seconds_bucket{",
         "titok_batch_size_bucket",
         "titok_queue_depth",
         "sum by (reason) (rate(titok_rejections_total",
@@ -266,12 +266,11 @@ def test_every_dashboard_metric_and_label_exists_in_the_service() -> None:
         assert names, expr
         for name in names:
             assert name in catalogue, f"{name} (in {expr!r}) is not a metric of service/metrics.py"
-        for group in re.findall(r"\bby \(([^)]*)\)", expr):
-            for label in (g.strip() for g in group.split(",")):
-                if label in ("instance", "job"):  # added by Prometheus
-                    continue
-                for name in names:
-                    assert label in catalogue[name][1], f"{name} has no label {label!r} (in {expr!r})"
+        used = [g.strip() for group in re.findall(r"\bby \(([^)]*)\)", expr) for g in group.split(",")]
+        used += re.findall(r"[{,]\s*(\w+)\s*(?:=~|!~|!=|=)", expr)  # label matchers in selectors
+        for label in set(used) - {"instance", "job"}:  # those two are added by Prometheus
+            for name in names:
+                assert label in catalogue[name][1], f"{name} has no label {label!r} (in {expr!r})"
 
 
 def test_readme_lists_every_metric() -> None:

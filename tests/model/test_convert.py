@@ -141,8 +141,9 @@ def test_wrong_preset_lists_every_problem(tmp_path: Path) -> None:
     """A VQ-8k checkpoint offered as legacy: no pixel decoder, other head and codebook (capped listing)."""
     src = tmp_path / "bl64.bin"
     torch.save(_random_state_dict(VQ8K), src)
-    with pytest.raises(ValueError, match=r"missing tensor\(s\)(.|\n)*\.\.\. and \d+ more"):
+    with pytest.raises(ValueError, match=r"missing tensor\(s\)(.|\n)*\.\.\. and \d+ more") as info:
         convert.convert_checkpoint(src, get_preset(LEGACY), tmp_path / "x.pt", preset=LEGACY)
+    assert f"has the layout of preset {VQ8K}" in str(info.value)
 
 
 def test_only_tensors_are_loaded(tmp_path: Path) -> None:
