@@ -21,7 +21,7 @@ from model.reference import (
 from model.tokenizer import build_model
 
 # The reference L-32 state dict (key, shape), from building the reference code (see the brief in shared/).
-TSV = Path(__file__).parent / "data" / "titok-l32-state-dict.tsv"
+TSV = Path(__file__).parent / "titok-l32-state-dict.tsv"
 
 # Parameter counts of the published models (reference brief, section 3).
 PUBLISHED = {
