@@ -43,6 +43,8 @@ class ServiceState:
         self.draining = True
         self.ready = False
         self.metrics.ready.set(0)
+        if self.batcher is not None:
+            self.batcher.flush()
 
 
 def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:

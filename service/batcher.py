@@ -53,6 +53,8 @@ class Batcher:
         self._queues: dict[str, deque[_Item]] = {op: deque() for op in OPS}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -60,7 +62,14 @@ class Batcher:
         return sum(len(q) for q in self._queues.values())
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run(), name="titok-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._worker = self._loop.create_task(self._run(), name="titok-batcher")
+
+    def flush(self) -> None:
+        """Stop waiting for batches to fill (draining); safe to call from a signal handler or another thread."""
+        self._flushing = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self) -> None:
         """Refuse new items, finish every queued one, then end the worker."""
@@ -113,7 +122,7 @@ class Batcher:
                 continue
             q = self._queues[op]
             # Wait for the batch to fill, at most until the oldest item's delay has passed.
-            while len(q) < self.max_batch_size and not self._stopping:
+            while len(q) < self.max_batch_size and not (self._stopping or self._flushing):
                 remaining = q[0].enqueued + self.max_delay - self.clock()
                 if remaining <= 0:
                     break
