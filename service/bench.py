@@ -1,0 +1,316 @@
+"""`titok bench`: the service under closed- and open-loop load, against the raw artifact and no batching.
+
+Prints markdown tables (throughput, p50/p95/p99 latency, mean batch size from /metrics, rejection
+rate), the ratios the design asks for, and the server's RSS. Measures only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from .settings import Settings
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def synthetic_photos(n: int, size: int = 320, seed: int = 0) -> list[bytes]:
+    """Smooth colour fields with noise, as JPEG: photo-like sizes and entropy, nothing downloaded."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0, 6, 3)
+        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * xx * yy + a)], -1)
+        pixels = np.clip((base * 0.5 + 0.5) * 255 + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def load_photos(directory: Path, n: int) -> list[bytes]:
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not files:
+        raise SystemExit(f"titok bench: no images under {directory}")
+    return [files[i % len(files)].read_bytes() for i in range(n)]
+
+
+@dataclass
+class Result:
+    mode: str
+    op: str
+    load: str
+    ok: int
+    rejected: int
+    seconds: float
+    latencies: list[float]
+    mean_batch: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def row(self) -> str:
+        q = np.percentile(self.latencies, [50, 95, 99]) * 1000 if self.latencies else [float("nan")] * 3
+        total = self.ok + self.rejected
+        batch = f"{self.mean_batch:.1f}" if self.mean_batch is not None else "-"
+        return (f"| {self.mode} | {self.op} | {self.load} | {total} | {self.throughput:.1f} | {q[0]:.1f} | "
+                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% |")
+
+
+HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+
+
+class Server:
+    """`python -m service` on a free loopback port, with setting overrides."""
+
+    def __init__(self, model: Path, **settings: object) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "TITOK_MODEL_PATH": str(model), "TITOK_LOG_FORMAT": "text",
+               **{f"TITOK_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port",
+                                      str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        self.log.seek(0)
+        raise SystemExit(f"titok bench: the service did not start:\n{self.log.read().decode()[-2000:]}")
+
+    def rss_mb(self, field: str = "VmRSS") -> float | None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=120)
+
+
+def batch_stats(url: str) -> dict[str, tuple[float, float]]:
+    """op -> (sum, count) of titok_batch_size."""
+    stats: dict[str, list[float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        for part, idx in (("titok_batch_size_sum{", 0), ("titok_batch_size_count{", 1)):
+            if line.startswith(part):
+                op = line.split('op="')[1].split('"')[0]
+                stats.setdefault(op, [0.0, 0.0])[idx] = float(line.split()[-1])
+    return {op: (v[0], v[1]) for op, v in stats.items()}
+
+
+def _request(client: httpx.AsyncClient, op: str, payload: Any) -> Coroutine[Any, Any, httpx.Response]:
+    if op == "encode":
+        return client.post("/encode", content=payload, headers={"content-type": "image/jpeg"})
+    return client.post("/decode", json={"tokens": payload})
+
+
+async def _timed(client: httpx.AsyncClient, op: str, payload: object, lat: list[float], counts: list[int]) -> None:
+    t0 = time.perf_counter()
+    try:
+        r = await _request(client, op, payload)
+        ok = r.status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    if ok:
+        lat.append(time.perf_counter() - t0)
+    counts[0 if ok else 1] += 1
+
+
+async def closed_loop(url: str, op: str, payloads: list, concurrency: int, n: int) -> tuple[list, list, float]:
+    lat: list[float] = []
+    counts = [0, 0]
+    it = iter(range(n))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def worker() -> None:
+            for i in it:
+                await _timed(client, op, payloads[i % len(payloads)], lat, counts)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return lat, counts, time.perf_counter() - t0
+
+
+async def open_loop(url: str, op: str, payloads: list, rate: float, seconds: float) -> tuple[list, list, float]:
+    lat: list[float] = []
+    counts = [0, 0]
+    n = max(1, int(rate * seconds))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=256)) as client:
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(n):  # send on schedule whether or not earlier requests have been answered
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            tasks.append(asyncio.ensure_future(_timed(client, op, payloads[i % len(payloads)], lat, counts)))
+        await asyncio.gather(*tasks)
+        return lat, counts, time.perf_counter() - t0
+
+
+def measure(mode: str, op: str, load: str, url: str, run: Coroutine[Any, Any, tuple[list, list, float]]) -> Result:
+    before = batch_stats(url).get(op, (0.0, 0.0))
+    lat, counts, seconds = asyncio.run(run)
+    after = batch_stats(url).get(op, (0.0, 0.0))
+    batches = after[1] - before[1]
+    return Result(mode, op, load, counts[0], counts[1], seconds, lat,
+                  (after[0] - before[0]) / batches if batches else None)
+
+
+def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch: int, n: int, threads: int,
+                 png_level: int) -> Result:
+    """The artifact called directly on the same batches, with the same image decoding / PNG encoding."""
+    import torch
+
+    from .codec import encode_png, load_image
+    from .engine import load_artifact
+
+    torch.set_num_threads(threads)
+    module, meta = load_artifact(model)
+    size = int(meta["image_size"])
+
+    def one_batch(start: int, count: int) -> None:
+        with torch.inference_mode():
+            if op == "encode":
+                arrays = [load_image(photos[(start + j) % len(photos)], size) for j in range(count)]
+                module.encode(torch.from_numpy(np.stack(arrays))).numpy()
+            else:
+                ids = torch.tensor([tokens[(start + j) % len(tokens)] for j in range(count)], dtype=torch.int64)
+                for pixels in module.decode(ids).numpy():
+                    encode_png(pixels, png_level)
+
+    one_batch(0, batch)  # warm-up
+    lat = []
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        t1 = time.perf_counter()
+        one_batch(start, min(batch, n - start))
+        lat.append(time.perf_counter() - t1)
+    return Result("raw artifact", op, f"batch {batch}", n, 0, time.perf_counter() - t0, lat, float(batch))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="titok bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, help="artifact to serve (default: TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--url", help="benchmark a running service instead (no raw / no-batching comparison)")
+    p.add_argument("--images", type=Path, help="folder of photos to send (default: synthetic photo-like JPEGs)")
+    p.add_argument("--requests", type=int, default=512, help="requests per closed-loop run")
+    p.add_argument("--concurrency", default="1,4,16,64", help="closed-loop concurrency levels")
+    p.add_argument("--rate", type=float, help="open-loop requests/s (default: half the top closed-loop rate)")
+    p.add_argument("--duration", type=float, default=10.0, help="open-loop seconds")
+    p.add_argument("--soak", type=int, default=0, help="extra encode+decode requests to watch RSS over a long run")
+    p.add_argument("--quick", action="store_true", help="a short run: 32 requests, 2 s open loop")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.duration = min(args.requests, 32), min(args.duration, 2.0)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    settings = Settings()
+    model = args.model or settings.model_path
+    if not args.url and not Path(model).is_file():
+        sys.stderr.write(f"titok bench: model file not found: {model} (use --model or TITOK_MODEL_PATH)\n")
+        return 2
+    photos = load_photos(args.images, 64) if args.images else synthetic_photos(64)
+    out = sys.stdout.write
+    results: list[Result] = []
+    rss: list[str] = []
+
+    @contextmanager
+    def service(**overrides: object) -> Iterator[tuple[str, Server | None]]:
+        if args.url:
+            yield args.url.rstrip("/"), None
+            return
+        server = Server(model, **overrides)
+        try:
+            yield server.url, server
+        finally:
+            server.stop()
+
+    with service() as (url, server):
+        warm = [httpx.post(f"{url}/encode", content=ph, headers={"content-type": "image/jpeg"}, timeout=120)
+                for ph in photos[:16]]
+        tokens = [r.json()["tokens"][0] for r in warm if r.status_code == 200]
+        if not tokens:
+            sys.stderr.write(f"titok bench: /encode failed: {warm[0].text[:300]}\n")
+            return 1
+        info = httpx.get(f"{url}/info", timeout=30).json()
+        batch = int(info["batching"]["max_batch_size"])
+        payloads = {"encode": photos, "decode": tokens}
+        rss.append(f"after warm-up {server.rss_mb():.0f} MB" if server else "n/a (--url)")
+        for op in ("encode", "decode"):
+            for c in levels:
+                results.append(measure("service", op, f"closed c={c}", url,
+                                       closed_loop(url, op, payloads[op], c, args.requests)))
+            rate = args.rate or max(1.0, results[-1].throughput / 2)
+            results.append(measure("service", op, f"open {rate:.0f}/s", url,
+                                   open_loop(url, op, payloads[op], rate, args.duration)))
+            if server:
+                rss.append(f"after {op} {server.rss_mb():.0f} MB")
+        if args.soak:
+            for op in ("encode", "decode"):
+                results.append(measure("service", op, f"soak c=16 x{args.soak}", url,
+                                       closed_loop(url, op, payloads[op], 16, args.soak)))
+            if server:
+                rss.append(f"after soak {server.rss_mb():.0f} MB")
+        if server:
+            rss.append(f"peak {server.rss_mb('VmHWM'):.0f} MB")
+    top = max(levels)
+    if not args.url:
+        with service(max_batch_size=1) as (url1, _):
+            for op in ("encode", "decode"):
+                results.append(measure("batching off", op, f"closed c={top}", url1,
+                                       closed_loop(url1, op, payloads[op], top, args.requests)))
+        threads = settings.torch_threads or os.cpu_count() or 1
+        for op in ("encode", "decode"):
+            results.append(raw_artifact(Path(model), op, photos, tokens, batch, args.requests, threads,
+                                        settings.png_compress_level))
+    out(f"\n## titok bench ({info['model']['name']}, {info['model']['device']}, max batch {batch}, "
+        f"{'photos from ' + str(args.images) if args.images else 'synthetic photos'})\n\n{HEADER}\n")
+    out("".join(r.row() + "\n" for r in results))
+
+    def find(mode: str, op: str, load: str) -> Result | None:
+        return next((r for r in results if (r.mode, r.op) == (mode, op) and r.load.startswith(load)), None)
+
+    out("\n| ratio | encode | decode |\n|---|---|---|\n")
+    for name, a, b in ((f"service c={top} / raw artifact", ("service", f"closed c={top}"), ("raw artifact", "batch")),
+                       (f"batching on / off (c={top})", ("service", f"closed c={top}"),
+                        ("batching off", f"closed c={top}"))):
+        cells = []
+        for op in ("encode", "decode"):
+            x, y = find(a[0], op, a[1]), find(b[0], op, b[1])
+            cells.append(f"{x.throughput / y.throughput:.2f}" if x and y and y.throughput else "n/a")
+        out(f"| {name} | {cells[0]} | {cells[1]} |\n")
+    out(f"\nserver RSS: {'; '.join(rss)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
