@@ -51,7 +51,7 @@ def test_l32_layout_is_the_reference_state_dict() -> None:
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_published_presets_have_the_reference_sizes(name: str) -> None:
-    params, tokens, codebook = PUBLISHED[name]
+    params, num_tokens, codebook = PUBLISHED[name]
     model = _meta_model(name)
     n = sum(p.numel() for p in model.parameters())
     if isinstance(params, int):
@@ -59,8 +59,12 @@ def test_published_presets_have_the_reference_sizes(name: str) -> None:
     else:  # published as millions, one decimal
         assert round(n / 1e6, 1) == round(params / 1e6, 1)
     cfg = get_preset(name)
-    assert (cfg.num_tokens, cfg.codebook_size, cfg.image_size) == (tokens, codebook, 256)
+    assert (cfg.num_tokens, cfg.codebook_size, cfg.image_size) == (num_tokens, codebook, 256)
     assert cfg.legacy == (codebook == 4096) and ("pixel_decoder.conv_in.weight" in model.state_dict()) == cfg.legacy
+    with torch.no_grad():  # shapes only: the meta device computes nothing
+        tokens = model.encode_indices(torch.empty(2, 3, 256, 256, device="meta"))
+        assert tokens.shape == (2, cfg.num_tokens) and tokens.dtype == torch.int64
+        assert model.decode_indices(tokens).shape == (2, 3, 256, 256)
 
 
 def test_legacy_reshape_is_a_reshape_not_a_permute() -> None:
