@@ -401,6 +401,13 @@ def test_readme_titok_commands_parse() -> None:
     assert checked >= 5
 
 
+def test_readme_yaml_examples_parse() -> None:
+    blocks = re.findall(r"^```yaml\n(.*?)^```", README, flags=re.S | re.M)
+    assert blocks
+    for block in blocks:
+        assert yaml.safe_load(block)
+
+
 # ---------------------------------------------------------------- CI and pyproject
 
 
