@@ -58,8 +58,9 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         eng = engine or await asyncio.to_thread(
             Engine.load, settings.model_path, settings.device, settings.dtype, settings.torch_threads)
         state.engine = eng
-        state.codec_pool = ThreadPoolExecutor(settings.codec_threads or os.cpu_count() or 1,
-                                              thread_name_prefix="titok-codec")
+        # Half the cores by default: the codec pool and torch's threads must not fight over a small CPU.
+        codec_threads = settings.codec_threads or max(1, (os.cpu_count() or 1) // 2)
+        state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
         if hasattr(eng, "warmup"):
             await asyncio.to_thread(eng.warmup, settings.max_batch_size)
         metrics.set_model_info(eng.info())

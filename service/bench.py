@@ -195,6 +195,7 @@ def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch:
     from .engine import load_artifact
 
     torch.set_num_threads(threads)
+    batch = min(batch, n)
     module, meta = load_artifact(model)
     size = int(meta["image_size"])
 

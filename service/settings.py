@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         50_000_000, ge=1, description="Largest width x height of an uploaded image, checked before decoding (413).")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: the number of CPU cores.")
     codec_threads: int = Field(
-        0, ge=0, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
+        0, ge=0, description="Threads for image decoding and PNG encoding; 0: half the CPU cores (at least 1).")
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
     log_format: Literal["json", "text"] = Field("json", description="One log line per request, as JSON or text.")

@@ -63,3 +63,28 @@ class FakeEngine:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "image_size": self.image_size, "num_tokens": self.num_tokens,
                 "codebook_size": self.codebook_size, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def live_url(tiny_artifact: Path) -> Iterator[str]:
+    """A real uvicorn server in a thread on a free loopback port (no signals: not the main thread)."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(build_app(make_settings(tiny_artifact)), host="127.0.0.1", port=port, log_config=None,
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(6000):
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(60)
