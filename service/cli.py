@@ -40,7 +40,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a tokenizer (single process or under torchrun)", "model.train"),
     "eval": Command("evaluate a checkpoint or exported model on held-out images", "model.evaluate"),
     "export": Command("export a checkpoint to the TorchScript file the service loads", "model.export"),
-    "convert": Command("convert a published TiTok checkpoint into a servable TorchScript file", "model.convert"),
+    "convert": Command("convert a published TiTok checkpoint to a servable file", "model.convert"),
     "data": Command(
         "build training data",
         children={"photos": Command("build the offline photo set from Debian/PyPI packages", "model.photos")},

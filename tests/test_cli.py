@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import types
@@ -19,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter, so sys.modules shows only what that code imported."""
+    env = {**os.environ, "COLUMNS": "200"}  # argparse wraps help at the terminal width
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
 
 
