@@ -48,7 +48,7 @@ def dockerfile_instructions(text: str = DOCKERFILE) -> list[tuple[str, str]]:
     logical = ""
     for line in text.splitlines():
         stripped = line.strip()
-        if not stripped or (stripped.startswith("#") and not logical):
+        if not stripped or stripped.startswith("#"):  # Docker drops comment lines, even inside continuations
             continue
         if stripped.endswith("\\"):
             logical += stripped[:-1] + " "
