@@ -103,7 +103,8 @@ class LogFormatter(logging.Formatter):
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter(fmt))
-    root = logging.getLogger("titok")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    for name in ("titok", "uvicorn.error"):  # uvicorn's start/stop lines in the same format
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False

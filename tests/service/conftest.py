@@ -6,6 +6,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ class FakeEngine:
                 "codebook_size": self.codebook_size, "device": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def live_url(tiny_artifact: Path) -> Iterator[str]:
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
     """A real uvicorn server in a thread on a free loopback port (no signals: not the main thread)."""
     import socket
 
@@ -75,9 +76,7 @@ def live_url(tiny_artifact: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(build_app(make_settings(tiny_artifact)), host="127.0.0.1", port=port, log_config=None,
-                            access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(6000):
@@ -85,6 +84,14 @@ def live_url(tiny_artifact: Path) -> Iterator[str]:
             break
         threading.Event().wait(0.01)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(60)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def live_url(tiny_artifact: Path) -> Iterator[str]:
+    with serving(build_app(make_settings(tiny_artifact))) as url:
+        yield url

@@ -129,3 +129,38 @@ def test_a_full_queue_is_a_503_with_retry_after(tiny_artifact: Path) -> None:
         engine.gate.set()
         first.join(30)
         assert held["r"].status_code == 200
+
+
+def test_items_of_a_client_that_hung_up_are_skipped(tiny_artifact: Path) -> None:
+    import httpx
+    from conftest import serving
+
+    engine = FakeEngine()
+    app = build_app(make_settings(tiny_artifact), engine=engine)
+    with serving(app) as url:
+        engine.gate.clear()
+        held = {}
+        first = threading.Thread(target=lambda: held.update(r=httpx.post(f"{url}/decode", json={"tokens": [0] * 8},
+                                                                        timeout=60)))
+        first.start()
+        assert engine.entered.wait(30)
+        batcher = app.state.service.batcher
+        with httpx.Client(timeout=httpx.Timeout(60, read=0.3)) as impatient:  # gives up while its item is queued
+            try:
+                impatient.post(f"{url}/decode", json={"tokens": [[0] * 8] * 2})
+                raise AssertionError("the request should not have been answered while the engine is held")
+            except httpx.ReadTimeout:
+                pass
+        rejections = app.state.service.metrics.rejections
+        for _ in range(3000):  # the server notices the hang-up and cancels the queued items
+            if rejections.labels("client_disconnected")._value.get() == 1:  # noqa: SLF001
+                break
+            threading.Event().wait(0.01)
+        assert rejections.labels("client_disconnected")._value.get() == 1  # noqa: SLF001
+        assert batcher.depth == 2  # cancelled, still queued until the worker reaches them
+        engine.gate.set()
+        first.join(30)
+        assert held["r"].status_code == 200
+        assert httpx.post(f"{url}/decode", json={"tokens": [0] * 8}, timeout=60).status_code == 200
+        assert engine.batches == [1, 1]  # the two items of the hung-up request never reached the model
+        assert rejections.labels("cancelled")._value.get() == 2  # noqa: SLF001
