@@ -30,6 +30,11 @@ class TiTokConfig:
     # "linear": linear to P*P*3 then unpatchify; "conv": linear to P*P*head_channels, then 3x3 convs
     head: str = "conv"
     head_channels: int = 32
+    # Side of a low-frequency image path (0: off). The encoder adds a linear map of the area-downsampled
+    # image to its K codes, and the decoder adds a linear map of the codes to a lowfreq_size^2 image,
+    # upsampled: a linear autoencoder alongside the ViTs, which learns in a few hundred steps what
+    # attention takes thousands to route, while the ViTs learn the rest.
+    lowfreq_size: int = 0
     # Training-only knobs that belong to the model (they shape the checkpoint's behaviour)
     dead_code_steps: int = 200  # a code unused for this many steps is re-seeded
     # Which architecture family: "titok" (ours) or "reference" (published TiTok layouts, see reference.py)

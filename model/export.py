@@ -7,9 +7,11 @@ Contract (what the service relies on):
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,7 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     scripted = script(model, cfg)
     check = check_artifact(scripted, model, cfg)
     full_meta: dict[str, Any] = {
-        "name": (meta or {}).get("name", f"titok-{cfg.arch}-{cfg.image_size}px-{cfg.num_tokens}tok"),
+        "name": (meta or {}).get("name") or f"titok-{cfg.arch}-{cfg.image_size}px-{cfg.num_tokens}tok",
         "image_size": cfg.image_size,
         "num_tokens": cfg.num_tokens,
         "codebook_size": cfg.codebook_size,
@@ -149,3 +151,27 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, use_ema: bool = T
         **(extra_meta or {}),
     }
     return export_model(model, cfg, out, meta, fp16_storage=fp16_storage)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUNDIR/checkpoint.pt)")
+    p.add_argument("--out", required=True, help="the artifact to write (.pt)")
+    p.add_argument("--name", help="model name recorded in meta.json")
+    p.add_argument("--raw-weights", action="store_true", help="export the raw weights, not the EMA")
+    p.add_argument("--fp16", action="store_true", help="store weights in fp16 (half the size; fp32 compute)")
+    p.add_argument("--eval-json", help="an eval.json (from `titok eval`) to embed in meta.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    extra: dict[str, Any] = {}
+    if args.name:
+        extra["name"] = args.name
+    if args.eval_json:
+        extra["eval"] = json.loads(Path(args.eval_json).read_text())
+    meta = export_checkpoint(args.checkpoint, args.out, use_ema=not args.raw_weights, fp16_storage=args.fp16,
+                             extra_meta=extra)
+    size_mb = Path(args.out).stat().st_size / 1e6
+    sys.stdout.write(f"wrote {args.out} ({size_mb:.1f} MB): {meta['name']}, {meta['num_tokens']} tokens x "
+                     f"{meta['codebook_size']} codes at {meta['image_size']}px; export check "
+                     f"max pixel diff {meta['export_check']['max_pixel_diff']:.0f}/255\n")
+    return 0

@@ -21,8 +21,9 @@ class VectorQuantizer(nn.Module):
         self.dead_code_steps = dead_code_steps
         self.embedding = nn.Embedding(codebook_size, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        # Training statistics: steps since each code was last chosen (buffers, so they checkpoint).
-        self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long), persistent=True)
+        # Steps since each code was last chosen (a buffer, so it checkpoints). It starts "dead", so the
+        # first re-seeding initialises the codebook from real encoder outputs.
+        self.register_buffer("steps_unused", torch.full((codebook_size,), dead_code_steps, dtype=torch.long))
 
     def _codebook(self) -> torch.Tensor:
         e = self.embedding.weight.float()  # (N, D)
@@ -60,7 +61,7 @@ class VectorQuantizer(nn.Module):
                 with torch.no_grad():
                     used = torch.bincount(idx, minlength=self.codebook_size) > 0
                     self.steps_unused.add_(1).masked_fill_(used, 0)
-            quantized = z + (q - z).detach()  # straight-through
+            quantized = q + (z - z.detach())  # straight-through; the value is exactly q
         return quantized, idx.view(z.shape[0], z.shape[1]), loss
 
     @torch.no_grad()

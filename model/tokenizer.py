@@ -77,9 +77,20 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList([Block(w, cfg.enc_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth)])
         self.ln_post = nn.LayerNorm(w)
         self.proj = nn.Linear(w, cfg.code_dim)
+        self.code_dim = cfg.code_dim
+        self.lowfreq_size = cfg.lowfreq_size
+        self.lowfreq = nn.Linear(3 * cfg.lowfreq_size**2, cfg.num_tokens * cfg.code_dim) if cfg.lowfreq_size \
+            else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) in [-1, 1] -> (B, K, code_dim)."""
+        z = self._vit(x)
+        if self.lowfreq_size > 0:
+            small = F.adaptive_avg_pool2d(x, self.lowfreq_size).flatten(1)  # (B, 3*s*s)
+            z = z + self.lowfreq(small).view(x.shape[0], self.num_tokens, self.code_dim)
+        return z
+
+    def _vit(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, W)
         lat = (self.latent_tokens + self.latent_pos_embed).unsqueeze(0).expand(p.shape[0], -1, -1)  # (B, K, W)
         h = self.ln_pre(torch.cat([p, lat], dim=1))  # (B, N+K, W)
@@ -113,6 +124,10 @@ class Decoder(nn.Module):
             )
         else:
             self.refine = nn.Sequential(nn.Identity())
+        self.image_size = cfg.image_size
+        self.lowfreq_size = cfg.lowfreq_size
+        self.lowfreq = nn.Linear(cfg.num_tokens * cfg.code_dim, 3 * cfg.lowfreq_size**2) if cfg.lowfreq_size \
+            else nn.Identity()
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """codes: (B, K, code_dim) -> (B, 3, H, W) in [-1, 1] (unclamped)."""
@@ -125,7 +140,13 @@ class Decoder(nn.Module):
         h = self.to_pixels(self.ln_post(h[:, : self.num_patches]))  # (B, N, P*P*C)
         g, p, c = self.grid, self.patch, self.head_channels
         img = h.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)  # (B, C, H, W)
-        return self.refine(img)
+        out = self.refine(img)
+        if self.lowfreq_size > 0:
+            s = self.lowfreq_size
+            small = self.lowfreq(codes.flatten(1)).view(b, 3, s, s)
+            out = out + F.interpolate(small, size=(self.image_size, self.image_size), mode="bicubic",
+                                      align_corners=False)
+        return out
 
 
 class TiTok(nn.Module):

@@ -1,0 +1,127 @@
+"""Training images: folders (recursive jpg/png/webp) and WebDataset-style tar shards.
+
+Images are decoded once, downscaled so the shorter side is at most `max_side`, and kept in memory as
+uint8; each draw takes a random multi-scale square crop and a random flip. Unreadable files are
+skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
+Image.MAX_IMAGE_PIXELS = 200_000_000  # wallpapers are large; a bomb guard still applies past this
+
+
+@dataclass
+class LoadReport:
+    loaded: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def iter_sources(paths: list[str | Path]) -> Iterator[tuple[str, bytes]]:
+    """(name, encoded bytes) for every image under the given folders, files and .tar shards."""
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"data path does not exist: {root}")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            if f.suffix == ".tar":
+                yield from _iter_tar(f)
+            elif f.suffix.lower() in IMAGE_EXTS:
+                yield str(f), f.read_bytes()
+
+
+def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
+    # WebDataset layout: samples are runs of members sharing a key (basename up to the first dot);
+    # every image-typed member is taken.
+    with tarfile.open(path) as tar:
+        for member in tar:
+            ext = "." + member.name.rsplit(".", 1)[-1].lower() if "." in member.name else ""
+            if member.isfile() and ext in IMAGE_EXTS:
+                data = tar.extractfile(member)
+                if data is not None:
+                    yield f"{path}:{member.name}", data.read()
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img = ImageOps.exif_transpose(img)
+    return img.convert("RGB")
+
+
+def load_images(paths: list[str | Path], max_side: int, min_side: int = 0) -> tuple[list[np.ndarray], LoadReport]:
+    """Decode every image once, downscaled so its shorter side is at most max_side."""
+    images: list[np.ndarray] = []
+    report = LoadReport()
+    for name, data in iter_sources(paths):
+        try:
+            img = decode_rgb(data)
+        except Exception as e:  # noqa: BLE001 - any undecodable file is skipped and counted
+            report.skipped.append(f"{name}: {type(e).__name__}")
+            continue
+        short = min(img.size)
+        if short < min_side:
+            report.skipped.append(f"{name}: smaller than {min_side}px")
+            continue
+        if short > max_side:
+            s = max_side / short
+            img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BICUBIC)
+        images.append(np.asarray(img, dtype=np.uint8))
+        report.loaded += 1
+    if not images:
+        where = ", ".join(str(p) for p in paths)
+        raise ValueError(f"no readable images (jpg, png, webp or .tar shards of them) found in {where}"
+                         + (f"; {len(report.skipped)} files skipped" if report.skipped else ""))
+    return images, report
+
+
+def center_crop(img: np.ndarray, size: int) -> torch.Tensor:
+    """Shorter side to `size`, centre crop: uint8 (H, W, 3) -> float (3, size, size) in [0, 1]."""
+    pil = Image.fromarray(img)
+    s = size / min(pil.size)
+    pil = pil.resize((max(size, round(pil.width * s)), max(size, round(pil.height * s))), Image.BICUBIC)
+    left, top = (pil.width - size) // 2, (pil.height - size) // 2
+    pil = pil.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+class RandomCrops:
+    """Random multi-scale square crops with flips: a crop side between min_scale and 1 of the shorter side."""
+
+    def __init__(self, images: list[np.ndarray], size: int, min_scale: float = 0.35, seed: int = 0) -> None:
+        self.images = images
+        self.size = size
+        self.min_scale = min_scale
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        """A batch (B, 3, size, size) float in [0, 1]."""
+        out = torch.empty(batch_size, 3, self.size, self.size)
+        for i in range(batch_size):
+            img = self.images[self.rng.integers(len(self.images))]
+            h, w = img.shape[:2]
+            short = min(h, w)
+            side = int(self.rng.uniform(min(1.0, max(self.min_scale, self.size / short)), 1.0) * short)
+            side = max(1, min(side, short))
+            y, x = self.rng.integers(0, h - side + 1), self.rng.integers(0, w - side + 1)
+            pil = Image.fromarray(img[y:y + side, x:x + side])
+            if side != self.size:
+                pil = pil.resize((self.size, self.size), Image.BICUBIC, reducing_gap=2.0)
+            arr = np.asarray(pil, dtype=np.uint8)
+            if self.rng.random() < 0.5:
+                arr = arr[:, ::-1]
+            out[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+        return out

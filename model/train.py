@@ -1,0 +1,305 @@
+"""`titok train`: one loop, single process or DistributedDataParallel under torchrun.
+
+RUNDIR/checkpoint.pt holds config, weights, EMA, optimizer, step and RNG states; --resume continues
+exactly where it stopped; Ctrl-C or SIGTERM saves before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PRESETS, TiTokConfig, get_preset
+from .data import RandomCrops, center_crop, load_images
+from .quality import psnr, thumbnail_baseline, to_uint8
+from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
+from .tokenizer import TiTok
+
+log = logging.getLogger("titok.train")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    p.add_argument("--data", action="append", required=True, help="image folder or .tar shard (repeatable)")
+    p.add_argument("--eval-data", help="held-out image folder for PSNR and reconstruction grids")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine floor as a fraction of --lr")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
+    p.add_argument("--l1-weight", type=float, default=0.0, help="weight of an L1 term next to the MSE")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0 turns EMA off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time")
+    p.add_argument("--max-side", type=int, default=0, help="cache images downscaled to this shorter side "
+                   "(default 2.5 x image size)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--resume", action="store_true", help="continue from RUNDIR/checkpoint.pt")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set num_tokens=64 (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    fields = TiTokConfig.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        default = getattr(TiTokConfig(), key)
+        if isinstance(default, bool):
+            out[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            out[key] = type(default)(raw)
+        else:
+            out[key] = raw
+    return out
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> tuple[Dist, torch.device]:
+    if "RANK" not in os.environ:
+        return Dist(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+        dist.init_process_group("nccl")
+        return d, torch.device("cuda", d.local_rank)
+    dist.init_process_group("gloo")
+    return d, torch.device("cpu")
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    t = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    floor = args.lr * args.min_lr_ratio
+    return floor + (args.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms, biases, embeddings, tokens and the codebook (ndim < 2 or named so)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        skip = p.ndim < 2 or any(s in name for s in ("embed", "token", "ln_", "norm"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate_heldout(model: TiTok, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+    was = model.training
+    model.eval()
+    recon = model.decode_indices(model.encode_indices(images))
+    model.train(was)
+    return float(psnr(to_uint8(recon), to_uint8(images)).mean()), recon
+
+
+def run(args: argparse.Namespace) -> int:
+    fit(args)
+    return 0
+
+
+def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top to bottom on purpose
+    """Train (or resume) and return the trained model (raw weights; the EMA is in the checkpoint)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d, device = setup_distributed()
+    out = Path(args.out)
+    ckpt_path = out / "checkpoint.pt"
+    if d.master:
+        out.mkdir(parents=True, exist_ok=True)
+
+    ckpt: dict[str, Any] | None = None
+    if args.resume:
+        if not ckpt_path.exists():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = TiTokConfig.from_dict(ckpt["config"])
+    else:
+        cfg = get_preset(args.preset, **parse_overrides(args.set))
+
+    torch.manual_seed(args.seed)
+    model = TiTok(cfg).to(device)
+    ema: dict[str, torch.Tensor] | None = None
+    if args.ema > 0:
+        ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.99))
+    step, elapsed_before = 0, 0.0
+    max_side = args.max_side or int(cfg.image_size * 2.5)
+    images, report = load_images(args.data, max_side=max_side, min_side=cfg.image_size // 2)
+    crops = RandomCrops(images, cfg.image_size, seed=args.seed * 1000 + d.rank)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if ema is not None and ckpt.get("ema"):
+            ema = {k: v.to(device) for k, v in ckpt["ema"].items()}
+        step, elapsed_before = ckpt["step"], ckpt.get("elapsed_s", 0.0)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        crops.rng.bit_generator.state = ckpt["rng"]["crops"][d.rank] if d.rank < len(ckpt["rng"]["crops"]) \
+            else crops.rng.bit_generator.state
+    heldout = None
+    if args.eval_data:
+        held, _ = load_images([args.eval_data], max_side=max_side)
+        heldout = torch.stack([center_crop(im, cfg.image_size) for im in held]).to(device)
+    baseline = None
+    if heldout is not None:
+        baseline = float(psnr(thumbnail_baseline(heldout, cfg.bits_per_image), to_uint8(heldout)).mean())
+
+    ddp_model: nn.Module = model
+    if d.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda"
+                                                        else None)
+    if d.master:
+        n_params = sum(p.numel() for p in model.parameters())
+        skipped = f", {len(report.skipped)} unreadable files skipped" if report.skipped else ""
+        log.info(f"{cfg.image_size}px, {cfg.num_tokens} tokens x {cfg.codebook_size} codes, "
+                 f"{n_params / 1e6:.2f}M params; {report.loaded} images{skipped}; world size {d.world}")
+        for s in report.skipped[:20]:
+            log.info(f"  skipped {s}")
+        (out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "args": vars(args)}, indent=1))
+
+    def save() -> None:
+        if not d.master:
+            return
+        rng_crops = [crops.rng.bit_generator.state]
+        atomic_save({
+            "config": cfg.to_dict(), "preset": args.preset if ckpt is None else ckpt.get("preset"),
+            "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": step,
+            "elapsed_s": elapsed_before + time.time() - t_start,
+            "rng": {"torch": torch.get_rng_state(), "crops": rng_crops},
+            "training": {"data": [str(p) for p in args.data], "images": report.loaded, "steps": step,
+                         "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
+                         "ema": args.ema, "images_seen": step * args.batch_size * d.world},
+        }, ckpt_path)
+
+    stop = {"flag": False}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    bar = None
+    if d.master and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, initial=step, dynamic_ncols=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    t_start, t_log, seen_log = time.time(), time.time(), 0
+    model.train()
+    try:
+        while step < args.steps and not stop["flag"]:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, args)
+            x = crops.sample(args.batch_size).to(device, non_blocking=True)
+            with autocast:
+                recon, idx, vq_loss, z = ddp_model(x)
+            recon = recon.float()
+            mse = F.mse_loss(recon, x)
+            rec = mse + args.l1_weight * F.l1_loss(recon, x) if args.l1_weight else mse
+            loss = rec + vq_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            opt.step()
+            step += 1
+            reseeded = 0
+            if step % 50 == 0:
+                reseeded = model.quantize.reseed_dead_codes(z)
+            if ema is not None:
+                decay = min(args.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            ema[k].mul_(decay).add_(v.float(), alpha=1 - decay)
+                        else:
+                            ema[k].copy_(v)
+            seen_log += args.batch_size * d.world
+            if d.master and (step % 10 == 0 or step == args.steps):
+                usage = float((model.quantize.steps_unused < cfg.dead_code_steps).float().mean())
+                train_psnr = float(10 * torch.log10(1 / mse.detach().clamp(min=1e-10)))
+                ips = seen_log / max(1e-9, time.time() - t_log)
+                t_log, seen_log = time.time(), 0
+                append_jsonl(out / "metrics.jsonl", {
+                    "kind": "train", "step": step, "loss": loss.item(), "recon": rec.item(), "vq": vq_loss.item(),
+                    "psnr": train_psnr, "usage": usage, "lr": lr_at(step - 1, args), "grad_norm": grad_norm.item(),
+                    "images_per_s": ips, "reseeded": reseeded, "time_s": elapsed_before + time.time() - t_start})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{train_psnr:.2f}", usage=f"{usage:.0%}",
+                                    img_s=f"{ips:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if d.master and heldout is not None and (step % args.eval_every == 0 or step == args.steps):
+                _eval_and_plot(model, ema, heldout, baseline, out, step)
+            if step % args.save_every == 0:
+                save()
+            if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+                break
+    except KeyboardInterrupt:
+        log.info("interrupted: saving the checkpoint before exiting")
+    finally:
+        save()
+        if d.master and heldout is not None and step % args.eval_every:
+            _eval_and_plot(model, ema, heldout, baseline, out, step)
+        if bar is not None:
+            bar.close()
+    if d.master:
+        log.info(f"saved {ckpt_path} at step {step}")
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return model
+
+
+def _eval_and_plot(model: TiTok, ema: dict[str, torch.Tensor] | None, heldout: torch.Tensor,
+                   baseline: float | None, out: Path, step: int) -> None:
+    eval_model = model
+    if ema is not None:
+        eval_model = TiTok(model.cfg).to(heldout.device)
+        eval_model.load_state_dict(ema)
+    value, recon = evaluate_heldout(eval_model, heldout)
+    append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": step, "psnr": value, "baseline_psnr": baseline})
+    save_grid([heldout, recon], out / "reconstructions.png")
+    plot_curves(read_jsonl(out / "metrics.jsonl"), out / "curves.png", baseline)
+    log.info(f"step {step}: held-out PSNR {value:.2f} dB (equal-bits thumbnail {baseline:.2f} dB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="titok train")
+    add_args(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

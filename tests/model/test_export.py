@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from model.export import export_checkpoint, export_model, load_artifact
+from model.tokenizer import TiTok
+
+
+def test_artifact_matches_eager_model_and_carries_meta(tmp_path, micro_cfg):
+    cfg = micro_cfg()
+    torch.manual_seed(0)
+    model = TiTok(cfg).eval()
+    meta = export_model(model, cfg, tmp_path / "a.pt", {"name": "micro", "eval": {"psnr": 1.0}})
+    module, loaded = load_artifact(tmp_path / "a.pt")
+    assert loaded == json.loads(json.dumps(meta, default=str))
+    for key in ("name", "image_size", "num_tokens", "codebook_size", "config", "content_hash", "torch_version"):
+        assert key in loaded
+    assert loaded["name"] == "micro" and loaded["eval"] == {"psnr": 1.0}
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    tokens = module.encode(images)
+    assert tokens.shape == (3, cfg.num_tokens) and tokens.dtype == torch.int64
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < cfg.codebook_size
+    pixels = module.decode(tokens)
+    assert pixels.shape == (3, 32, 32, 3) and pixels.dtype == torch.uint8
+    with torch.no_grad():
+        eager = model.encode_indices(images.permute(0, 3, 1, 2).float() / 255)
+        eager_px = (model.decode_indices(eager).clamp(0, 1) * 255).round().permute(0, 2, 3, 1)
+    assert torch.equal(tokens, eager)
+    assert (pixels.float() - eager_px).abs().max() <= 1
+
+
+def test_fp16_storage_halves_the_file_and_keeps_tokens(tmp_path, micro_cfg):
+    cfg = micro_cfg(enc_width=128, dec_width=128)
+    model = TiTok(cfg).eval()
+    export_model(model, cfg, tmp_path / "fp32.pt")
+    export_model(model, cfg, tmp_path / "fp16.pt", fp16_storage=True)
+    ratio = (tmp_path / "fp16.pt").stat().st_size / (tmp_path / "fp32.pt").stat().st_size
+    assert ratio < 0.6
+    m16, meta = load_artifact(tmp_path / "fp16.pt")
+    assert meta["weights_dtype"] == "float16"
+    assert m16.decode(torch.zeros(1, cfg.num_tokens, dtype=torch.long)).shape == (1, 32, 32, 3)
+
+
+def test_export_from_checkpoint_uses_ema_weights(tmp_path, micro_cfg):
+    cfg = micro_cfg()
+    model = TiTok(cfg)
+    ema = {k: v.clone() for k, v in TiTok(cfg).state_dict().items()}
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "ema": ema, "step": 7,
+                "preset": "tiny", "training": {"steps": 7}}, tmp_path / "checkpoint.pt")
+    meta = export_checkpoint(tmp_path / "checkpoint.pt", tmp_path / "a.pt")
+    assert meta["weights"] == "ema" and meta["step"] == 7 and meta["training"] == {"steps": 7}
+    ref = TiTok(cfg)
+    ref.load_state_dict(ema)
+    from model.export import state_hash
+
+    assert meta["content_hash"] == state_hash(ref.float())
+
+
+def test_artifact_runs_where_model_package_cannot_be_imported(tmp_path, micro_cfg):
+    cfg = micro_cfg()
+    export_model(TiTok(cfg), cfg, tmp_path / "a.pt", {"name": "standalone"})
+    script = textwrap.dedent(f"""
+        import sys, json, warnings
+        sys.modules["model"] = None  # any import of the training package now fails
+        import torch
+        try:
+            import model  # noqa: F401
+            raise SystemExit("model should not be importable")
+        except ImportError:
+            pass
+        extra = {{"meta.json": ""}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = torch.jit.load({str(tmp_path / "a.pt")!r}, _extra_files=extra)
+        meta = json.loads(extra["meta.json"])
+        t = m.encode(torch.zeros(2, meta["image_size"], meta["image_size"], 3, dtype=torch.uint8))
+        px = m.decode(t)
+        print(json.dumps({{"tokens": list(t.shape), "pixels": list(px.shape), "name": meta["name"]}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"tokens": [2, 16], "pixels": [2, 32, 32, 3],
+                                                               "name": "standalone"}
