@@ -50,6 +50,9 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler itself was cancelled: take the queued work with it
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if not task.done():
