@@ -219,6 +219,25 @@ def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch:
     return Result("raw artifact", op, f"batch {batch}", n, 0, time.perf_counter() - t0, lat, float(batch))
 
 
+def png_levels(model: Path, tokens: list, levels: tuple[int, ...] = (0, 1, 3, 6, 9)) -> str:
+    """The PNG encoder's trade of time against bytes on decoded images (TITOK_PNG_COMPRESS_LEVEL)."""
+    import torch
+
+    from .codec import encode_png
+    from .engine import load_artifact
+
+    module, _ = load_artifact(model)
+    with torch.inference_mode():
+        images = module.decode(torch.tensor(tokens[:16], dtype=torch.int64)).numpy()
+    rows = ["| PNG level | ms / image | KB / image |", "|---|---|---|"]
+    for level in levels:
+        t0 = time.perf_counter()
+        sizes = [len(encode_png(im, level)) for im in images]
+        rows.append(f"| {level} | {1000 * (time.perf_counter() - t0) / len(images):.2f} | "
+                    f"{sum(sizes) / len(sizes) / 1024:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="titok bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, help="artifact to serve (default: TITOK_MODEL_PATH or the bundled model)")
@@ -310,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{x.throughput / y.throughput:.2f}" if x and y and y.throughput else "n/a")
         out(f"| {name} | {cells[0]} | {cells[1]} |\n")
     out(f"\nserver RSS: {'; '.join(rss)}\n")
+    if not args.url:
+        out("\n" + png_levels(Path(model), tokens))
     return 0
 
 

@@ -20,3 +20,4 @@ def test_bench_quick_prints_the_table(tiny_artifact: Path, capsys) -> None:
                 "| service c=4 / raw artifact |", "| batching on / off (c=4) |"):
         assert row in out, row
     assert "server RSS: after warm-up" in out and "peak" in out
+    assert "| PNG level | ms / image | KB / image |" in out
