@@ -85,6 +85,8 @@ class Batcher:
             raise Draining("the service is shutting down; retry on another replica",
                            headers={"Retry-After": str(self.retry_after_s)})
         if self.depth + len(items) > self.max_queue_size:
+            self._prune()
+        if self.depth + len(items) > self.max_queue_size:
             self.metrics.rejections.labels("queue_full").inc()
             raise QueueFull(f"the queue is full ({self.depth} of {self.max_queue_size} items waiting); retry later",
                             headers={"Retry-After": str(self.retry_after_s)})
@@ -106,6 +108,16 @@ class Batcher:
         finally:
             for fut in futures:  # on error or cancellation, the rest of this request is skipped
                 fut.cancel()
+
+    def _prune(self) -> None:
+        """Drop the items of cancelled requests now, so that they do not hold places in a full queue."""
+        for q in self._queues.values():  # in place: the worker may hold a reference to q
+            live = [item for item in q if not item.future.done()]
+            if len(live) != len(q):
+                self.metrics.rejections.labels("cancelled").inc(len(q) - len(live))
+                q.clear()
+                q.extend(live)
+        self.metrics.queue_depth.set(self.depth)
 
     def _oldest_op(self) -> str | None:
         heads = [(q[0].enqueued, op) for op, q in self._queues.items() if q]

@@ -249,3 +249,24 @@ def test_stop_finishes_queued_work_and_refuses_new_work() -> None:
         assert sizes(engine) == [4, 2]  # the long delay was not waited for while stopping
 
     asyncio.run(scenario())
+
+
+def test_cancelled_items_do_not_hold_places_in_a_full_queue() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4, queue=3)
+        first = await hold(batcher, engine)
+        gone = asyncio.ensure_future(batcher.submit("decode", items(1, 2, 3), timeout=30))
+        await until(lambda: batcher.depth == 3)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        kept = asyncio.ensure_future(batcher.submit("decode", items(4, 5), timeout=30))  # fits once pruned
+        await until(lambda: batcher.depth == 2)
+        engine.gate.set()
+        await first
+        assert [int(r[0]) for r in await kept] == [4, 5]
+        assert engine.batches == [[0], [4, 5]]
+        await batcher.stop()
+
+    asyncio.run(scenario())
