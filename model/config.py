@@ -121,9 +121,9 @@ def _reference(enc: str, dec: str, tokens: int, codebook: int, code_dim: int, le
 PRESETS: dict[str, dict[str, Any]] = {
     # The CPU default that ships: small enough to train on 2 cores in about two hours.
     "tiny": dict(
-        image_size=128, patch_size=8, num_tokens=32,
+        image_size=128, patch_size=16, num_tokens=32,
         enc_width=256, enc_depth=4, enc_heads=4, dec_width=256, dec_depth=4, dec_heads=4,
-        codebook_size=4096, code_dim=12, l2_norm_codes=True, stem="conv", head="conv",
+        codebook_size=4096, code_dim=12, l2_norm_codes=True, stem="patch", head="linear", lowfreq_size=16,
     ),
     # The seed configuration this project started from.
     "seed": dict(
