@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from conftest import FakeEngine, make_settings
 from fastapi.testclient import TestClient
 from PIL import Image
 from sample_images import all_formats
+from service_helpers import FakeEngine, make_settings
 
 from service.app import build_app
 
@@ -133,7 +133,7 @@ def test_a_full_queue_is_a_503_with_retry_after(tiny_artifact: Path) -> None:
 
 def test_items_of_a_client_that_hung_up_are_skipped(tiny_artifact: Path) -> None:
     import httpx
-    from conftest import serving
+    from service_helpers import serving
 
     engine = FakeEngine()
     app = build_app(make_settings(tiny_artifact), engine=engine)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_settings
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sample_images import all_formats
+from service_helpers import make_settings
 
 from service.app import build_app
 from service.metrics import Metrics, batch_buckets

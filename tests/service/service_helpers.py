@@ -1,0 +1,76 @@
+"""Helpers for the service tests: settings around an artifact, a fake engine, a live uvicorn server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from service.settings import Settings
+
+
+def make_settings(model_path: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {"model_path": model_path, "device": "cpu", "torch_threads": 1, "codec_threads": 1,
+                            "max_batch_size": 8, "max_batch_delay_ms": 0, "max_images_per_request": 4,
+                            "max_upload_bytes": 256 * 1024, "max_image_pixels": 50_000_000}
+    return Settings(**{**base, **overrides})
+
+
+class FakeEngine:
+    """Stands in for service.engine.Engine: echoes shapes, can be held at a gate or made to fail."""
+
+    name, image_size, num_tokens, codebook_size = "fake", 32, 8, 64
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+        self.batches: list[int] = []
+        self._thread = ThreadPoolExecutor(max_workers=1)
+
+    def submit(self, op: str, batch: np.ndarray) -> Future[np.ndarray]:
+        return self._thread.submit(self._run, op, batch)
+
+    def _run(self, op: str, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        self.entered.set()
+        assert self.gate.wait(timeout=30)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("the model broke")
+        if op == "encode":
+            return np.zeros((len(batch), self.num_tokens), np.int64)
+        return np.zeros((len(batch), self.image_size, self.image_size, 3), np.uint8)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "image_size": self.image_size, "num_tokens": self.num_tokens,
+                "codebook_size": self.codebook_size, "device": "cpu"}
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """A real uvicorn server in a thread on a free loopback port (no signals: not the main thread)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(6000):
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
