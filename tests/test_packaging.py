@@ -19,12 +19,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from service import cli, errors
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import DEFAULT_MODEL_PATH, Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -429,17 +430,24 @@ def test_ci_script_runs_the_readme_test_command() -> None:
     assert "|| true" not in text
 
 
-def test_console_script_and_package_data() -> None:
+def test_console_script_and_package_data_globs() -> None:
     assert PYPROJECT["project"]["scripts"] == {"titok": "service.cli:main"}
     globs = PYPROJECT["tool"]["setuptools"]["package-data"]["service"]
     assert any(fnmatch.fnmatch("models/default.pt", g) for g in globs)
-    assert (ROOT / "service/models/default.pt").is_file()
     assert not any("pyyaml" in d.lower() or "pytest" in d.lower() for d in PYPROJECT["project"]["dependencies"])
 
 
-def test_wheel_from_the_docker_build_context_carries_the_model(tmp_path: Path) -> None:
-    """Build the wheel from exactly what the Dockerfile copies: it must hold the CLI and the default model."""
-    context = tmp_path / "context"
+def test_default_model_is_in_the_repository() -> None:
+    """`titok serve`, the Dockerfile and the README's quick start all serve this file."""
+    assert DEFAULT_MODEL_PATH == ROOT / "service/models/default.pt"
+    assert DEFAULT_MODEL_PATH.is_file(), "service/models/default.pt is missing"
+
+
+@pytest.fixture(scope="module")
+def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Build the wheel from exactly what the Dockerfile copies; its files by name (content for the small ones)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    context = tmp / "context"
     for source in copy_sources():
         src = ROOT / source
         if src.is_dir():
@@ -448,17 +456,23 @@ def test_wheel_from_the_docker_build_context_carries_the_model(tmp_path: Path) -
             (context / source).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, context / source)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(context)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(context)],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    (wheel,) = (tmp / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
-        entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert "service/models/default.pt" in names
-    assert {"service/cli.py", "service/__main__.py", "model/export.py"} <= names
+        return {n: (zf.read(n) if n.endswith((".txt", ".py")) else b"") for n in zf.namelist()}
+
+
+def test_wheel_has_the_console_script_and_both_packages(wheel_files: dict[str, bytes]) -> None:
+    assert {"service/cli.py", "service/__main__.py", "service/app.py", "model/export.py"} <= set(wheel_files)
+    entry_points = next(v.decode() for n, v in wheel_files.items() if n.endswith(".dist-info/entry_points.txt"))
     assert re.search(r"^titok = service\.cli:main$", entry_points, flags=re.M)
+
+
+def test_wheel_carries_the_default_model(wheel_files: dict[str, bytes]) -> None:
+    assert "service/models/default.pt" in wheel_files, "the image would have no model to serve"
