@@ -98,6 +98,12 @@ def center_crop(img: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
+def load_center_crops(paths: list[str | Path], size: int) -> tuple[torch.Tensor, LoadReport]:
+    """Evaluation images: every image's centre crop at `size`, (N, 3, size, size) float in [0, 1]."""
+    images, report = load_images(paths, max_side=4 * size)
+    return torch.stack([center_crop(im, size) for im in images]), report
+
+
 class RandomCrops:
     """Random multi-scale square crops with flips: a crop side between min_scale and 1 of the shorter side."""
 

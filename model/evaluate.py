@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .data import center_crop, load_images
+from .data import load_center_crops
 from .quality import psnr, ssim, thumbnail_baseline, thumbnail_side, to_uint8
 from .quantizer import codebook_stats
 from .runlog import save_grid
@@ -38,14 +38,9 @@ def load_codec(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
         module, meta = load_artifact(args.artifact)
         return module.encode, module.decode, meta
-    from .config import TiTokConfig
-    from .export import ExportedTokenizer
-    from .tokenizer import build_model
+    from .export import ExportedTokenizer, load_checkpoint_model
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    cfg = TiTokConfig.from_dict(ckpt["config"])
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"] if args.raw_weights or not ckpt.get("ema") else ckpt["ema"])
+    model, cfg, ckpt, _ = load_checkpoint_model(args.checkpoint, use_ema=not args.raw_weights)
     wrapper = ExportedTokenizer(model.eval(), cfg.image_size, cfg.num_tokens, cfg.codebook_size)
     meta = {"name": Path(args.checkpoint).parent.name, "image_size": cfg.image_size, "num_tokens": cfg.num_tokens,
             "codebook_size": cfg.codebook_size, "step": ckpt.get("step")}
@@ -108,8 +103,7 @@ def format_table(f: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     encode, decode, meta = load_codec(args)
-    raw, report = load_images(args.data, max_side=4 * meta["image_size"])
-    images = torch.stack([center_crop(im, meta["image_size"]) for im in raw])
+    images, report = load_center_crops(args.data, meta["image_size"])
     figures, recon = evaluate(encode, decode, meta, images, args.batch_size)
     figures["data"] = [str(p) for p in args.data]
     figures["skipped"] = report.skipped

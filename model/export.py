@@ -134,19 +134,26 @@ def load_artifact(path: str | Path, device: str = "cpu") -> tuple[torch.jit.Scri
     return module.float().eval(), json.loads(extra[META_FILE])
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, use_ema: bool = True,
-                      fp16_storage: bool = False, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`titok export`: rebuild the model from a checkpoint alone and export it."""
+def load_checkpoint_model(checkpoint: str | Path, use_ema: bool = True
+                          ) -> tuple[nn.Module, TiTokConfig, dict[str, Any], bool]:
+    """Rebuild the model from a checkpoint alone: (model, config, checkpoint dict, whether EMA weights)."""
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     cfg = TiTokConfig.from_dict(ckpt["config"])
     model = build_model(cfg)
-    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
-    model.load_state_dict(weights)
+    ema = bool(use_ema and ckpt.get("ema"))
+    model.load_state_dict(ckpt["ema"] if ema else ckpt["model"])
+    return model, cfg, ckpt, ema
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, use_ema: bool = True,
+                      fp16_storage: bool = False, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`titok export`: rebuild the model from a checkpoint alone and export it."""
+    model, cfg, ckpt, ema = load_checkpoint_model(checkpoint, use_ema)
     meta = {
         "preset": ckpt.get("preset"),
         "training": ckpt.get("training", {}),
         "step": ckpt.get("step"),
-        "weights": "ema" if weights is ckpt.get("ema") else "raw",
+        "weights": "ema" if ema else "raw",
         **ckpt.get("meta", {}),
         **(extra_meta or {}),
     }

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PRESETS, TiTokConfig, get_preset
-from .data import RandomCrops, center_crop, load_images
+from .data import RandomCrops, load_center_crops, load_images
 from .quality import psnr, thumbnail_baseline, to_uint8
 from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
 from .tokenizer import TiTok
@@ -170,8 +170,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             else crops.rng.bit_generator.state
     heldout = None
     if args.eval_data:
-        held, _ = load_images([args.eval_data], max_side=max_side)
-        heldout = torch.stack([center_crop(im, cfg.image_size) for im in held]).to(device)
+        heldout = load_center_crops([args.eval_data], cfg.image_size)[0].to(device)
     baseline = None
     if heldout is not None:
         baseline = float(psnr(thumbnail_baseline(heldout, cfg.bits_per_image), to_uint8(heldout)).mean())
