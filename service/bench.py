@@ -7,7 +7,6 @@ rate), the ratios the design asks for, and the server's RSS. Measures only; asse
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import socket
@@ -15,16 +14,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from . import loadgen
 from .settings import Settings
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -62,6 +62,7 @@ class Result:
     seconds: float
     latencies: list[float]
     mean_batch: float | None = None
+    client_cpu: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -71,12 +72,13 @@ class Result:
         q = np.percentile(self.latencies, [50, 95, 99]) * 1000 if self.latencies else [float("nan")] * 3
         total = self.ok + self.rejected
         batch = f"{self.mean_batch:.1f}" if self.mean_batch is not None else "-"
+        client = f"{1000 * self.client_cpu / max(total, 1):.2f}" if self.client_cpu is not None else "-"
         return (f"| {self.mode} | {self.op} | {self.load} | {total} | {self.throughput:.1f} | {q[0]:.1f} | "
-                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% |")
+                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} |")
 
 
-HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
+          "| client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 class Server:
@@ -130,60 +132,50 @@ def batch_stats(url: str) -> dict[str, tuple[float, float]]:
     return {op: (v[0], v[1]) for op, v in stats.items()}
 
 
-def _request(client: httpx.AsyncClient, op: str, payload: Any) -> Coroutine[Any, Any, httpx.Response]:
-    if op == "encode":
-        return client.post("/encode", content=payload, headers={"content-type": "image/jpeg"})
-    return client.post("/decode", json={"tokens": payload})
-
-
-async def _timed(client: httpx.AsyncClient, op: str, payload: object, lat: list[float], counts: list[int]) -> None:
-    t0 = time.perf_counter()
-    try:
-        r = await _request(client, op, payload)
-        ok = r.status_code == 200
-    except httpx.HTTPError:
-        ok = False
-    if ok:
-        lat.append(time.perf_counter() - t0)
-    counts[0 if ok else 1] += 1
-
-
-async def closed_loop(url: str, op: str, payloads: list, concurrency: int, n: int) -> tuple[list, list, float]:
-    lat: list[float] = []
-    counts = [0, 0]
-    it = iter(range(n))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        async def worker() -> None:
-            for i in it:
-                await _timed(client, op, payloads[i % len(payloads)], lat, counts)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return lat, counts, time.perf_counter() - t0
-
-
-async def open_loop(url: str, op: str, payloads: list, rate: float, seconds: float) -> tuple[list, list, float]:
-    lat: list[float] = []
-    counts = [0, 0]
-    n = max(1, int(rate * seconds))
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=256)) as client:
-        t0 = time.perf_counter()
-        tasks = []
-        for i in range(n):  # send on schedule whether or not earlier requests have been answered
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
-            tasks.append(asyncio.ensure_future(_timed(client, op, payloads[i % len(payloads)], lat, counts)))
-        await asyncio.gather(*tasks)
-        return lat, counts, time.perf_counter() - t0
-
-
-def measure(mode: str, op: str, load: str, url: str, run: Coroutine[Any, Any, tuple[list, list, float]]) -> Result:
+def measure(mode: str, op: str, load: str, url: str,
+            run: Callable[[], Awaitable[tuple[loadgen.Tally, float]]]) -> Result:
     before = batch_stats(url).get(op, (0.0, 0.0))
-    lat, counts, seconds = asyncio.run(run)
+    cpu0 = time.process_time()
+    tally, seconds = loadgen.run(run)
+    client_cpu = time.process_time() - cpu0
     after = batch_stats(url).get(op, (0.0, 0.0))
     batches = after[1] - before[1]
-    return Result(mode, op, load, counts[0], counts[1], seconds, lat,
-                  (after[0] - before[0]) / batches if batches else None)
+    return Result(mode, op, load, tally.ok, tally.failed, seconds, tally.latencies,
+                  (after[0] - before[0]) / batches if batches else None, client_cpu)
+
+
+def merge(parts: list[Result], load: str) -> Result:
+    """One row for several runs of the same mode and op."""
+    batches = [r.mean_batch for r in parts if r.mean_batch is not None]
+    return Result(parts[0].mode, parts[0].op, load, sum(r.ok for r in parts), sum(r.rejected for r in parts),
+                  sum(r.seconds for r in parts), [x for r in parts for x in r.latencies],
+                  sum(batches) / len(batches) if batches else None,
+                  sum(r.client_cpu or 0.0 for r in parts))
+
+
+def soak(url: str, server: Server | None, requests: dict[str, list[bytes]], total: int,
+         rss: list[tuple[int, float]], concurrency: int = 16, checkpoints: int = 10) -> list[Result]:
+    """`total` requests, encode and decode in turn, in chunks; the server's RSS after each chunk."""
+    chunk = max(2, total // checkpoints)
+    done = 0
+    parts: dict[str, list[Result]] = {"encode": [], "decode": []}
+    while done < total:
+        n = min(chunk, total - done)
+        for op, share in (("encode", n // 2), ("decode", n - n // 2)):
+            if share:
+                parts[op].append(measure("service", op, "soak", url,
+                                         partial(loadgen.closed_loop, url, requests[op], concurrency, share)))
+        done += n
+        if server and (mb := server.rss_mb()) is not None:
+            rss.append((done, mb))
+    return [merge(p, f"soak c={concurrency} x{sum(r.ok + r.rejected for r in p)}") for p in parts.values() if p]
+
+
+def soak_table(rss: list[tuple[int, float]]) -> str:
+    """RSS after each soak chunk, and its growth from the first checkpoint to the last."""
+    rows = ["| soak requests | server RSS MB |", "|---|---|", *(f"| {n} | {mb:.0f} |" for n, mb in rss)]
+    growth = rss[-1][1] - rss[0][1]
+    return "\n".join(rows) + f"\n\nRSS growth over the soak, first to last checkpoint: {growth:+.0f} MB\n"
 
 
 def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch: int, n: int, threads: int,
@@ -262,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout.write
     results: list[Result] = []
     rss: list[str] = []
+    soak_rss: list[tuple[int, float]] = []
 
     @contextmanager
     def service(**overrides: object) -> Iterator[tuple[str, Server | None]]:
@@ -283,31 +276,29 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         info = httpx.get(f"{url}/info", timeout=30).json()
         batch = int(info["batching"]["max_batch_size"])
-        payloads = {"encode": photos, "decode": tokens}
+        items = {"encode": photos, "decode": tokens}
+        requests = {op: loadgen.payloads(url, op, items[op]) for op in items}
         rss.append(f"after warm-up {server.rss_mb():.0f} MB" if server else "n/a (--url)")
         for op in ("encode", "decode"):
             for c in levels:
                 results.append(measure("service", op, f"closed c={c}", url,
-                                       closed_loop(url, op, payloads[op], c, args.requests)))
+                                       partial(loadgen.closed_loop, url, requests[op], c, args.requests)))
             rate = args.rate or max(1.0, results[-1].throughput / 2)
             results.append(measure("service", op, f"open {rate:.0f}/s", url,
-                                   open_loop(url, op, payloads[op], rate, args.duration)))
+                                   partial(loadgen.open_loop, url, requests[op], rate, args.duration)))
             if server:
                 rss.append(f"after {op} {server.rss_mb():.0f} MB")
         if args.soak:
-            for op in ("encode", "decode"):
-                results.append(measure("service", op, f"soak c=16 x{args.soak}", url,
-                                       closed_loop(url, op, payloads[op], 16, args.soak)))
-            if server:
-                rss.append(f"after soak {server.rss_mb():.0f} MB")
+            results.extend(soak(url, server, requests, args.soak, soak_rss))
         if server:
             rss.append(f"peak {server.rss_mb('VmHWM'):.0f} MB")
     top = max(levels)
     if not args.url:
         with service(max_batch_size=1) as (url1, _):
             for op in ("encode", "decode"):
+                off = loadgen.payloads(url1, op, items[op])
                 results.append(measure("batching off", op, f"closed c={top}", url1,
-                                       closed_loop(url1, op, payloads[op], top, args.requests)))
+                                       partial(loadgen.closed_loop, url1, off, top, args.requests)))
         threads = settings.torch_threads or os.cpu_count() or 1
         for op in ("encode", "decode"):
             results.append(raw_artifact(Path(model), op, photos, tokens, batch, args.requests, threads,
@@ -329,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{x.throughput / y.throughput:.2f}" if x and y and y.throughput else "n/a")
         out(f"| {name} | {cells[0]} | {cells[1]} |\n")
     out(f"\nserver RSS: {'; '.join(rss)}\n")
+    if soak_rss:
+        out("\n" + soak_table(soak_rss))
     if not args.url:
         out("\n" + png_levels(Path(model), tokens))
     return 0
