@@ -178,6 +178,55 @@ def soak_table(rss: list[tuple[int, float]]) -> str:
     return "\n".join(rows) + f"\n\nRSS growth over the soak, first to last checkpoint: {growth:+.0f} MB\n"
 
 
+def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, title: str) -> None:
+    """Throughput and latency against concurrency (raw artifact and batching off as references), RSS over the soak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3 if soak_rss else 2, figsize=(15 if soak_rss else 10, 4))
+    for op, colour in (("encode", "tab:blue"), ("decode", "tab:orange")):
+        closed = sorted(((int(r.load.split("c=")[1]), r) for r in results
+                         if (r.mode, r.op) == ("service", op) and r.load.startswith("closed c=")), key=lambda x: x[0])
+        if not closed:
+            continue
+        cs = [c for c, _ in closed]
+        axes[0].plot(cs, [r.throughput for _, r in closed], marker="o", color=colour, label=f"service {op}")
+        for r in results:
+            if r.op == op and r.mode == "raw artifact":
+                axes[0].axhline(r.throughput, color=colour, linestyle="--", label=f"raw artifact {op} ({r.load})")
+            if r.op == op and r.mode == "batching off":
+                axes[0].scatter([cs[-1]], [r.throughput], marker="x", s=60, color=colour,
+                                label=f"batching off {op}", zorder=3)
+        for q, style in ((50, "-"), (99, ":")):
+            axes[1].plot(cs, [np.percentile(r.latencies, q) * 1000 if r.latencies else np.nan for _, r in closed],
+                         marker="o", linestyle=style, color=colour, label=f"{op} p{q}")
+    for ax, ylabel in ((axes[0], "items/s"), (axes[1], "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("closed-loop concurrency")
+        ax.set_ylabel(ylabel)
+    axes[0].set_ylim(bottom=0)
+    axes[0].set_title("throughput")
+    axes[1].set_yscale("log")
+    axes[1].set_title("latency")
+    if soak_rss:
+        axes[2].plot([n for n, _ in soak_rss], [mb for _, mb in soak_rss], marker="o", color="tab:green")
+        axes[2].set_ylim(0, max(mb for _, mb in soak_rss) * 1.2)
+        axes[2].set_xlabel("soak requests")
+        axes[2].set_ylabel("server RSS (MB)")
+        axes[2].set_title("memory over the soak")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch: int, n: int, threads: int,
                  png_level: int) -> Result:
     """The artifact called directly on the same batches, with the same image decoding / PNG encoding."""
@@ -241,10 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="open-loop seconds")
     p.add_argument("--soak", type=int, default=0, help="extra encode+decode requests to watch RSS over a long run")
     p.add_argument("--quick", action="store_true", help="a short run: 32 requests, 2 s open loop")
+    p.add_argument("--plot", type=Path, help="also draw throughput, latency and RSS to this PNG (needs matplotlib)")
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.duration = min(args.requests, 32), min(args.duration, 2.0)
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked now, not after minutes of benchmarking)
+        except ImportError:
+            sys.stderr.write("titok bench: --plot needs matplotlib (pip install 'titok-service[train]')\n")
+            return 2
     settings = Settings()
     model = args.model or settings.model_path
     if not args.url and not Path(model).is_file():
@@ -324,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         out("\n" + soak_table(soak_rss))
     if not args.url:
         out("\n" + png_levels(Path(model), tokens))
+    if args.plot:
+        plot(results, soak_rss, args.plot, f"titok bench: {info['model']['name']} on {info['model']['device']}")
+        out(f"\nplot: {args.plot}\n")
     return 0
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from service.bench import main
 
 
-def test_bench_quick_prints_the_table(tiny_artifact: Path, capsys) -> None:
+def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsys) -> None:
+    plot = tmp_path / "bench.png"
     assert main(["--model", str(tiny_artifact), "--quick", "--requests", "8", "--concurrency", "1,4",
-                 "--duration", "0.5", "--rate", "8", "--soak", "20"]) == 0
+                 "--duration", "0.5", "--rate", "8", "--soak", "20", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
             "| client CPU ms/req |") in out
@@ -26,3 +31,15 @@ def test_bench_quick_prints_the_table(tiny_artifact: Path, capsys) -> None:
     rows = [ln for ln in out.splitlines() if ln.startswith("| service |") or ln.startswith("| batching off |")]
     assert all(ln.split("|")[10].strip() == "0.0%" for ln in rows), rows  # nothing refused at this load
     assert "| PNG level | ms / image | KB / image |" in out
+    with Image.open(plot) as im:  # three panels: throughput, latency, RSS over the soak
+        assert im.format == "PNG" and im.width > 2 * im.height
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 50  # drawn, not blank
+    assert f"plot: {plot}" in out
+
+
+def test_bench_plot_without_matplotlib_fails_before_benchmarking(tiny_artifact: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["--model", str(tiny_artifact), "--plot", str(tmp_path / "b.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()
