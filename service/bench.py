@@ -202,8 +202,11 @@ def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, t
         for q, style in ((50, "-"), (99, ":")):
             axes[1].plot(cs, [np.percentile(r.latencies, q) * 1000 if r.latencies else np.nan for _, r in closed],
                          marker="o", linestyle=style, color=colour, label=f"{op} p{q}")
+    levels = sorted({int(r.load.split("c=")[1]) for r in results if r.load.startswith("closed c=")})
     for ax, ylabel in ((axes[0], "items/s"), (axes[1], "latency (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("closed-loop concurrency")
         ax.set_ylabel(ylabel)
     axes[0].set_ylim(bottom=0)
