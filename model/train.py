@@ -165,9 +165,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         if ema is not None and ckpt.get("ema"):
             ema = {k: v.to(device) for k, v in ckpt["ema"].items()}
         step, elapsed_before = ckpt["step"], ckpt.get("elapsed_s", 0.0)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        crops.rng.bit_generator.state = ckpt["rng"]["crops"][d.rank] if d.rank < len(ckpt["rng"]["crops"]) \
-            else crops.rng.bit_generator.state
+        restore_rng(ckpt["rng"], d.rank, crops)
     heldout = None
     if args.eval_data:
         heldout = load_center_crops([args.eval_data], cfg.image_size)[0].to(device)
@@ -188,15 +186,22 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             log.info(f"  skipped {s}")
         (out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "args": vars(args)}, indent=1))
 
-    def save() -> None:
+    def save(collective: bool = True) -> None:
+        """Rank 0 writes the checkpoint. Under DDP, `collective` gathers every rank's RNG states first; it must
+        then be called by all ranks at the same step (not after an error or Ctrl-C, where ranks may be apart)."""
+        mine = {"torch": torch.get_rng_state(), "crops": crops.rng.bit_generator.state}
+        ranks: list[Any] = [mine]
+        if d.world > 1 and collective:
+            ranks = [None] * d.world
+            dist.all_gather_object(ranks, mine)
         if not d.master:
             return
-        rng_crops = [crops.rng.bit_generator.state]
         atomic_save({
             "config": cfg.to_dict(), "preset": args.preset if ckpt is None else ckpt.get("preset"),
             "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": step,
             "elapsed_s": elapsed_before + time.time() - t_start,
-            "rng": {"torch": torch.get_rng_state(), "crops": rng_crops},
+            "rng": {"torch": mine["torch"], "torch_ranks": [r["torch"] for r in ranks],
+                    "crops": [r["crops"] for r in ranks]},
             "training": {"data": [str(p) for p in args.data], "images": report.loaded, "steps": step,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world},
@@ -216,8 +221,9 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     t_start, t_log, seen_log = time.time(), time.time(), 0
     model.train()
+    in_step = True  # until the loop ends cleanly, ranks may be at different steps: no collectives in `finally`
     try:
-        while step < args.steps and not stop["flag"]:
+        while step < args.steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args)
             x = crops.sample(args.batch_size).to(device, non_blocking=True)
@@ -262,12 +268,17 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                 _eval_and_plot(model, ema, heldout, baseline, out, step)
             if step % args.save_every == 0:
                 save()
-            if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+            timed_out = bool(args.max_minutes) and time.time() - t_start > args.max_minutes * 60
+            if any_rank(stop["flag"] or timed_out, d, device):  # all ranks stop after the same step
                 break
+        in_step = False
     except KeyboardInterrupt:
         log.info("interrupted: saving the checkpoint before exiting")
     finally:
-        save()
+        if in_step and d.world > 1 and d.master:
+            log.info("stopped mid-step: the checkpoint keeps rank 0's RNG states only; other ranks restart their "
+                     "crop streams from the seed on --resume")
+        save(collective=not in_step)
         if d.master and heldout is not None and step % args.eval_every:
             _eval_and_plot(model, ema, heldout, baseline, out, step)
         if bar is not None:
@@ -275,9 +286,28 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     if d.master:
         log.info(f"saved {ckpt_path} at step {step}")
     if d.world > 1:
-        dist.barrier()
+        if not in_step:  # after an interrupt the other ranks may never reach a barrier
+            dist.barrier()
         dist.destroy_process_group()
     return model
+
+
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    """True on every rank when it is true on any: a SIGTERM or a time limit seen by one rank stops them all at
+    the same step (a rank that stopped alone would leave the others waiting in the next all-reduce)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def restore_rng(rng: dict[str, Any], rank: int, crops: RandomCrops) -> None:
+    """This rank's torch and crop RNG states from a checkpoint; older checkpoints hold rank 0's torch state only."""
+    torch_states = rng.get("torch_ranks") or [rng["torch"]]
+    torch.set_rng_state(torch_states[rank] if rank < len(torch_states) else rng["torch"])
+    if rank < len(rng["crops"]):  # else (more ranks than when saved) this rank keeps its seed-derived stream
+        crops.rng.bit_generator.state = rng["crops"][rank]
 
 
 def _eval_and_plot(model: TiTok, ema: dict[str, torch.Tensor] | None, heldout: torch.Tensor,

@@ -1,8 +1,11 @@
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -91,24 +94,87 @@ def test_reads_webdataset_tar_shards(tmp_path, photo_dir):
     assert train(shard, tmp_path / "run", 3) == 0
 
 
-def test_two_process_ddp_ends_with_identical_weights(tmp_path, photo_dir):
-    out = tmp_path / "ddp"
-    code = ("import argparse, os, sys, torch\nfrom model.train import add_args, fit\n"
-            "p = argparse.ArgumentParser()\nadd_args(p)\nmodel = fit(p.parse_args(sys.argv[1:]))\n"
-            "torch.save(dict(model.named_parameters()), os.environ['OUT_DIR'] + f\"/rank{os.environ['RANK']}.pt\")\n")
+DDP_SCRIPT = ("import argparse, os, sys, torch\nfrom model.train import add_args, fit\n"
+              "out = os.environ['OUT_DIR']; rank = os.environ['RANK']\n"
+              "open(f'{out}/pid{rank}', 'w').write(str(os.getpid()))\n"
+              "p = argparse.ArgumentParser()\nadd_args(p)\nmodel = fit(p.parse_args(sys.argv[1:]))\n"
+              "torch.save(dict(model.named_parameters()), f'{out}/rank{rank}.pt')\n")
+
+
+def torchrun(tmp_path: Path, photo_dir: Path, run_dir: Path, steps: int, *extra: str) -> subprocess.Popen:
+    """Two CPU processes (gloo) training the micro model; each writes its pid and, at the end, its weights."""
     script = tmp_path / "ddp_train.py"
-    script.write_text(code)
+    script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OUT_DIR": str(tmp_path), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           "--data", str(photo_dir), "--out", str(out), "--steps", "6", "--batch-size", "2", "--no-progress",
-           "--warmup", "2", "--save-every", "3", *MICRO_SET]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt")
-    r1 = torch.load(tmp_path / "rank1.pt")
+           "--data", str(photo_dir), "--out", str(run_dir), "--steps", str(steps), "--batch-size", "2",
+           "--no-progress", "--warmup", "2", "--save-every", "3", *MICRO_SET, *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: a hang is killed whole
+
+
+def kill_all(proc: subprocess.Popen, tmp_path: Path) -> str:
+    """Kill torchrun and its workers (each in a session of its own, holding our pipes); its stderr."""
+    for pid_file in tmp_path.glob("pid[0-9]*"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()[1][-3000:]
+
+
+def finish(proc: subprocess.Popen, tmp_path: Path, timeout: float = 300) -> None:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"torchrun hung:\n{kill_all(proc, tmp_path)}") from None
+    assert proc.returncode == 0, err[-3000:]
+
+
+def rank_weights(tmp_path: Path) -> tuple[dict, dict]:
+    return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_process_ddp_ends_with_identical_weights(tmp_path, photo_dir):
+    out = tmp_path / "ddp"
+    finish(torchrun(tmp_path, photo_dir, out, 6), tmp_path)
     # Every weight is identical; per-rank usage counters may differ (ranks agree on re-seeding via MIN).
-    assert r0.keys() == r1.keys() and len(r0) > 10
-    for k in r0:
-        assert torch.equal(r0[k], r1[k]), k
+    assert_same(*rank_weights(tmp_path))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 6 and ckpt["training"]["batch_size"] == 4
+    assert len(ckpt["rng"]["crops"]) == 2 and len(ckpt["rng"]["torch_ranks"]) == 2  # every rank's RNG state
+    assert ckpt["rng"]["crops"][0] != ckpt["rng"]["crops"][1]
+
+
+def test_ddp_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir):
+    finish(torchrun(tmp_path, photo_dir, tmp_path / "straight", 6), tmp_path)
+    straight, _ = rank_weights(tmp_path)
+    split = tmp_path / "split"
+    finish(torchrun(tmp_path, photo_dir, split, 6, "--max-minutes", "1e-9"), tmp_path)  # both ranks stop after step 1
+    assert torch.load(split / "checkpoint.pt", weights_only=False)["step"] == 1
+    finish(torchrun(tmp_path, photo_dir, split, 6, "--resume"), tmp_path)
+    resumed, other_rank = rank_weights(tmp_path)
+    assert_same(straight, resumed)  # rank 1's crop stream and torch RNG resumed too, not restarted from the seed
+    assert_same(resumed, other_rank)
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, photo_dir):
+    out = tmp_path / "ddp"
+    proc = torchrun(tmp_path, photo_dir, out, 100_000)
+    deadline = time.monotonic() + 120
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # past step 20: in the loop
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"training did not get going:\n{kill_all(proc, tmp_path)}")
+        time.sleep(0.1)
+    os.kill(int((tmp_path / "pid1").read_text()), signal.SIGTERM)  # rank 1 only, as a preempted worker would be
+    finish(proc, tmp_path, timeout=120)
+    assert_same(*rank_weights(tmp_path))  # both ranks ended after the same step
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 20 <= step < 100_000
