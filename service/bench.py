@@ -63,6 +63,7 @@ class Result:
     latencies: list[float]
     mean_batch: float | None = None
     client_cpu: float | None = None
+    batches: float = 0.0  # model calls counted in /metrics during the run
 
     @property
     def throughput(self) -> float:
@@ -141,16 +142,17 @@ def measure(mode: str, op: str, load: str, url: str,
     after = batch_stats(url).get(op, (0.0, 0.0))
     batches = after[1] - before[1]
     return Result(mode, op, load, tally.ok, tally.failed, seconds, tally.latencies,
-                  (after[0] - before[0]) / batches if batches else None, client_cpu)
+                  (after[0] - before[0]) / batches if batches else None, client_cpu, batches)
 
 
 def merge(parts: list[Result], load: str) -> Result:
     """One row for several runs of the same mode and op."""
-    batches = [r.mean_batch for r in parts if r.mean_batch is not None]
+    batches = sum(r.batches for r in parts)
+    items = sum((r.mean_batch or 0.0) * r.batches for r in parts)
     return Result(parts[0].mode, parts[0].op, load, sum(r.ok for r in parts), sum(r.rejected for r in parts),
                   sum(r.seconds for r in parts), [x for r in parts for x in r.latencies],
-                  sum(batches) / len(batches) if batches else None,
-                  sum(r.client_cpu or 0.0 for r in parts))
+                  items / batches if batches else None,
+                  sum(r.client_cpu or 0.0 for r in parts), batches)
 
 
 def soak(url: str, server: Server | None, requests: dict[str, list[bytes]], total: int,

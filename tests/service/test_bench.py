@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from service.bench import main
+from service.bench import Result, main, merge
 
 
 def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsys) -> None:
@@ -43,3 +44,15 @@ def test_bench_plot_without_matplotlib_fails_before_benchmarking(tiny_artifact: 
     assert main(["--model", str(tiny_artifact), "--plot", str(tmp_path / "b.png")]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
     assert not (tmp_path / "b.png").exists()
+
+
+def test_merged_soak_rows_weigh_each_chunk_by_its_batches() -> None:
+    a = Result("service", "encode", "soak", ok=20, rejected=0, seconds=2.0, latencies=[0.1] * 20, mean_batch=2.0,
+               client_cpu=0.01, batches=10)
+    b = Result("service", "encode", "soak", ok=8, rejected=2, seconds=2.0, latencies=[0.3] * 8, mean_batch=8.0,
+               client_cpu=0.03, batches=1)
+    m = merge([a, b], "soak x30")
+    assert (m.ok, m.rejected, m.batches, len(m.latencies)) == (28, 2, 11, 28)
+    assert m.mean_batch == pytest.approx(28 / 11)  # items over model calls, not the mean of the chunk means
+    assert m.throughput == pytest.approx(7.0) and m.client_cpu == pytest.approx(0.04)
+    assert "| service | encode | soak x30 | 30 | 7.0 |" in m.row() and "| 2.5 | 6.7% |" in m.row()
