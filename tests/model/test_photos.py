@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from model import photos
+from model import archives, photos
 from model.photos import ManifestRow
 
 # --------------------------------------------------------------------------------------------------
@@ -85,33 +85,33 @@ def test_rcc_reader_reads_raw_and_zlib_entries(version: int) -> None:
         },
         version,
     )
-    got = photos.read_rcc(blob)
+    got = archives.read_rcc(blob)
     assert got.files == {
         "gcompris/src/images/fish1.webp": WEBP_ISH,
         "gcompris/src/images/photo.jpg": JPEG_ISH,
         "gcompris/src/other/readme.txt": b"hello",
     }
     assert got.skipped_zstd == []
-    only = photos.read_rcc(blob, wanted=["/gcompris/src/images/photo.jpg"])
+    only = archives.read_rcc(blob, wanted=["/gcompris/src/images/photo.jpg"])
     assert only.files == {"gcompris/src/images/photo.jpg": JPEG_ISH}
 
 
 def test_rcc_reader_skips_zstd_entries_without_zstandard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "zstandard", None)  # makes `import zstandard` fail
     blob = build_rcc({"a/raw.png": (b"\x89PNG", 0), "a/packed.png": (b"not really zstd", 4)})
-    got = photos.read_rcc(blob)
+    got = archives.read_rcc(blob)
     assert got.files == {"a/raw.png": b"\x89PNG"}
     assert got.skipped_zstd == ["a/packed.png"]
 
 
 def test_rcc_reader_rejects_other_files() -> None:
-    with pytest.raises(photos.RccError, match="magic"):
-        photos.read_rcc(b"PK\3\4" + b"\0" * 40)
-    with pytest.raises(photos.RccError, match="version"):
-        photos.read_rcc(b"qres" + struct.pack(">IIII", 9, 20, 20, 20))
+    with pytest.raises(archives.RccError, match="magic"):
+        archives.read_rcc(b"PK\3\4" + b"\0" * 40)
+    with pytest.raises(archives.RccError, match="version"):
+        archives.read_rcc(b"qres" + struct.pack(">IIII", 9, 20, 20, 20))
     blob = build_rcc({"a/b.jpg": (JPEG_ISH, 1)})
-    with pytest.raises(photos.RccError):
-        photos.read_rcc(blob[:40])
+    with pytest.raises(archives.RccError):
+        archives.read_rcc(blob[:40])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def build_eet(entries: list[tuple[str, bytes, bool]]) -> bytes:
         body.extend(name.encode() + b"\0")
         directory.extend(struct.pack(">6I", data_off, len(stored), len(payload), name_off, len(name) + 1,
                                      1 if compress else 0))
-    return struct.pack(">III", photos.EET_MAGIC_FILE, len(entries), 0) + bytes(directory) + bytes(body)
+    return struct.pack(">III", archives.EET_MAGIC_FILE, len(entries), 0) + bytes(directory) + bytes(body)
 
 
 def test_edj_reader_returns_the_largest_jpeg_image() -> None:
@@ -141,10 +141,10 @@ def test_edj_reader_returns_the_largest_jpeg_image() -> None:
         ("edje/images/2", b"\x89PNG" + b"\0" * 5000, False),  # not a JPEG
         ("edje/data/big", b"\xff\xd8\xff" + b"\0" * 9000, False),  # not an image entry
     ])
-    assert photos.largest_jpeg_in_edj(blob) == ("edje/images/1", large)
-    assert photos.largest_jpeg_in_edj(build_eet([("edje/images/0", b"\x89PNG", False)])) is None
-    with pytest.raises(photos.EetError):
-        photos.largest_jpeg_in_edj(b"\0" * 16)
+    assert archives.largest_jpeg_in_edj(blob) == ("edje/images/1", large)
+    assert archives.largest_jpeg_in_edj(build_eet([("edje/images/0", b"\x89PNG", False)])) is None
+    with pytest.raises(archives.EetError):
+        archives.largest_jpeg_in_edj(b"\0" * 16)
 
 
 # --------------------------------------------------------------------------------------------------
