@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -308,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     settings = Settings()
     model = args.model or settings.model_path
+    if args.url and urlsplit(args.url).scheme != "http":
+        sys.stderr.write(f"titok bench: --url {args.url}: only http:// URLs (the load generator speaks plain "
+                         "HTTP/1.1; run the bench next to the service or against its plain-HTTP port)\n")
+        return 2
     if not args.url and not Path(model).is_file():
         sys.stderr.write(f"titok bench: model file not found: {model} (use --model or TITOK_MODEL_PATH)\n")
         return 2

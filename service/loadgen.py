@@ -19,9 +19,11 @@ from urllib.parse import urlsplit
 
 
 def post(url: str, path: str, body: bytes, content_type: str) -> bytes:
-    """One POST request, serialised: reused for every send of this payload."""
-    host = urlsplit(url).netloc
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+    """One POST request, serialised: reused for every send of this payload. A path in `url` (a service
+    behind a proxy at http://host/titok) prefixes `path`."""
+    parts = urlsplit(url)
+    target = parts.path.rstrip("/") + path
+    head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
     return head.encode("latin-1") + body
 

@@ -56,3 +56,8 @@ def test_merged_soak_rows_weigh_each_chunk_by_its_batches() -> None:
     assert m.mean_batch == pytest.approx(28 / 11)  # items over model calls, not the mean of the chunk means
     assert m.throughput == pytest.approx(7.0) and m.client_cpu == pytest.approx(0.04)
     assert "| service | encode | soak x30 | 30 | 7.0 |" in m.row() and "| 2.5 | 6.7% |" in m.row()
+
+
+def test_bench_refuses_a_url_it_cannot_speak_to(capsys) -> None:
+    assert main(["--url", "https://tokenizer.example.com"]) == 2
+    assert "only http:// URLs" in capsys.readouterr().err

@@ -47,6 +47,8 @@ def test_post_serialises_a_complete_request() -> None:
     assert head.startswith(b"POST /encode HTTP/1.1\r\n")
     assert b"Host: 127.0.0.1:9999" in head and b"Content-Length: 2" in head and b"Content-Type: image/png" in head
     assert body == b"\x00\x01"
+    behind_proxy = loadgen.post("http://gw.example:80/titok/", "/decode", b"{}", "application/json")
+    assert behind_proxy.startswith(b"POST /titok/decode HTTP/1.1\r\nHost: gw.example:80\r\n")
     decode = loadgen.payloads("http://h:1", "decode", [[1, 2, 3]])[0]
     assert decode.endswith(b'{"tokens": [1, 2, 3]}') and b"application/json" in decode
 
