@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 from service import loadgen
 
@@ -15,8 +17,9 @@ CANNED = {
 }
 
 
-async def _canned_server(seen: list[tuple[int, bytes, bytes]]) -> asyncio.Server:
-    """Answers each request by its path; records (connection number, path, body)."""
+@contextlib.asynccontextmanager
+async def canned_server(seen: list[tuple[int, bytes, bytes]]) -> AsyncIterator[tuple[str, int]]:
+    """(url, port) of a server answering each request by its path; records (connection number, path, body)."""
     connections = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -38,7 +41,13 @@ async def _canned_server(seen: list[tuple[int, bytes, bytes]]) -> asyncio.Server
             pass
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_post_serialises_a_complete_request() -> None:
@@ -56,19 +65,15 @@ def test_post_serialises_a_complete_request() -> None:
 def test_connection_reads_each_framing_and_keeps_alive() -> None:
     async def scenario() -> None:
         seen: list[tuple[int, bytes, bytes]] = []
-        server = await _canned_server(seen)
-        port = server.sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        conn = loadgen.Connection("127.0.0.1", port)
-        assert await conn.send(loadgen.post(url, "/length", b"abc", "text/plain")) == (200, b"hello")
-        assert await conn.send(loadgen.post(url, "/chunked", b"", "text/plain")) == (200, b"abcdefg")
-        assert await conn.send(loadgen.post(url, "/empty", b"", "text/plain")) == (204, b"")
-        assert await conn.send(loadgen.post(url, "/close", b"", "text/plain")) == (503, b"busy")
-        assert conn.writer is None  # the server said Connection: close
-        assert await conn.send(loadgen.post(url, "/length", b"", "text/plain")) == (200, b"hello")
-        conn.close()
-        server.close()
-        await server.wait_closed()
+        async with canned_server(seen) as (url, port):
+            conn = loadgen.Connection("127.0.0.1", port)
+            assert await conn.send(loadgen.post(url, "/length", b"abc", "text/plain")) == (200, b"hello")
+            assert await conn.send(loadgen.post(url, "/chunked", b"", "text/plain")) == (200, b"abcdefg")
+            assert await conn.send(loadgen.post(url, "/empty", b"", "text/plain")) == (204, b"")
+            assert await conn.send(loadgen.post(url, "/close", b"", "text/plain")) == (503, b"busy")
+            assert conn.writer is None  # the server said Connection: close
+            assert await conn.send(loadgen.post(url, "/length", b"", "text/plain")) == (200, b"hello")
+            conn.close()
         assert [c for c, _, _ in seen] == [1, 1, 1, 1, 2]  # one connection until the close, then a new one
         assert seen[0][2] == b"abc"
 
@@ -77,18 +82,13 @@ def test_connection_reads_each_framing_and_keeps_alive() -> None:
 
 def test_loops_count_answers_and_failures() -> None:
     async def scenario() -> None:
-        seen: list[tuple[int, bytes, bytes]] = []
-        server = await _canned_server(seen)
-        port = server.sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        ok, busy = loadgen.post(url, "/length", b"", "t/p"), loadgen.post(url, "/close", b"", "t/p")
-        tally, seconds = await loadgen.closed_loop(url, [ok, ok, busy], concurrency=3, n=12)
-        assert (tally.ok, tally.failed, tally.statuses) == (8, 4, {200: 8, 503: 4})
-        assert len(tally.latencies) == 8 and seconds > 0
-        tally, _ = await loadgen.open_loop(url, [ok], rate=200, seconds=0.1)
-        assert (tally.ok, tally.failed) == (20, 0)
-        server.close()
-        await server.wait_closed()
+        async with canned_server([]) as (url, _):
+            ok, busy = loadgen.post(url, "/length", b"", "t/p"), loadgen.post(url, "/close", b"", "t/p")
+            tally, seconds = await loadgen.closed_loop(url, [ok, ok, busy], concurrency=3, n=12)
+            assert (tally.ok, tally.failed, tally.statuses) == (8, 4, {200: 8, 503: 4})
+            assert len(tally.latencies) == 8 and seconds > 0
+            tally, _ = await loadgen.open_loop(url, [ok], rate=200, seconds=0.1)
+            assert (tally.ok, tally.failed) == (20, 0)
 
     asyncio.run(scenario())
 
