@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -233,18 +234,14 @@ def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, t
     plt.close(fig)
 
 
-def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch: int, n: int, threads: int,
+def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: list, batch: int, n: int,
                  png_level: int) -> Result:
     """The artifact called directly on the same batches, with the same image decoding / PNG encoding."""
     import torch
 
     from .codec import encode_png, load_image
-    from .engine import load_artifact
 
-    torch.set_num_threads(threads)
     batch = min(batch, n)
-    module, meta = load_artifact(model)
-    size = int(meta["image_size"])
 
     def one_batch(start: int, count: int) -> None:
         with torch.inference_mode():
@@ -266,14 +263,12 @@ def raw_artifact(model: Path, op: str, photos: list[bytes], tokens: list, batch:
     return Result("raw artifact", op, f"batch {batch}", n, 0, time.perf_counter() - t0, lat, float(batch))
 
 
-def png_levels(model: Path, tokens: list, levels: tuple[int, ...] = (0, 1, 3, 6, 9)) -> str:
+def png_levels(module: Any, tokens: list, levels: tuple[int, ...] = (0, 1, 3, 6, 9)) -> str:
     """The PNG encoder's trade of time against bytes on decoded images (TITOK_PNG_COMPRESS_LEVEL)."""
     import torch
 
     from .codec import encode_png
-    from .engine import load_artifact
 
-    module, _ = load_artifact(model)
     with torch.inference_mode():
         images = module.decode(torch.tensor(tokens[:16], dtype=torch.int64)).numpy()
     rows = ["| PNG level | ms / image | KB / image |", "|---|---|---|"]
@@ -365,9 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                 off = loadgen.payloads(url1, op, items[op])
                 results.append(measure("batching off", op, f"closed c={top}", url1,
                                        partial(loadgen.closed_loop, url1, off, top, args.requests)))
-        threads = settings.torch_threads or os.cpu_count() or 1
+        import torch
+
+        from .engine import load_artifact
+
+        torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)  # as the service's model thread
+        module, meta = load_artifact(model)  # loaded once for both directions and the PNG table
         for op in ("encode", "decode"):
-            results.append(raw_artifact(Path(model), op, photos, tokens, batch, args.requests, threads,
+            results.append(raw_artifact(module, int(meta["image_size"]), op, photos, tokens, batch, args.requests,
                                         settings.png_compress_level))
     out(f"\n## titok bench ({info['model']['name']}, {info['model']['device']}, max batch {batch}, "
         f"{'photos from ' + str(args.images) if args.images else 'synthetic photos'})\n\n{HEADER}\n")
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if soak_rss:
         out("\n" + soak_table(soak_rss))
     if not args.url:
-        out("\n" + png_levels(Path(model), tokens))
+        out("\n" + png_levels(module, tokens))
     if args.plot:
         plot(results, soak_rss, args.plot, f"titok bench: {info['model']['name']} on {info['model']['device']}")
         out(f"\nplot: {args.plot}\n")
