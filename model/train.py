@@ -186,6 +186,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             log.info(f"  skipped {s}")
         (out / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "args": vars(args)}, indent=1))
 
+    saved_step = [-1]
+
     def save(collective: bool = True) -> None:
         """Rank 0 writes the checkpoint. Under DDP, `collective` gathers every rank's RNG states first; it must
         then be called by all ranks at the same step (not after an error or Ctrl-C, where ranks may be apart)."""
@@ -194,6 +196,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         if d.world > 1 and collective:
             ranks = [None] * d.world
             dist.all_gather_object(ranks, mine)
+        saved_step[0] = step
         if not d.master:
             return
         atomic_save({
@@ -264,7 +267,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                                     img_s=f"{ips:.1f}")
             if bar is not None:
                 bar.update(1)
-            if d.master and heldout is not None and (step % args.eval_every == 0 or step == args.steps):
+            if d.master and heldout is not None and step % args.eval_every == 0:  # the last step: in `finally`
                 _eval_and_plot(model, ema, heldout, baseline, out, step)
             if step % args.save_every == 0:
                 save()
@@ -278,7 +281,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         if in_step and d.world > 1 and d.master:
             log.info("stopped mid-step: the checkpoint keeps rank 0's RNG states only; other ranks restart their "
                      "crop streams from the seed on --resume")
-        save(collective=not in_step)
+        if in_step or saved_step[0] != step:  # not when the loop's last step already saved it
+            save(collective=not in_step)
         if d.master and heldout is not None and step % args.eval_every:
             _eval_and_plot(model, ema, heldout, baseline, out, step)
         if bar is not None:

@@ -50,6 +50,14 @@ def test_overfits_a_few_images_well_above_the_equal_bits_baseline(tmp_path, phot
     assert (out / "curves.png").stat().st_size > 0 and (out / "reconstructions.png").stat().st_size > 0
 
 
+def test_held_out_eval_runs_once_per_eval_step_and_at_the_last_step(tmp_path, photo_dir):
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 7, "--eval-data", str(photo_dir), "--eval-every", "5") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [5, 7]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 7
+
+
 def test_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(photo_dir, straight, 20)
