@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from service.engine import META_FILE  # the artifact format is read in one place: the service's loader
+
 from .config import TiTokConfig
 from .tokenizer import build_model
-
-META_FILE = "meta.json"
 
 
 class ExportedTokenizer(nn.Module):
@@ -123,15 +123,6 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     out.parent.mkdir(parents=True, exist_ok=True)
     scripted.save(str(out), _extra_files={META_FILE: json.dumps(full_meta, indent=1, default=str)})
     return full_meta
-
-
-def load_artifact(path: str | Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load an artifact and its meta.json (weights cast to fp32)."""
-    extra = {META_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    return module.float().eval(), json.loads(extra[META_FILE])
 
 
 def load_checkpoint_model(checkpoint: str | Path, use_ema: bool = True

@@ -5,8 +5,9 @@ import textwrap
 
 import torch
 
-from model.export import export_checkpoint, export_model, load_artifact
+from model.export import export_checkpoint, export_model
 from model.tokenizer import TiTok
+from service.engine import load_artifact
 
 
 def test_artifact_matches_eager_model_and_carries_meta(tmp_path, micro_cfg):
