@@ -58,7 +58,7 @@ def evaluate(encode: Any, decode: Any, meta: dict[str, Any], images: torch.Tenso
         tokens.append(t)
         recons.append(decode(t).permute(0, 3, 1, 2).float() / 255.0)
     tok, recon = torch.cat(tokens), torch.cat(recons)
-    ref = to_uint8(images)
+    ref, recon8 = to_uint8(images), to_uint8(recon)
     bits = meta["num_tokens"] * math.log2(meta["codebook_size"])
     base = thumbnail_baseline(images, bits)
     stats = codebook_stats(tok, meta["codebook_size"])
@@ -66,8 +66,8 @@ def evaluate(encode: Any, decode: Any, meta: dict[str, Any], images: torch.Tenso
         "model": meta.get("name"),
         "images": len(images),
         "image_size": images.shape[-1],
-        "psnr": float(psnr(to_uint8(recon), ref).mean()),
-        "ssim": float(ssim(to_uint8(recon), ref).mean()),
+        "psnr": float(psnr(recon8, ref).mean()),
+        "ssim": float(ssim(recon8, ref).mean()),
         "codebook_usage": stats["usage"],
         # N images carry N*K tokens: on a small set, usage cannot exceed this.
         "codebook_usage_bound": min(1.0, tok.numel() / meta["codebook_size"]),

@@ -22,6 +22,7 @@ from torch import nn
 from service.engine import META_FILE  # the artifact format is read in one place: the service's loader
 
 from .config import TiTokConfig
+from .quality import to_uint8
 from .tokenizer import build_model
 
 
@@ -83,7 +84,7 @@ def check_artifact(scripted: torch.jit.ScriptModule, model: nn.Module, cfg: TiTo
     with torch.no_grad():
         x = images.permute(0, 3, 1, 2).float() / 255.0
         eager_tokens = model.encode_indices(x)
-        eager_pixels = (model.decode_indices(eager_tokens).clamp(0, 1) * 255).round()
+        eager_pixels = to_uint8(model.decode_indices(eager_tokens))
         tokens = scripted.encode(images)
         pixels = scripted.decode(tokens).permute(0, 3, 1, 2).float()
     if not torch.equal(tokens, eager_tokens):

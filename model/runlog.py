@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .quality import to_uint8
+
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
@@ -28,7 +30,7 @@ def save_grid(rows: list[torch.Tensor], path: Path, pad: int = 2) -> None:
     b, _, h, w = rows[0].shape
     grid = np.full((len(rows) * (h + pad) + pad, b * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for r, imgs in enumerate(rows):
-        arr = (imgs.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        arr = to_uint8(imgs.detach()).byte().permute(0, 2, 3, 1).cpu().numpy()
         for i in range(b):
             y, x = pad + r * (h + pad), pad + i * (w + pad)
             grid[y:y + h, x:x + w] = arr[i]
