@@ -166,6 +166,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             ema = {k: v.to(device) for k, v in ckpt["ema"].items()}
         step, elapsed_before = ckpt["step"], ckpt.get("elapsed_s", 0.0)
         restore_rng(ckpt["rng"], d.rank, crops)
+    # (EMA tensor, live tensor) pairs, built once: every update of the weights and buffers is in place.
+    ema_pairs = [(ema[k], v) for k, v in model.state_dict().items()] if ema is not None else []
     heldout = None
     if args.eval_data:
         heldout = load_center_crops([args.eval_data], cfg.image_size)[0].to(device)
@@ -244,14 +246,14 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             reseeded = 0
             if step % 50 == 0:
                 reseeded = model.quantize.reseed_dead_codes(z)
-            if ema is not None:
+            if ema_pairs:
                 decay = min(args.ema, (1 + step) / (10 + step))
                 with torch.no_grad():
-                    for k, v in model.state_dict().items():
+                    for e, v in ema_pairs:
                         if v.dtype.is_floating_point:
-                            ema[k].mul_(decay).add_(v.float(), alpha=1 - decay)
+                            e.mul_(decay).add_(v.float(), alpha=1 - decay)
                         else:
-                            ema[k].copy_(v)
+                            e.copy_(v)
             seen_log += args.batch_size * d.world
             if d.master and (step % 10 == 0 or step == args.steps):
                 usage = float((model.quantize.steps_unused < cfg.dead_code_steps).float().mean())
