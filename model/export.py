@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.engine import META_FILE  # the artifact format is read in one place: the service's loader
+from service.artifact import save_artifact  # the artifact format has one owner
 
 from .config import TiTokConfig
 from .quality import to_uint8
@@ -100,7 +100,7 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     """Script, check and save; returns the meta.json written into the artifact.
 
     fp16_storage halves the file by storing weights in fp16; they are cast back to fp32 on load
-    by the loader (service.engine), so the arithmetic stays fp32 on CPU.
+    by the loader (service.artifact), so the arithmetic stays fp32 on CPU.
     """
     model = model.float().eval()
     scripted = script(model, cfg)
@@ -120,9 +120,7 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     if fp16_storage:
         # Script a half copy: .half() on the scripted module would also cast the caller's model.
         scripted = script(copy.deepcopy(model).half(), cfg)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scripted.save(str(out), _extra_files={META_FILE: json.dumps(full_meta, indent=1, default=str)})
+    save_artifact(scripted, out, full_meta)
     return full_meta
 
 

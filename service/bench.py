@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                                        partial(loadgen.closed_loop, url1, off, top, args.requests)))
         import torch
 
-        from .engine import load_artifact
+        from .artifact import load_artifact
 
         torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)  # as the service's model thread
         module, meta = load_artifact(model)  # loaded once for both directions and the PNG table

@@ -1,13 +1,11 @@
 """The engine: owns the TorchScript module and its device; one dedicated thread runs every model call.
 
-The service never imports the training code (`model/`): this loader reads the artifact alone.
+The artifact itself (format, meta.json, dtype) is service.artifact's; the engine only runs it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -15,46 +13,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .errors import ModelLoadError
+from .artifact import REQUIRED_META, load_artifact, resolve_device
 
-META_FILE = "meta.json"
-REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
 Op = Literal["encode", "decode"]
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("TITOK_DEVICE=cuda but no CUDA device is available (use auto or cpu)")
-    return device
-
-
-def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, dict[str, Any]]:
-    """Load the artifact and its meta.json; raises ModelLoadError with a one-line reason."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path} (set TITOK_MODEL_PATH to an exported artifact)")
-    if device == "cpu" and dtype != "float32":
-        raise ModelLoadError(f"TITOK_DTYPE={dtype} is for CUDA only; on CPU use float32 (fp16/bf16 are slow there)")
-    extra = {META_FILE: ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as e:  # torch raises RuntimeError/ValueError/zipfile errors for a bad file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"cannot load model file {path}: not a valid TorchScript artifact ({reason})") from e
-    try:
-        meta = json.loads(extra[META_FILE])
-        missing = [k for k in REQUIRED_META if k not in meta]
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelLoadError(f"model file {path} has no readable {META_FILE}") from e
-    if missing:
-        raise ModelLoadError(f"model file {path}: {META_FILE} lacks {', '.join(missing)}")
-    # The file may store fp16 weights to halve its size: compute in fp32 on CPU, in `dtype` on CUDA.
-    module = module.float() if dtype == "float32" else module.to(getattr(torch, dtype))
-    return module.eval(), meta
 
 
 class Engine:

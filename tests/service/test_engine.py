@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.engine import Engine, load_artifact
+from service.artifact import load_artifact
+from service.engine import Engine
 from service.errors import ModelLoadError
 
 
