@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .middleware import RequestContext
 from .routes import router
 from .settings import Settings
+from .ui import router as ui_router
 
 log = logging.getLogger("titok.app")
 
@@ -86,6 +87,8 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
                               '`{"error": {"code", "message", "request_id"}}`.')
     app.state.service = state
     app.include_router(router)
+    if settings.ui:
+        app.include_router(ui_router)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes)
     _add_error_handlers(app)
     return app

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Threads for image decoding and PNG encoding; 0: half the CPU cores (at least 1).")
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
+    ui: bool = Field(True, description="Serve the web page at / (false: API only, / is a 404).")
     log_format: Literal["json", "text"] = Field("json", description="One log line per request, as JSON or text.")
     host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 inside a container).")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
