@@ -360,8 +360,9 @@ def test_readme_documents_every_setting_with_its_default() -> None:
         assert row, f"README's settings table lacks TITOK_{name.upper()}"
         if isinstance(field.default, Path):
             assert field.default.relative_to(ROOT).as_posix() in row[1]
-        else:
-            assert f"`{field.default}`" == row[1], (name, row[1])
+        else:  # a bool as it is written in the environment: true, false
+            default = str(field.default).lower() if isinstance(field.default, bool) else field.default
+            assert f"`{default}`" == row[1], (name, row[1])
     assert len(rows) == len(Settings.model_fields)
 
 
@@ -476,3 +477,10 @@ def test_wheel_has_the_console_script_and_both_packages(wheel_files: dict[str, b
 
 def test_wheel_carries_the_default_model(wheel_files: dict[str, bytes]) -> None:
     assert "service/models/default.pt" in wheel_files, "the image would have no model to serve"
+
+
+def test_wheel_carries_the_web_page(wheel_files: dict[str, bytes]) -> None:
+    from service import ui
+
+    served = {"index.html", *ui._ASSETS}  # noqa: SLF001
+    assert {f"service/ui/{name}" for name in served} <= set(wheel_files), "a wheel install would serve no page"

@@ -22,7 +22,7 @@ _HERE = Path(__file__).parent
 _ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # The page may load only its own files and talk only to this service: a CDN link could not sneak in.
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 router = APIRouter(include_in_schema=False)  # the page and its helper are not part of the API
