@@ -73,7 +73,7 @@ async function loadInfo() {
     ["Tokens", model.num_tokens], ["Codebook", model.codebook_size],
     ["Device", [model.device, model.dtype].filter(Boolean).join(", ")]];
   const hash = model.content_hash || (model.meta && model.meta.content_hash);
-  if (hash) facts.push(["Hash", String(hash).slice(0, 12)]);
+  if (hash) facts.push(["Content hash", String(hash).slice(0, 12)]);
   const dl = document.createElement("dl");
   for (const [term, value] of facts) {
     const div = document.createElement("div");
