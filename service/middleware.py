@@ -20,7 +20,8 @@ from .metrics import Metrics
 
 access_log = logging.getLogger("titok.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json")
+ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json",
+             "/", "/ui/input")
 
 
 def request_id_from(header: bytes | None) -> str:

@@ -99,7 +99,7 @@ def test_model_input_survives_a_client_that_hangs_up_half_way(tiny_artifact: Pat
             if 'status="499"' in counted:
                 break
             threading.Event().wait(0.01)
-        assert 'titok_requests_total{endpoint="other",status="499"} 1.0' in counted
+        assert 'titok_requests_total{endpoint="/ui/input",status="499"} 1.0' in counted
         assert 'status="500"' not in counted
         r = httpx.post(f"{url}/ui/input", content=png, timeout=30)
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (32, 32)

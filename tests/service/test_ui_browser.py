@@ -270,3 +270,35 @@ def test_an_api_key_is_asked_for_kept_for_the_tab_and_sent_on_every_call(browser
         assert all(auth == "Bearer sesame" for _, auth in guarded.seen), guarded.seen
         assert page.evaluate("sessionStorage.getItem('titok-api-key')") == "sesame"
         assert not errors
+
+
+def test_drop_and_paste_and_the_keyboard(browser: Browser, site: str) -> None:
+    page, _, errors = open_page(browser, site)
+    png = list(save(two_halves(), "PNG"))
+    for event, name in (("drop", "dropped.png"), ("paste", "pasted.png")):
+        page.evaluate("""([event, name, bytes]) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+            const init = {bubbles: true, cancelable: true};
+            const target = event === "drop" ? document.querySelector("#drop") : document.body;
+            target.dispatchEvent(event === "drop" ? new DragEvent("drop", {...init, dataTransfer: data})
+                                                  : new ClipboardEvent("paste", {...init, clipboardData: data}));
+        }""", [event, name, png])
+        expect(page.locator(".card .name")).to_have_text(name)
+        expect(page.locator(".card")).to_have_attribute("data-decoded", "1")
+    # every control has a name a screen reader reads out, and Tab reaches them in reading order
+    unnamed = page.evaluate("""() => [...document.querySelectorAll("input, select, button, a")]
+        .filter(el => !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.textContent.trim())
+        .map(el => el.outerHTML)""")
+    assert unnamed == []
+    page.locator("body").focus()
+    order = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.getAttribute('aria-label')"))
+    assert order == ["files", "resize", "Token 1", "Token 2"]
+    # a phone-sized window scrolls down only, never sideways
+    for width, height in ((390, 844), (1280, 800)):
+        page.set_viewport_size({"width": width, "height": height})
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert not errors
