@@ -1,7 +1,7 @@
 """The web page at `/`: this folder's static files, and one helper route that shows the model's exact input.
 
-The page (index.html, app.js, style.css: no build step, nothing from a CDN) talks to the service's own
-/info, /encode and /decode. app.py includes this router only when TITOK_UI is true.
+The page (index.html, style.css and three JavaScript modules: no build step, nothing from a CDN) talks to the
+service's own /info, /encode and /decode. app.py includes this router only when TITOK_UI is true.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ..errors import ClientGone, Draining, EmptyBody, PayloadTooLarge
 from ..middleware import too_large
 
 _HERE = Path(__file__).parent
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+_JS = "text/javascript; charset=utf-8"
+_ASSETS = {"app.js": _JS, "api.js": _JS, "card.js": _JS, "style.css": "text/css; charset=utf-8"}
 # The page may load only its own files and talk only to this service: a CDN link could not sneak in.
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
         "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")

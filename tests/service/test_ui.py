@@ -31,7 +31,11 @@ def test_the_page_and_its_files_are_served_with_a_self_only_policy(client: TestC
         if ref.startswith("ui/"):
             r = client.get(f"/{ref}")
             assert r.status_code == 200 and r.text, ref
-    assert client.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+    for name in ("app.js", "api.js", "card.js"):  # the modules import each other by relative URL
+        script = client.get(f"/ui/{name}")
+        assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+        for imported in re.findall(r'from "\./([^"]+)"', script.text):
+            assert client.get(f"/ui/{imported}").status_code == 200, (name, imported)
     assert client.get("/ui/style.css").headers["content-type"].startswith("text/css")
 
 
