@@ -476,3 +476,10 @@ def test_wheel_has_the_console_script_and_both_packages(wheel_files: dict[str, b
 
 def test_wheel_carries_the_default_model(wheel_files: dict[str, bytes]) -> None:
     assert "service/models/default.pt" in wheel_files, "the image would have no model to serve"
+
+
+def test_wheel_carries_the_offline_docs_assets(wheel_files: dict[str, bytes]) -> None:
+    """/docs loads Swagger UI from the package, never from a CDN: its files and licence ship in the wheel."""
+    assets = {f"service/static/swagger-ui/{name}" for name in
+              ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "NOTICE")}
+    assert assets <= set(wheel_files)
