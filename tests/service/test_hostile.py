@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import FakeEngine, make_settings, serving
+from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving
 
 from service.app import build_app
 
@@ -35,25 +34,6 @@ def live(tiny_artifact: Path) -> Iterator[tuple[str, object]]:
     app = build_app(make_settings(tiny_artifact, body_timeout_s=BODY_TIMEOUT_S))
     with serving(app) as url:
         yield url, app
-
-
-def open_request(url: str, path: str, ctype: str, length: int, body: bytes, rid: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n"
-                 f"X-Request-ID: {rid}\r\n\r\n".encode() + body)
-    return sock
-
-
-def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Everything the server writes until it closes the connection: (status, headers, body)."""
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body
 
 
 def requests_total(url: str, endpoint: str, status: int) -> float:
