@@ -66,6 +66,7 @@ def _check_artifact(path: Path, preset: str, sd: dict[str, torch.Tensor]) -> dic
     return meta
 
 
+@pytest.mark.slow
 def test_bin_state_dict_converts_and_serves_at_256(tmp_path: Path) -> None:
     sd = _random_state_dict(LEGACY)
     src = tmp_path / "tokenizer_titok_l32.bin"

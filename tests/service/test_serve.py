@@ -18,6 +18,7 @@ from sample_images import all_formats
 from service_helpers import open_request, read_answer
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # every test here starts a server process
 
 
 def env(**settings: str) -> dict[str, str]:
