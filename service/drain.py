@@ -4,14 +4,16 @@ The signal does not close the listener at once: for `TITOK_DRAIN_GRACE_S` the se
 `/readyz` answers 503 (the balancer's health check takes the replica out), new work gets a complete
 503 + Retry-After (its body read and dropped first, so the client sees the answer rather than a reset)
 and every answer says `Connection: close` (keep-alive clients reconnect, to another replica). Queued
-work is finished meanwhile. Then uvicorn's own shutdown runs: the listener closes, in-flight requests
-complete, the lifespan stops the batcher, and the process exits 0.
+work is finished meanwhile. Then the listener closes, connections accepted just before get up to
+SETTLE_S to send their request (answered 503), uvicorn's own shutdown lets in-flight requests complete,
+the lifespan stops the batcher, and the process exits 0.
 
 SIGINT (Ctrl-C at a terminal) drains without the grace period; a second signal ends the grace at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
@@ -27,6 +29,7 @@ from .errors import Draining
 log = logging.getLogger("titok.serve")
 WORK = {("POST", "/encode"), ("POST", "/decode")}
 RETRY_AFTER_S = "1"
+SETTLE_S = 2.0  # most time given to connections accepted just before the listener closed to send their request
 
 
 class DrainGate:
@@ -86,3 +89,15 @@ class DrainingServer(uvicorn.Server):
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self.should_exit = True
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        # uvicorn closes the listener and, at once, every connection without a request in progress: one
+        # accepted a moment before, whose request is still on its way, would be cut without an answer.
+        # Stop accepting first and give such connections a moment to deliver their request (answered 503).
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and any(getattr(c, "cycle", False) is None
+                                                   for c in self.server_state.connections):
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)

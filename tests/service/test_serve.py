@@ -71,6 +71,14 @@ def wait_for(condition, what: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def queue_depth(url: str) -> float:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith("titok_queue_depth "):
@@ -136,6 +144,21 @@ def test_sigterm_keeps_listening_for_the_grace_answers_everyone_finishes_queued_
 
         proc.send_signal(signal.SIGTERM)
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 503, "readiness 503")
+        lingering_answer: list[tuple[int, dict[str, str], bytes] | Exception] = []
+
+        def linger() -> None:
+            """Connected during the grace, the request sent only once the listener has closed: still answered."""
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                    wait_for(lambda: refused(port), "the listener to close", timeout=30)
+                    sock.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+                    lingering_answer.append(read_answer(sock))
+            except Exception as e:  # recorded, then asserted below
+                lingering_answer.append(e)
+
+        lingerer = threading.Thread(target=linger)
+        lingerer.start()
         ready = httpx.head(f"{url}/readyz")
         assert ready.status_code == 503 and ready.headers["connection"] == "close"
         late = keep_alive.post(f"{url}/decode", json={"tokens": [0] * 8})  # on a connection opened before
@@ -155,6 +178,10 @@ def test_sigterm_keeps_listening_for_the_grace_answers_everyone_finishes_queued_
             early.sendall(png[100:])
             status, headers, body = read_answer(early)
         assert status == 200 and len(json.loads(body)["tokens"][0]) == 8
+        lingerer.join(60)
+        assert isinstance(lingering_answer[0], tuple), lingering_answer
+        status, headers, _ = lingering_answer[0]
+        assert status == 503 and headers["connection"] == "close"
 
         assert proc.wait(timeout=60) == 0
         stop.set()
