@@ -143,3 +143,19 @@ def test_docs_load_every_asset_from_the_service(live: tuple[str, object]) -> Non
     assert types == {"text/javascript", "text/css", "image/png"}
     js = next(a for a in assets if a.endswith(".js"))
     assert "SwaggerUIBundle" in httpx.get(f"{url}{js}").text
+
+
+def test_a_hang_up_while_a_draining_server_reads_the_body_is_a_499(
+        tiny_artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = build_app(make_settings(tiny_artifact), engine=FakeEngine())
+    with serving(app) as url, caplog.at_level(logging.INFO):
+        app.state.service.start_draining()
+        open_request(url, "/encode", "image/png", 5000, b"\x89PNG", "gone-while-draining").close()
+        with open_request(url, "/encode", "image/png", 4, b"\x89PNG", "stays") as sock:
+            status, headers, _ = read_answer(sock)
+        assert status == 503 and headers["connection"] == "close"
+        deadline = time.monotonic() + 30
+        while access_record(caplog, "gone-while-draining") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert access_record(caplog, "gone-while-draining").request["status"] == 499
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
