@@ -134,6 +134,23 @@ def _fits(tensors: Mapping[str, torch.Tensor], cfg: TiTokConfig) -> bool:
     return layout.keys() == tensors.keys() and all(tensors[k].shape == v for k, v in layout.items())
 
 
+def _config_fits(reference: Mapping[str, Any], cfg: TiTokConfig) -> bool:
+    try:
+        check_reference_config(reference, cfg)
+    except ValueError:
+        return False
+    return True
+
+
+def _matching_preset_first(exc: ValueError, preset: str | None, fits: Callable[[TiTokConfig], bool]) -> str:
+    """The refusal, led by the preset(s) the checkpoint does match: the long listing follows, not hides it."""
+    matching = [name for name in reference_presets() if name != preset and fits(get_preset(name))]
+    if not matching:
+        return str(exc)
+    return (f"this checkpoint is preset {' / '.join(matching)}, not {preset}: use --preset {matching[0]}\n"
+            f"the details: {exc}")
+
+
 def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path, preset: str | None = None,
                        config: str | Path | None = None, fp16_storage: bool = False,
                        progress: Callable[[str], None] = log.info) -> dict[str, Any]:
@@ -149,7 +166,10 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
             reference = json.loads(config_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read {config_path}: {exc}") from exc
-        check_reference_config(reference, cfg)
+        try:
+            check_reference_config(reference, cfg)
+        except ValueError as exc:
+            raise ValueError(_matching_preset_first(exc, preset, lambda c: _config_fits(reference, c))) from None
     progress(f"reading {checkpoint.name}")
     tensors = load_tensors(checkpoint)
     # The layout on the meta device: keys and shapes without allocating or initialising the weights.
@@ -158,9 +178,7 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
     try:
         check_state_dict(tensors, _layout(model))
     except ValueError as exc:
-        fits = [name for name in reference_presets() if name != preset and _fits(tensors, get_preset(name))]
-        hint = f"\nthis checkpoint has the layout of preset {' / '.join(fits)}" if fits else ""
-        raise ValueError(f"{exc}{hint}") from None
+        raise ValueError(_matching_preset_first(exc, preset, lambda c: _fits(tensors, c))) from None
     progress(f"loading {len(tensors)} tensors ({sum(t.numel() for t in tensors.values()):,} parameters)")
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
     model.eval().requires_grad_(False)

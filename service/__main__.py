@@ -1,6 +1,7 @@
 """`python -m service` / `titok serve`: load the model (a bad file stops here), then run uvicorn, one worker.
 
-SIGTERM or SIGINT: readiness goes false and new work gets 503, queued work is finished, exit 0.
+SIGTERM: readiness goes false and new work gets 503 for TITOK_DRAIN_GRACE_S while the server still listens,
+queued work is finished, exit 0 (see drain.py). SIGINT: the same without the grace period.
 """
 
 from __future__ import annotations
@@ -9,30 +10,18 @@ import argparse
 import logging
 import signal
 import sys
-from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
 from .app import build_app
+from .drain import DrainingServer
 from .engine import Engine
 from .errors import ModelLoadError
 from .middleware import configure_logging
 from .settings import Settings
 
 log = logging.getLogger("titok.serve")
-
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the app to drain the moment the signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, on_signal: object) -> None:
-        super().__init__(config)
-        self._on_signal = on_signal
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_signal()  # type: ignore[operator]
-        super().handle_exit(sig, frame)
 
 
 def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> int:
@@ -53,7 +42,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     config = uvicorn.Config(app, host=host or settings.host, port=settings.port if port is None else port,
                             workers=1, access_log=False, log_config=None, timeout_graceful_shutdown=None,
                             lifespan="on")
-    server = _DrainingServer(config, app.state.service.start_draining)
+    server = DrainingServer(config, app.state.service.start_draining, settings.drain_grace_s)
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours makes that a no-op,
     # so a drained shutdown ends with exit code 0 rather than death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):

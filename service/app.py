@@ -16,8 +16,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Batcher
+from .docs import add_offline_docs
+from .drain import DrainGate
 from .engine import Engine
-from .errors import ServiceError
+from .errors import ServiceError, error_response
 from .metrics import Metrics
 from .middleware import RequestContext
 from .routes import router
@@ -82,22 +84,28 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
                 eng.close()
             log.info("stopped")
 
-    app = FastAPI(title="TiTok tokenizer service", version="0.1.0", lifespan=lifespan,
+    # No redirects (POST /encode/ is a 404, not a 307 to a Location built from the Host header);
+    # /docs from the package (docs.py), and no /redoc, which only a CDN could serve.
+    app = FastAPI(title="TiTok tokenizer service", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
+                  docs_url=None, redoc_url=None,
                   description="Images <-> 1D token sequences with dynamic batching. Every error is JSON "
                               '`{"error": {"code", "message", "request_id"}}`.')
     app.state.service = state
     app.include_router(router)
     if settings.ui:
         app.include_router(ui_router)
-    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes)
+    add_offline_docs(app)
+    # The last added is the outermost: RequestContext wraps the drain gate, so its 503s get ids and metrics.
+    app.add_middleware(DrainGate, state=state)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes,
+                       body_timeout_s=settings.body_timeout_s)
     _add_error_handlers(app)
     return app
 
 
 def _error(request: Request, status: int, code: str, message: str,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    rid = getattr(request.state, "request_id", "")
-    return JSONResponse({"error": {"code": code, "message": message, "request_id": rid}}, status, headers=headers)
+    return error_response(status, code, message, getattr(request.state, "request_id", ""), headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -118,8 +126,3 @@ def _add_error_handlers(app: FastAPI) -> None:
                     405: f"method {request.method} is not allowed on {request.url.path}; see /docs"}
         message = messages.get(exc.status_code, str(exc.detail))
         return _error(request, exc.status_code, code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return _error(request, 500, "internal_error", "internal error; see the server log for this request id")

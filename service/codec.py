@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from typing import Any, Literal
 
 import numpy as np
@@ -93,6 +94,9 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
         doc: Any = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise MalformedJSON(f"the body is not valid JSON ({e})") from None
+    except ValueError:  # what is left: an integer over Python's digit limit, far outside every codebook
+        raise InvalidTokens(f"a number in the body has over {sys.get_int_max_str_digits()} digits; "
+                            f"token ids must be in [0, {codebook_size})") from None
     if not isinstance(doc, dict) or "tokens" not in doc:
         raise InvalidTokens('the body must be a JSON object with a "tokens" field')
     tokens = doc["tokens"]
@@ -115,7 +119,8 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
             if type(t) is not int:  # rejects bools, floats (even 1.0) and strings
                 raise InvalidTokens(f"{where}[{j}] is {json.dumps(t)[:40]}, not an integer")
             if not 0 <= t < codebook_size:
-                raise InvalidTokens(f"{where}[{j}] is {t}; token ids must be in [0, {codebook_size})")
+                shown = str(t) if len(str(t)) <= 40 else f"{str(t)[:20]}... ({len(str(t))} digits)"
+                raise InvalidTokens(f"{where}[{j}] is {shown}; token ids must be in [0, {codebook_size})")
     return np.asarray(sequences, dtype=np.int64), nested
 
 

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
+
+def error_response(status: int, code: str, message: str, request_id: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error answer, from route handlers and middleware alike."""
+    return JSONResponse({"error": {"code": code, "message": message, "request_id": request_id}}, status,
+                        headers=headers)
+
 
 class ServiceError(Exception):
     """Rendered by the app as {"error": {"code", "message", "request_id"}} with `status`."""
@@ -29,6 +38,12 @@ class MalformedJSON(ServiceError):
 
 class InvalidTokens(ServiceError):
     status, code = 422, "invalid_tokens"
+
+
+class BodyTimeout(ServiceError):
+    """The body did not arrive in time; the connection is closed, since the rest of it may still come."""
+
+    status, code = 408, "body_timeout"
 
 
 class PayloadTooLarge(ServiceError):

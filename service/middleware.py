@@ -1,11 +1,15 @@
-"""Pure ASGI middleware: request ids, the body-size limit, request metrics, one log line per request.
+"""Pure ASGI middleware: request ids, body limits, request metrics, one log line per request.
 
-The body limit is enforced while the body streams in (so chunked bodies are bounded too); routes
-also refuse an over-long Content-Length before reading anything.
+`RequestContext` is the outermost layer that can answer, so every answer, a 500 included, carries
+X-Request-ID and the JSON error body: an error that escapes the app is answered here, never by
+Starlette's plain-text ServerErrorMiddleware. The body limit is enforced while the body streams in
+(so chunked bodies are bounded too; routes also refuse an over-long Content-Length before reading
+anything), and so is the body-read deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,15 +17,18 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLarge
+from .errors import BodyTimeout, PayloadTooLarge, ServiceError, error_response
 from .metrics import Metrics
 
 access_log = logging.getLogger("titok.access")
+log = logging.getLogger("titok.app")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json",
              "/", "/ui/input")
+CLIENT_CLOSED = 499  # nginx's status for a client that hung up before its answer; never sent
 
 
 def request_id_from(header: bytes | None) -> str:
@@ -35,10 +42,11 @@ def too_large(limit: int) -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,8 +57,11 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         t0 = time.perf_counter()
-        status = [500]
+        body_deadline = time.monotonic() + self.body_timeout_s
+        status: list[int | None] = [None]
         received = [0]
+        body_done = [False]
+        disconnected = [False]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -59,8 +70,18 @@ class RequestContext:
             await send(message)
 
         async def limited_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
+            if body_done[0]:  # waiting for a disconnect after the body (see routes) has no deadline
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise BodyTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s "
+                                      "(TITOK_BODY_TIMEOUT_S)", headers={"Connection": "close"}) from None
+            if message["type"] == "http.disconnect":
+                disconnected[0] = True
+            elif message["type"] == "http.request":
+                body_done[0] = not message.get("more_body", False)
                 received[0] += len(message.get("body", b""))
                 # A route may tighten the limit with its own error (see routes.decode).
                 limit, error = state.get("body_limit") or (self.max_body_bytes, None)
@@ -70,8 +91,22 @@ class RequestContext:
 
         try:
             await self.app(scope, limited_receive, send_with_id)
+        except ClientDisconnect:  # the client hung up while its body was read: nobody to answer, not a fault
+            disconnected[0] = True
+        except ServiceError as e:  # raised outside the app's handlers, e.g. by the drain gate's body read
+            if status[0] is not None:
+                raise
+            await error_response(e.status, e.code, e.message, rid, e.headers)(scope, limited_receive, send_with_id)
+        except Exception:
+            if status[0] is not None:  # the answer is half sent: nothing to do but let the server cut it
+                raise
+            log.exception("unhandled error", extra={"request": {"request_id": rid}})
+            await error_response(500, "internal_error", "internal error; see the server log for this request id",
+                                 rid)(scope, limited_receive, send_with_id)
         finally:
-            self._record(scope, state, status[0], time.perf_counter() - t0, rid)
+            if status[0] is None and disconnected[0]:
+                status[0] = CLIENT_CLOSED
+            self._record(scope, state, status[0] or 500, time.perf_counter() - t0, rid)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float, rid: str) -> None:
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
@@ -102,10 +137,16 @@ class LogFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
+    """Every logger, ours and every library's (uvicorn, python-multipart, ...), writes through one formatter."""
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter(fmt))
-    for name in ("titok", "uvicorn.error"):  # uvicorn's start/stop lines in the same format
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level)
-        logger.propagate = False
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)  # libraries: warnings and errors only
+    for name in ("titok", "uvicorn.error"):  # ours, and uvicorn's start/stop lines
+        logging.getLogger(name).setLevel(level)
+    # A library that installed its own handler would write around the formatter: send it to the root instead.
+    for logger in logging.root.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.handlers[:] = []
+            logger.propagate = True

@@ -31,10 +31,7 @@ T = TypeVar("T")
 
 
 def _service(request: Request, work: bool = True) -> Any:
-    svc = request.app.state.service
-    if work and svc.draining:
-        svc.metrics.rejections.labels("draining").inc()
-        raise Draining("the service is shutting down; retry on another replica", headers={"Retry-After": "1"})
+    svc = request.app.state.service  # new work while draining never gets here: see drain.DrainGate
     if work and not svc.ready:
         raise NotReady("the model is not loaded and warmed up yet", headers={"Retry-After": "1"})
     return svc
@@ -158,12 +155,14 @@ async def decode(request: Request) -> Response:
 
 
 @router.get("/healthz", response_model=Status)
+@router.head("/healthz", include_in_schema=False)  # load balancers' probes often send HEAD
 async def healthz() -> Status:
     """The process is alive."""
     return Status(status="ok")
 
 
 @router.get("/readyz", response_model=Status, responses=errors(503))
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Status:
     """Ready for traffic: the model is loaded and warmed up, and the service is not draining."""
     svc = _service(request, work=False)

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         512, ge=1, description="Most items waiting; beyond it requests are refused at once with 503 + Retry-After.")
     request_timeout_s: float = Field(
         30.0, gt=0, description="Per-request deadline; items still queued past it are dropped (504).")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest time a request body may take to arrive, from the request's start (408).")
+    drain_grace_s: float = Field(
+        5.0, ge=0, description="After SIGTERM: seconds to keep accepting (readiness 503, new work 503) before "
+                                "closing the listener, so a load balancer can notice.")
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413).")
     max_images_per_request: int = Field(64, ge=1, description="Most images or token sequences in one request (413).")
     max_image_pixels: int = Field(

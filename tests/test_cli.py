@@ -59,6 +59,7 @@ def test_console_script_module_entry_point_help() -> None:
         assert name in proc.stdout
 
 
+@pytest.mark.slow
 def test_serve_does_not_import_model_code() -> None:
     code, out = _imported_after("cli.main(['serve', '--help'])")
     assert code == 0, out["stderr"]

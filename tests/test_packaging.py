@@ -469,12 +469,14 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         return {n: (zf.read(n) if n.endswith((".txt", ".py")) else b"") for n in zf.namelist()}
 
 
+@pytest.mark.slow
 def test_wheel_has_the_console_script_and_both_packages(wheel_files: dict[str, bytes]) -> None:
     assert {"service/cli.py", "service/__main__.py", "service/app.py", "model/export.py"} <= set(wheel_files)
     entry_points = next(v.decode() for n, v in wheel_files.items() if n.endswith(".dist-info/entry_points.txt"))
     assert re.search(r"^titok = service\.cli:main$", entry_points, flags=re.M)
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_default_model(wheel_files: dict[str, bytes]) -> None:
     assert "service/models/default.pt" in wheel_files, "the image would have no model to serve"
 
@@ -484,3 +486,11 @@ def test_wheel_carries_the_web_page(wheel_files: dict[str, bytes]) -> None:
 
     served = {"index.html", *ui._ASSETS}  # noqa: SLF001
     assert {f"service/ui/{name}" for name in served} <= set(wheel_files), "a wheel install would serve no page"
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_offline_docs_assets(wheel_files: dict[str, bytes]) -> None:
+    """/docs loads Swagger UI from the package, never from a CDN: its files and licence ship in the wheel."""
+    assets = {f"service/static/swagger-ui/{name}" for name in
+              ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "NOTICE")}
+    assert assets <= set(wheel_files)

@@ -12,10 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from .. import codec
-from ..errors import ClientGone, Draining, EmptyBody, PayloadTooLarge
+from ..errors import EmptyBody, PayloadTooLarge
 from ..middleware import too_large
 
 _HERE = Path(__file__).parent
@@ -53,8 +52,6 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     differs from Pillow's, cannot honour every format (TIFF) and handles alpha and 16-bit samples its own way.
     """
     svc: Any = request.app.state.service
-    if svc.draining:
-        raise Draining("the service is shutting down; retry on another replica", headers={"Retry-After": "1"})
     s = svc.settings
     try:
         declared = int(request.headers.get("content-length") or 0)
@@ -62,10 +59,7 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
         declared = 0
     if declared > s.max_upload_bytes:  # refuse before reading any of it
         raise PayloadTooLarge(too_large(s.max_upload_bytes))
-    try:
-        body = await request.body()  # the middleware bounds a body that streams in without a length
-    except ClientDisconnect:  # hung up half-way: nobody to answer, and no 500 in the metrics
-        raise ClientGone("the client closed the connection while sending the image") from None
+    body = await request.body()  # the middleware bounds it, times it out and counts a hang-up as a 499
     if not body:
         raise EmptyBody("the body is empty: send one image as the raw body")
 

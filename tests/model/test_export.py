@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from model.export import export_checkpoint, export_model
@@ -60,6 +61,7 @@ def test_export_from_checkpoint_uses_ema_weights(tmp_path, micro_cfg):
     assert meta["content_hash"] == state_hash(ref.float())
 
 
+@pytest.mark.slow
 def test_artifact_runs_where_model_package_cannot_be_imported(tmp_path, micro_cfg):
     cfg = micro_cfg()
     export_model(TiTok(cfg), cfg, tmp_path / "a.pt", {"name": "standalone"})

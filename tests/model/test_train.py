@@ -29,6 +29,7 @@ def train(data, out, steps, *extra):
     return train_main(args)
 
 
+@pytest.mark.slow
 def test_overfits_a_few_images_well_above_the_equal_bits_baseline(tmp_path, photo_dir):
     out = tmp_path / "run"
     assert train(photo_dir, out, 300, "--lr", "3e-3", "--ema", "0", "--eval-data", str(photo_dir),
@@ -50,6 +51,7 @@ def test_overfits_a_few_images_well_above_the_equal_bits_baseline(tmp_path, phot
     assert (out / "curves.png").stat().st_size > 0 and (out / "reconstructions.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_held_out_eval_runs_once_per_eval_step_and_at_the_last_step(tmp_path, photo_dir):
     out = tmp_path / "run"
     assert train(photo_dir, out, 7, "--eval-data", str(photo_dir), "--eval-every", "5") == 0
@@ -58,6 +60,7 @@ def test_held_out_eval_runs_once_per_eval_step_and_at_the_last_step(tmp_path, ph
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 7
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(photo_dir, straight, 20)
@@ -149,6 +152,7 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_weights(tmp_path, photo_dir):
     out = tmp_path / "ddp"
     finish(torchrun(tmp_path, photo_dir, out, 6), tmp_path)
@@ -160,6 +164,7 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path, photo_dir):
     assert ckpt["rng"]["crops"][0] != ckpt["rng"]["crops"][1]
 
 
+@pytest.mark.slow
 def test_ddp_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir):
     finish(torchrun(tmp_path, photo_dir, tmp_path / "straight", 6), tmp_path)
     straight, _ = rank_weights(tmp_path)
@@ -172,6 +177,7 @@ def test_ddp_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir):
     assert_same(resumed, other_rank)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, photo_dir):
     out = tmp_path / "ddp"
     proc = torchrun(tmp_path, photo_dir, out, 100_000)

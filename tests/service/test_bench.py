@@ -12,6 +12,7 @@ from PIL import Image
 from service.bench import Result, main, merge
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsys) -> None:
     plot = tmp_path / "bench.png"
     assert main(["--model", str(tiny_artifact), "--quick", "--requests", "8", "--concurrency", "1,4",
