@@ -5,6 +5,9 @@ Both runners call `decode_records`: the local one in its process pool, the Ray o
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -39,3 +42,15 @@ def decode_records(records: Sequence[Record], size: int, resize: Resize, max_pix
         else:
             out.append(Decoded(r.key, pixels, w, h, nbytes, ""))
     return out
+
+
+def exit_with_parent() -> None:
+    """Worker initializer: exit once the job's process is gone (a SIGKILL leaves it no time to stop its pool)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..codec import Resize
 from ..engine import Engine
-from .decode import Decoded, decode_records
+from .decode import Decoded, decode_records, exit_with_parent
 from .inputs import Record, Shard, iter_records
 from .progress import Progress, Summary
 from .writer import ERRORS, ShardRows, is_done, write_shard
@@ -53,9 +53,9 @@ class _Inline(Executor):
 def _pool(workers: int) -> Executor:
     if workers == 0:
         return _Inline()
-    # Not fork: the parent holds the model and its threads. The workers import the codec only.
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+    # spawn, not fork: the parent holds the model and its threads; the workers import the codec only.
+    # Not forkserver either: its workers are not the job's children and outlive a killed job.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=exit_with_parent)
 
 
 def _chunks(shards: list[Shard], n: int) -> Iterator[tuple[int, list[Record], bool]]:

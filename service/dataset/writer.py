@@ -17,14 +17,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..artifact import ModelInfo
 from .inputs import DatasetError, Shard
+
+if TYPE_CHECKING:  # the artifact module imports torch, which the decoding workers never need
+    from ..artifact import ModelInfo
 
 META_KEY = b"titok"
 FORMAT_VERSION = 1

@@ -69,7 +69,8 @@ def test_worker_processes_and_inline_decoding_write_the_same_rows(tmp_path: Path
 def test_bad_images_are_skipped_listed_and_counted_and_the_run_goes_on(tmp_path: Path, engine: Engine) -> None:
     good = photo(1, size=(256, 256), fmt="JPEG")
     tar = write_tar(tmp_path / "mixed.tar", [
-        ("ok1.jpg", good), ("corrupt.jpg", b"\xff\xd8\xff\xe0 not really a jpeg"), ("cut.jpg", good[: 2 * len(good) // 3]),
+        ("ok1.jpg", good), ("corrupt.jpg", b"\xff\xd8\xff\xe0 not really a jpeg"),
+        ("cut.jpg", good[: 2 * len(good) // 3]),
         ("bomb.png", header_only_png(5_000, 5_000)), ("empty.png", b""), ("ok2.png", photo(2))])
     summary = tokenize([tar], tmp_path / "out", engine, max_pixels=10_000_000)
     assert (summary.images, summary.errors) == (2, 4)
