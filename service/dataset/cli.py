@@ -46,8 +46,8 @@ def tokenize_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--resize", default="crop", choices=typing.get_args(Resize),
                    help="as /encode's ?resize=: crop (default), pad or stretch")
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS["max_batch_size"].default,
-                   help="images per model call (default: %(default)s)")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per model call (default: TITOK_MAX_BATCH_SIZE, {_DEFAULTS['max_batch_size'].default})")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes; 0 decodes in the main process (default: the CPU count, %(default)s)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch threads of the model (default: the CPU count)")
@@ -55,8 +55,8 @@ def tokenize_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default=AUTO,
                    help="Parquet: the column of image bytes; tar: the image's extension (default: auto, the first "
                         "of jpg, jpeg, png, webp, image, img)")
-    p.add_argument("--max-image-pixels", type=int, default=_DEFAULTS["max_image_pixels"].default,
-                   help="larger images are skipped as errors, checked before decoding (default: %(default)s)")
+    p.add_argument("--max-image-pixels", type=int, help="larger images are skipped as errors, checked before "
+                   f"decoding (default: TITOK_MAX_IMAGE_PIXELS, {_DEFAULTS['max_image_pixels'].default})")
     p.add_argument("--overwrite", action="store_true", help="delete shards of another model in --out")
     ray = p.add_argument_group("Ray Data (pip install 'titok-service[ray]')")
     ray.add_argument("--ray", action="store_true", help="run on Ray Data instead of this machine's processes")
@@ -71,12 +71,14 @@ def _tokenize(args: argparse.Namespace) -> int:
     from .writer import job_meta, prepare_output
 
     settings = _settings(args)
-    if args.batch_size < 1 or args.workers < 0 or args.concurrency < 1:
-        raise DatasetError("--batch-size and --concurrency must be at least 1, --workers at least 0")
+    batch_size = settings.max_batch_size if args.batch_size is None else args.batch_size
+    max_pixels = settings.max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
+    if min(batch_size, args.concurrency, max_pixels) < 1 or args.workers < 0:
+        raise DatasetError("--batch-size, --concurrency and --max-image-pixels must be at least 1; --workers >= 0")
     shards = plan_shards(args.inputs, args.shard_size, args.image_column)  # every input checked before any work
     from .local import JobOptions
 
-    opts = JobOptions(args.out, args.resize, args.batch_size, args.workers, args.max_image_pixels)
+    opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels)
     if args.ray:
         from ..artifact import read_meta
         from .on_ray import run_ray
