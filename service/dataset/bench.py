@@ -1,7 +1,8 @@
 """`titok bench-tokenize`: the dataset job's throughput next to the raw artifact's, on the same image files.
 
-The raw artifact is the floor a job cannot beat without more hardware: one loop that reads each file,
-decodes it with the service's codec and calls the TorchScript module on full batches, nothing else. The
+The raw artifact is the plain way to do the job: one loop that reads each file, decodes it with the
+service's codec and calls the TorchScript module on full batches, nothing else (timed before and after
+the job's runs, the better of the two counts). The
 job runs on the same files as a folder input, with 0, 1, 2, ... decoding workers, writing its Parquet
 shards. Both load the model before their clock starts; the job's clock includes starting its worker
 pool and writing its output. Prints markdown tables; asserts nothing.
@@ -83,22 +84,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = _folder(args.images, args.repeat, tmp)
         files = sorted(f for f in folder.rglob("*") if f.is_file())
-        raw = raw_artifact(model, files, args.batch_size)
+        first_raw = raw_artifact(model, files, args.batch_size)
         engine = Engine.load(model, "cpu", torch_threads=threads)
         engine.warmup(args.batch_size)
         info = ModelInfo.from_meta(engine.meta)
         meta = job_meta(info, "crop")
-        rows = [f"| raw artifact (read + decode + encode, one loop) | - | {len(files)} | {raw:.1f} | 1.00 |"]
+        jobs = []
         for w in (int(x) for x in args.workers.split(",")):
             out = tmp / f"out-{w}"
             prepare_output(out, meta)
             summary = run_local(plan_shards([str(folder)], shard_size=1000), engine, meta,
                                 JobOptions(out, "crop", args.batch_size, w))
-            rows.append(f"| titok tokenize | {w} | {summary.images} | {summary.images_per_s:.1f} | "
-                        f"{summary.images_per_s / raw:.2f} |")
+            jobs.append((w, summary))
         engine.close()
+        # Once before and once after the jobs; the better of the two: a busy machine cannot flatter the job.
+        raw = max(first_raw, raw_artifact(model, files, args.batch_size))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    rows = [f"| raw artifact (read + decode + encode, one loop; best of 2) | - | {len(files)} | {raw:.1f} | 1.00 |"]
+    rows += [f"| titok tokenize | {w} | {s.images} | {s.images_per_s:.1f} | {s.images_per_s / raw:.2f} |"
+             for w, s in jobs]
     source = f"{len(files)} images from {args.images} x{args.repeat}" if args.images else f"{len(files)} synthetic"
     sys.stdout.write(f"\n#### titok bench-tokenize ({info.name}, cpu, {threads} torch threads, batch "
                      f"{args.batch_size}, {source})\n\n| run | decoding workers | images | images/s | / raw |\n"

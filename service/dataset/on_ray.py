@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,18 @@ from .progress import Summary
 from .writer import ERRORS, ShardRows, is_done, write_shard
 
 
-def _read_and_decode(item: dict[str, Any], size: int, resize: Resize, max_pixels: int) -> list[dict[str, Any]]:
-    """One shard -> one row per image (failed ones keep their reason and zero pixels), in input order."""
+def _read_and_decode(item: dict[str, Any], size: int, resize: Resize, max_pixels: int) -> Iterator[dict[str, Any]]:
+    """One shard -> one row per image (failed ones keep their reason and zero pixels), in input order.
+
+    A generator: Ray Data cuts its output into blocks as it goes, so a large shard never sits in memory whole.
+    """
     spec = json.loads(item["spec"])
     shard = Shard(**{**spec, "files": tuple(spec["files"])})
     blank = np.zeros((size, size, 3), np.uint8)
-    decoded = decode_records(list(iter_records(shard)), size, resize, max_pixels)
-    return [{"shard": item["shard"], "row": n, "key": d.key, "pixels": blank if d.pixels is None else d.pixels,
-             "width": d.width, "height": d.height, "error": d.error} for n, d in enumerate(decoded)]
+    for n, record in enumerate(iter_records(shard)):
+        (d,) = decode_records([record], size, resize, max_pixels)
+        yield {"shard": item["shard"], "row": n, "key": d.key, "pixels": blank if d.pixels is None else d.pixels,
+               "width": d.width, "height": d.height, "error": d.error}
 
 
 class Tokenizer:
