@@ -40,6 +40,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a tokenizer (single process or under torchrun)", "model.train"),
     "eval": Command("evaluate a checkpoint or exported model on held-out images", "model.evaluate"),
     "export": Command("export a checkpoint to the TorchScript file the service loads", "model.export"),
+    "tokenize": Command("tokenize a dataset into Parquet shards of tokens", "service.dataset.cli:tokenize_main"),
+    "bench-tokenize": Command("benchmark titok tokenize against the raw artifact", "service.dataset.bench:main"),
+    "detokenize": Command("decode rows of a tokenized directory to PNGs", "service.dataset.cli:detokenize_main"),
     "convert": Command("convert a published TiTok checkpoint to a servable file", "model.convert"),
     "data": Command(
         "build training data",

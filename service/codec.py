@@ -18,6 +18,7 @@ from .errors import ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, S
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 Resize = Literal["crop", "pad", "stretch"]
+_ORIENTATION = 0x0112  # the EXIF tag
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _RESAMPLE = Image.Resampling.BICUBIC
 _REDUCING_GAP = 3.0  # shrink big images by integer steps first: much faster, same look at the small size
@@ -25,6 +26,12 @@ _REDUCING_GAP = 3.0  # shrink big images by integer steps first: much faster, sa
 
 def load_image(data: bytes, size: int, resize: Resize = "crop", max_pixels: int = 50_000_000) -> np.ndarray:
     """Any supported image -> uint8 (size, size, 3); the pixel count is checked before decoding."""
+    return load_image_sized(data, size, resize, max_pixels)[0]
+
+
+def load_image_sized(data: bytes, size: int, resize: Resize = "crop",
+                     max_pixels: int = 50_000_000) -> tuple[np.ndarray, int, int]:
+    """load_image, plus the image's width and height as displayed (after its EXIF orientation)."""
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     try:
@@ -37,6 +44,7 @@ def load_image(data: bytes, size: int, resize: Resize = "crop", max_pixels: int 
     if w * h > max_pixels:
         raise ImageTooLarge(f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
     try:
+        shown = (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)  # 90-degree turns
         if img.format == "JPEG":
             img.draft(None, (size, size))  # let libjpeg decode at a reduced scale, still >= size each way
         img = ImageOps.exif_transpose(img)  # decodes; GIF/WebP/TIFF stay at their first frame
@@ -47,7 +55,7 @@ def load_image(data: bytes, size: int, resize: Resize = "crop", max_pixels: int 
         raise
     except Exception as e:  # Pillow raises many types for truncated or corrupt data
         raise InvalidImage(f"the image could not be decoded; it may be truncated or corrupt ({e})") from None
-    return out
+    return out, *shown
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -1,0 +1,166 @@
+"""`titok tokenize` (a dataset -> Parquet shards of tokens) and `titok detokenize` (chosen rows -> PNGs)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..artifact import ModelInfo
+from ..codec import Resize
+from ..errors import ModelLoadError
+from ..settings import Settings
+from .inputs import AUTO, DatasetError
+
+_DEFAULTS = Settings.model_fields
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The service's own settings (TITOK_* from the environment), with this command's --model/--device/--dtype."""
+    given = {k: v for k, v in {"model_path": args.model, "device": args.device, "dtype": args.dtype}.items() if v}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        raise DatasetError("; ".join(f"--{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="artifact (default: TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--device", help="auto (default, or TITOK_DEVICE), cpu or cuda")
+    p.add_argument("--dtype", help="float32 (default, or TITOK_DTYPE); float16/bfloat16 on CUDA only")
+
+
+def tokenize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="titok tokenize", description="Tokenize image folders, WebDataset tar shards and Parquet files into "
+        "Parquet shards of token IDs (one output shard per input shard; a rerun resumes).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image folder (recursive), .tar shard or Parquet file; globs and brace ranges such as "
+                        "'shards/train-{000000..000099}.tar' are expanded (quote them)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    _model_args(p)
+    p.add_argument("--resize", default="crop", choices=typing.get_args(Resize),
+                   help="as /encode's ?resize=: crop (default), pad or stretch")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per model call (default: TITOK_MAX_BATCH_SIZE, {_DEFAULTS['max_batch_size'].default})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="decoding processes; 0 decodes in the main process (default: the CPU count, %(default)s)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch threads of the model (default: the CPU count)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard of a folder")
+    p.add_argument("--image-column", default=AUTO,
+                   help="Parquet: the column of image bytes; tar: the image's extension (default: auto, the first "
+                        "of jpg, jpeg, png, webp, image, img)")
+    p.add_argument("--max-image-pixels", type=int, help="larger images are skipped as errors, checked before "
+                   f"decoding (default: TITOK_MAX_IMAGE_PIXELS, {_DEFAULTS['max_image_pixels'].default})")
+    p.add_argument("--overwrite", action="store_true", help="delete shards of another model in --out")
+    ray = p.add_argument_group("Ray Data (pip install 'titok-service[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run on Ray Data instead of this machine's processes")
+    ray.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local instance)")
+    ray.add_argument("--concurrency", type=int, default=1, help="tokenizer actors (default: %(default)s)")
+    ray.add_argument("--num-gpus", type=float, help="GPUs per actor (default: 1 with --device cuda, else 0)")
+    return p
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from .inputs import plan_shards
+    from .writer import job_meta, prepare_output
+
+    settings = _settings(args)
+    batch_size = settings.max_batch_size if args.batch_size is None else args.batch_size
+    max_pixels = settings.max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
+    if min(batch_size, args.concurrency, max_pixels) < 1 or args.workers < 0:
+        raise DatasetError("--batch-size, --concurrency and --max-image-pixels must be at least 1; --workers >= 0")
+    shards = plan_shards(args.inputs, args.shard_size, args.image_column)  # every input checked before any work
+    from .local import JobOptions
+
+    opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels)
+    if args.ray:
+        from ..artifact import read_meta
+        from .on_ray import run_ray
+
+        meta = job_meta(ModelInfo.from_meta(read_meta(settings.model_path)), args.resize)
+        prepare_output(args.out, meta, args.overwrite)
+        gpus = args.num_gpus if args.num_gpus is not None else (1.0 if settings.device == "cuda" else 0.0)
+        summary = run_ray(shards, settings.model_path, settings.device, settings.dtype, meta, opts, args.ray_address,
+                          args.concurrency, gpus)
+    else:
+        from ..engine import Engine
+        from .local import run_local
+
+        engine = Engine.load(settings.model_path, settings.device, settings.dtype, args.torch_threads)
+        try:
+            meta = job_meta(ModelInfo.from_meta(engine.meta), args.resize)
+            prepare_output(args.out, meta, args.overwrite)
+            summary = run_local(shards, engine, meta, opts)
+        finally:
+            engine.close()
+    sys.stdout.write(summary.table())
+    return 0
+
+
+def _run(prog: str, parser: argparse.ArgumentParser, body: typing.Callable[[argparse.Namespace], int],
+         argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return body(args)
+    except (DatasetError, ModelLoadError) as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+
+
+def tokenize_main(argv: list[str] | None = None) -> int:
+    return _run("titok tokenize", tokenize_parser(), _tokenize, argv)
+
+
+def detokenize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="titok detokenize", description="Decode chosen rows of a `titok tokenize` "
+                                "output directory to PNGs, to look at what the tokens hold.")
+    p.add_argument("directory", type=Path, help="a `titok tokenize --out` directory")
+    p.add_argument("--keys", nargs="+", help="the rows' keys (default: the first --first rows)")
+    p.add_argument("--first", type=int, default=8, help="rows to decode when no --keys are given (default: 8)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (KEY.png, '/' in keys as '__')")
+    _model_args(p)
+    return p
+
+
+def _detokenize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..codec import encode_png
+    from ..engine import Engine
+    from .reader import load_tokens, read_dir_meta
+    from .writer import describe
+
+    settings = _settings(args)
+    meta = read_dir_meta(args.directory)
+    keys, tokens = load_tokens(args.directory)
+    index = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated key: its first row
+    missing = [k for k in args.keys or [] if k not in index]
+    if missing:
+        raise DatasetError(f"{args.directory} has no row with key {', '.join(map(repr, missing[:5]))} "
+                           f"(e.g. {', '.join(map(repr, keys[:3]))})")
+    rows = [index[k] for k in args.keys] if args.keys else list(range(min(args.first, len(keys))))
+    engine = Engine.load(settings.model_path, settings.device, settings.dtype)
+    try:
+        served = ModelInfo.from_meta(engine.meta)
+        if served.content_hash != meta["content_hash"] or served.name != meta["model"]:
+            raise DatasetError(f"{args.directory} holds tokens of {describe(meta)}, but --model is {served.name} "
+                               f"(content hash {served.short_hash}): its codebook would decode them to noise")
+        pixels = engine.run("decode", tokens[rows].astype(np.int64))  # (n, K) -> (n, S, S, 3)
+    finally:
+        engine.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, image in zip(rows, pixels, strict=True):
+        path = args.out / (re.sub(r"[^\w.-]", "_", keys[i].replace("/", "__")) + ".png")
+        path.write_bytes(encode_png(image))
+        sys.stdout.write(f"{keys[i]} -> {path}\n")
+    return 0
+
+
+def detokenize_main(argv: list[str] | None = None) -> int:
+    return _run("titok detokenize", detokenize_parser(), _detokenize, argv)

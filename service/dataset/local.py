@@ -1,0 +1,192 @@
+"""The job on one machine: worker processes decode, one device runs full batches, shards are written in order.
+
+The main process reads each shard's records and hands chunks of them to a pool of worker processes,
+which decode with the service's codec (service/dataset/decode.py). Decoded images fill (B, S, S, 3)
+batch buffers; the engine's model thread runs one full batch while the next one fills (on CUDA the
+buffers are pinned, so the copy to the device is asynchronous). Batches span shard boundaries; a shard
+is written as soon as its last image has its tokens.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..codec import Resize
+from ..engine import Engine
+from .decode import Decoded, decode_records, exit_with_parent
+from .inputs import Record, Shard, iter_records
+from .progress import Progress, Summary
+from .writer import ERRORS, ShardRows, is_done, write_shard
+
+Owner = tuple[int, int]  # (shard number, row in that shard)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    out: Path
+    resize: Resize = "crop"
+    batch_size: int = 32
+    workers: int = os.cpu_count() or 1  # decoding processes; 0 decodes in the main process
+    max_pixels: int = 50_000_000
+    chunk: int = 16  # images per decoding task: large enough to amortise the pickling, small enough to keep order
+
+
+class _Inline(Executor):
+    """workers=0: decode in the calling process (debugging, tiny inputs)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        f: Future[Any] = Future()
+        f.set_result(fn(*args, **kwargs))
+        return f
+
+
+def _pool(workers: int) -> Executor:
+    if workers == 0:
+        return _Inline()
+    # spawn, not fork: the parent holds the model and its threads; the workers import the codec only.
+    # Not forkserver either: its workers are not the job's children and outlive a killed job.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=exit_with_parent)
+
+
+def _chunks(shards: list[Shard], n: int) -> Iterator[tuple[int, list[Record], bool]]:
+    """(shard number, up to n records, whether the shard ends here), shard after shard."""
+    for i, shard in enumerate(shards):
+        buf: list[Record] = []
+        for record in iter_records(shard):
+            buf.append(record)
+            if len(buf) == n:
+                yield i, buf, False
+                buf = []
+        yield i, buf, True
+
+
+def _buffer(engine: Engine, rows: int) -> np.ndarray:
+    shape = (rows, engine.image_size, engine.image_size, 3)
+    if str(engine.device).startswith("cuda"):
+        import torch
+
+        return torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()  # page-locked: async host->device copy
+    return np.empty(shape, np.uint8)
+
+
+class _Batches:
+    """Two (B, S, S, 3) buffers: one on the model while the other fills; tokens go to `deliver`."""
+
+    def __init__(self, engine: Engine, batch_size: int, deliver: Callable[[list[Owner], np.ndarray], None]) -> None:
+        self.engine, self.deliver = engine, deliver
+        self.buffers = [_buffer(engine, batch_size) for _ in range(2)]
+        self.current, self.filled = 0, 0
+        self.owners: list[Owner] = []
+        self.in_flight: tuple[Future[np.ndarray], list[Owner]] | None = None
+
+    def add(self, pixels: np.ndarray, owner: Owner) -> None:
+        self.buffers[self.current][self.filled] = pixels
+        self.owners.append(owner)
+        self.filled += 1
+        if self.filled == len(self.buffers[self.current]):
+            self.submit()
+
+    def submit(self) -> None:
+        """Send the filling buffer to the model thread (after the previous batch is back: its buffer is reused)."""
+        if self.filled == 0:
+            return
+        self.wait()
+        batch = self.buffers[self.current][: self.filled]  # (n, S, S, 3) -> tokens (n, K)
+        self.in_flight = (self.engine.submit("encode", batch), self.owners)
+        self.current, self.filled, self.owners = 1 - self.current, 0, []
+
+    def wait(self) -> None:
+        if self.in_flight is not None:
+            future, owners = self.in_flight
+            self.in_flight = None
+            self.deliver(owners, future.result())
+
+    def flush(self) -> None:
+        self.submit()
+        self.wait()
+
+
+class _Job:
+    def __init__(self, shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: JobOptions,
+                 summary: Summary) -> None:
+        self.shards, self.meta, self.opts, self.summary = shards, meta, opts, summary
+        self.rows: dict[int, ShardRows] = {}
+        self.waiting: dict[int, int] = {}  # images of the shard still without tokens
+        self.ended: set[int] = set()
+        self.next_to_write = 0
+        self.batches = _Batches(engine, opts.batch_size, self.deliver)
+        self.progress = Progress(sum(s.size_bytes for s in shards), len(shards))
+
+    def take(self, i: int, decoded: list[Decoded], last: bool) -> None:
+        rows = self.rows.setdefault(i, ShardRows(self.shards[i]))
+        for d in decoded:
+            if d.pixels is None:
+                rows.errors.append((d.key, d.error))
+                continue
+            rows.keys.append(d.key)
+            rows.widths.append(d.width)
+            rows.heights.append(d.height)
+            rows.tokens.append(None)
+            self.waiting[i] = self.waiting.get(i, 0) + 1
+            self.batches.add(d.pixels, (i, len(rows.keys) - 1))
+        if last:
+            self.ended.add(i)
+        self.progress.update(nbytes=sum(d.nbytes for d in decoded))
+        self.write_finished()
+
+    def deliver(self, owners: list[Owner], tokens: np.ndarray) -> None:
+        for (i, row), t in zip(owners, tokens, strict=True):  # tokens: (n, K)
+            self.rows[i].tokens[row] = t
+            self.waiting[i] -= 1
+        self.progress.update(images=len(owners))
+
+    def write_finished(self) -> None:
+        """Write, in order, every shard whose images all have their tokens."""
+        while self.next_to_write in self.ended and not self.waiting.get(self.next_to_write):
+            rows = self.rows.pop(self.next_to_write)
+            write_shard(self.opts.out, rows, self.meta)
+            self.summary.images += len(rows.keys)
+            self.summary.errors += len(rows.errors)
+            self.summary.shards_written += 1
+            if rows.errors:
+                self.summary.error_files.append(str(self.opts.out / f"{rows.shard.name}{ERRORS}"))
+            self.progress.update(shards=1)
+            self.next_to_write += 1
+
+
+def run_local(shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: JobOptions) -> Summary:
+    """Tokenize every shard not yet complete in `opts.out` (prepare_output must have accepted it)."""
+    start = time.perf_counter()
+    todo = [s for s in shards if not is_done(opts.out, s)]
+    summary = Summary(shards_skipped=len(shards) - len(todo))
+    job = _Job(todo, engine, meta, opts, summary)
+    window: deque[tuple[int, bool, Future[list[Decoded]]]] = deque()
+    depth = max(2, 4 * opts.workers)  # decoded chunks ahead of the model: bounded, so memory is too
+    pool = _pool(opts.workers)
+    try:
+        for i, records, last in _chunks(todo, opts.chunk):
+            args = (records, engine.image_size, opts.resize, opts.max_pixels)
+            window.append((i, last, pool.submit(decode_records, *args)))
+            if len(window) >= depth:
+                i, last, future = window.popleft()
+                job.take(i, future.result(), last)
+        while window:
+            i, last, future = window.popleft()
+            job.take(i, future.result(), last)
+        job.batches.flush()
+        job.write_finished()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        job.progress.close()
+    summary.seconds = time.perf_counter() - start
+    return summary

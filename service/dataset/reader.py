@@ -1,0 +1,57 @@
+"""Reading a tokenized directory back, for a training loop or for a look at the reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .inputs import DatasetError
+from .writer import DONE, PARQUET, describe, same_job, shard_meta
+
+
+def complete_shards(directory: str | Path) -> list[Path]:
+    """The Parquet files of the shards whose done record is there, by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetError(f"no such directory: {directory}")
+    return sorted(p for p in directory.glob(f"*{PARQUET}") if p.with_name(p.name[: -len(PARQUET)] + DONE).is_file())
+
+
+def read_dir_meta(directory: str | Path) -> dict[str, Any]:
+    """The job metadata every complete shard of `directory` shares (model, content hash, sizes, resize mode).
+
+    Raises DatasetError when there is no complete shard, or when two shards come from different jobs.
+    """
+    paths = complete_shards(directory)
+    if not paths:
+        raise DatasetError(f"{directory} holds no complete tokenized shard (*{PARQUET} with its *{DONE})")
+    first = shard_meta(paths[0])
+    for p in paths[1:]:
+        other = shard_meta(p)
+        if not same_job(first, other):
+            raise DatasetError(f"{directory} mixes shards of different jobs: {paths[0].name} is {describe(first)}, "
+                               f"{p.name} is {describe(other)}")
+    return first
+
+
+def load_tokens(directory: str | Path) -> tuple[list[str], np.ndarray]:
+    """Load every complete shard of a `titok tokenize` output directory.
+
+    Returns (keys, tokens): keys[i] is row i's key (the WebDataset key, the path relative to its input
+    folder, or the Parquet key), tokens is (N, K) of the smallest unsigned type holding the codebook,
+    in shard-name order, then row order. Refuses a directory mixing shards of different models (or resize
+    modes): tokens are only meaningful with the codebook that made them. read_dir_meta(directory) names it.
+    """
+    read_dir_meta(directory)
+    keys: list[str] = []
+    parts: list[np.ndarray] = []
+    for path in complete_shards(directory):
+        table = pq.read_table(path, columns=["key", "tokens"])
+        tokens = table.column("tokens").combine_chunks()
+        k = tokens.type.list_size
+        keys += table.column("key").to_pylist()
+        parts.append(tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, k))  # (n, K)
+    return keys, np.concatenate(parts)

@@ -1,0 +1,33 @@
+"""Dataset-job fixtures: the tiny artifact's engine, and a second tiny model (another codebook)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_artifact: Path) -> Iterator[Engine]:
+    eng = Engine.load(tiny_artifact, "cpu", torch_threads=1)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def other_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from model.config import get_preset
+    from model.export import export_model
+    from model.tokenizer import TiTok
+
+    torch.manual_seed(7)
+    cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
+                     dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)
+    path = tmp_path_factory.mktemp("other") / "other.pt"
+    export_model(TiTok(cfg), cfg, path, {"name": "test-other"})
+    return path

@@ -1,0 +1,74 @@
+"""Small datasets made on the spot: image folders, WebDataset tars, Parquet files; and output readers."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from service.artifact import ModelInfo
+from service.dataset.inputs import plan_shards
+from service.dataset.local import JobOptions, run_local
+from service.dataset.progress import Summary
+from service.dataset.writer import job_meta, prepare_output
+from service.engine import Engine
+
+
+def photo(seed: int, size: tuple[int, int] = (48, 36), fmt: str = "PNG") -> bytes:
+    """A distinct small picture: smooth colour ramps plus noise, so every seed gives other tokens."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    ramp = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 255, 3) + np.linspace(0, 1, h)[:, None, None] * 60
+    a = np.clip(ramp + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_folder(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def write_tar(path: Path, members: Sequence[tuple[str, bytes]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_parquet(path: Path, columns: dict[str, list[Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def tokenize(inputs: Sequence[str | Path], out: Path, engine: Engine, *, shard_size: int = 4, workers: int = 0,
+             resize: str = "crop", batch_size: int = 4, overwrite: bool = False, image_column: str = "auto",
+             max_pixels: int = 50_000_000) -> Summary:
+    """What `titok tokenize` does, in this process, with an engine loaded once for the whole test module."""
+    shards = plan_shards([str(p) for p in inputs], shard_size, image_column)
+    meta = job_meta(ModelInfo.from_meta(engine.meta), resize)
+    prepare_output(out, meta, overwrite)
+    return run_local(shards, engine, meta, JobOptions(out, resize, batch_size, workers, max_pixels))  # type: ignore[arg-type]
+
+
+def rows(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every row of every output shard, by (source, key)."""
+    found = {}
+    for path in sorted(out.glob("*.parquet")):
+        for r in pq.read_table(path).to_pylist():
+            found[(r["source"], r["key"])] = r
+    return found

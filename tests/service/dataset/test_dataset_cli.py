@@ -1,0 +1,154 @@
+"""`titok tokenize` and `titok detokenize` as a user runs them: errors before work, a killed run resumed."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dataset_helpers import photo, rows, tokenize, write_folder
+from PIL import Image
+
+from service.cli import main
+from service.dataset import load_tokens
+from service.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_a_missing_input_stops_the_command_before_any_work(tmp_path: Path, tiny_artifact: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_folder(tmp_path / "pics", {"a.png": photo(0)})
+    code = main(["tokenize", str(folder), str(tmp_path / "shards/s-{00..01}.tar"), "--out", str(tmp_path / "out"),
+                 "--model", str(tiny_artifact), "--device", "cpu"])
+    assert code == 2
+    assert "titok tokenize: error: input" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was started, not even the output directory
+
+
+def test_a_file_that_is_not_a_dataset_is_an_error_naming_it(tmp_path: Path, tiny_artifact: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "model.bin").write_bytes(os.urandom(4096))
+    code = main(["tokenize", str(tmp_path / "model.bin"), "--out", str(tmp_path / "out"), "--model",
+                 str(tiny_artifact)])
+    assert code == 2
+    assert f"{tmp_path / 'model.bin'} is neither a folder, a tar archive" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_with_a_reason(tmp_path: Path, tiny_artifact: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_folder(tmp_path / "pics", {"a.png": photo(0)})
+    base = ["tokenize", str(folder), "--out", str(tmp_path / "out"), "--model", str(tiny_artifact)]
+    assert main([*base, "--dtype", "int8"]) == 2
+    assert "--dtype" in capsys.readouterr().err
+    assert main([*base, "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main([*base, "--resize", "zoom"]) == 2  # argparse: invalid choice
+    assert main(["tokenize", str(folder), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no.pt")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_tokenize_then_detokenize_chosen_rows(tmp_path: Path, tiny_artifact: Path, engine: Engine,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_folder(tmp_path / "pics", {f"sub/{i}.png": photo(i) for i in range(5)})
+    out = tmp_path / "out"
+    assert main(["tokenize", str(folder), "--out", str(out), "--model", str(tiny_artifact), "--device", "cpu",
+                 "--workers", "1", "--shard-size", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "images tokenized                   5" in report and "shards written                     3" in report
+    assert main(["detokenize", str(out), "--keys", "sub/3.png", "sub/0.png", "--out", str(tmp_path / "png"),
+                 "--model", str(tiny_artifact), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["sub__0.png.png", "sub__3.png.png"]
+    keys, tokens = load_tokens(out)
+    expected = engine.run("decode", tokens[[keys.index("sub/3.png")]].astype(np.int64))[0]
+    got = np.asarray(Image.open(io.BytesIO((tmp_path / "png/sub__3.png.png").read_bytes())))
+    np.testing.assert_array_equal(got, expected)
+    assert main(["detokenize", str(out), "--keys", "nope.png", "--out", str(tmp_path / "png"),
+                 "--model", str(tiny_artifact)]) == 2
+    assert "no row with key 'nope.png'" in capsys.readouterr().err
+
+
+def test_detokenize_refuses_a_model_that_did_not_make_the_tokens(tmp_path: Path, engine: Engine,
+                                                                 other_artifact: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    tokenize([write_folder(tmp_path / "pics", {"a.png": photo(0)})], tmp_path / "out", engine)
+    assert main(["detokenize", str(tmp_path / "out"), "--out", str(tmp_path / "png"), "--model",
+                 str(other_artifact)]) == 2
+    err = capsys.readouterr().err
+    assert "holds tokens of model test-tiny" in err and "but --model is test-other" in err
+    assert not (tmp_path / "png").exists()
+
+
+def _big_photos(folder: Path, n: int) -> None:
+    """n large PNGs (slow enough to decode that a run lasts a few seconds), each with its own colour block."""
+    base = np.tile(np.linspace(0, 255, 1200, dtype=np.uint8)[None, :, None], (900, 1, 3))
+    folder.mkdir(parents=True)
+    for i in range(n):
+        a = base.copy()
+        a[100 + 20 * i : 400 + 20 * i, 200:700] = ((37 * i) % 256, (91 * i) % 256, 160)
+        Image.fromarray(a).save(folder / f"{i:03d}.png", compress_level=1)
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        if not alive:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker processes {alive} outlived their killed job")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
+        tmp_path: Path, tiny_artifact: Path, engine: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "pics"
+    _big_photos(folder, 30)  # 10 shards of 3
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "service.cli", "tokenize", str(folder), "--out", str(out), "--model",
+           str(tiny_artifact), "--device", "cpu", "--workers", "1", "--shard-size", "3", "--batch-size", "3",
+           "--torch-threads", "1"]
+    log = open(tmp_path / "killed.log", "wb")  # not a pipe: nothing may hold the test up after the kill
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)  # no clean-up of any kind: as a preempted machine
+    proc.wait(timeout=60)
+    log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
+    assert workers, "the job runs its decoding in worker processes"
+    _wait_gone(workers)  # the decoding workers follow their job: no orphans keep the CPU busy
+    done = sorted(p.name for p in out.glob("*.done.json"))
+    assert 1 <= len(done) < 10, "the run must be killed part-way"
+    for name in done:  # every shard recorded complete has its whole Parquet file
+        assert (out / name.replace(".done.json", ".parquet")).is_file()
+
+    capsys.readouterr()
+    assert main(cmd[3:]) == 0  # the same command again, in this process
+    report = capsys.readouterr().out
+    assert f"shards skipped (already complete)  {len(done)}\n" in report
+    assert f"shards written                     {10 - len(done)}\n" in report
+    assert not list(out.glob("*.tmp"))
+
+    tokenize([folder], tmp_path / "whole", engine, shard_size=3)
+    assert rows(out) == rows(tmp_path / "whole")
+    assert len(rows(out)) == 30

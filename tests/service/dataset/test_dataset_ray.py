@@ -1,0 +1,57 @@
+"""The same job on a local Ray instance writes the rows of the single-machine job, key by key."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dataset_helpers import photo, rows, tokenize, write_folder, write_parquet, write_tar
+
+from service.artifact import ModelInfo
+from service.dataset.inputs import plan_shards
+from service.dataset.local import JobOptions
+from service.dataset.on_ray import run_ray
+from service.dataset.writer import job_meta, prepare_output
+from service.engine import Engine
+
+ray = pytest.importorskip("ray", reason="the ray extra: pip install 'titok-service[ray]' (CI installs it)")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    # The workers import this checkout's `service`, as the test does (not another installed copy).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact: Path, engine: Engine,
+                                                   local_ray: None) -> None:
+    folder = write_folder(tmp_path / "pics", {f"{i}.png": photo(i) for i in range(7)} | {"bad.png": b"not a png"})
+    tar = write_tar(tmp_path / "wds/000.tar", [(f"t{i}.jpg", photo(20 + i, fmt="JPEG")) for i in range(3)])
+    empty = write_tar(tmp_path / "wds/001.tar", [("readme.txt", b"no images here")])
+    pq = write_parquet(tmp_path / "p.parquet", {"key": ["a", "b"], "jpg": [photo(30), photo(31)]})
+    inputs = [folder, tar, empty, pq]
+    local = tokenize(inputs, tmp_path / "local", engine, shard_size=4)
+
+    shards = plan_shards([str(p) for p in inputs], shard_size=4)
+    meta = job_meta(ModelInfo.from_meta(engine.meta), "crop")
+    out = tmp_path / "ray"
+    prepare_output(out, meta)
+    summary = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out, batch_size=3), concurrency=1)
+
+    assert (summary.images, summary.errors, summary.shards_written) == (local.images, local.errors, 5) == (12, 1, 5)
+    assert rows(out) == rows(tmp_path / "local")  # every key, token, size and source
+    for path in (tmp_path / "local").iterdir():
+        if path.suffix != ".parquet":
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name  # done records, errors files
+    assert json.loads((out / "000.done.json").read_text())["rows"] == 3
+    again = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out), concurrency=1)
+    assert (again.shards_skipped, again.shards_written) == (5, 0)
