@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import openapi
+from .auth import ApiKeyAuth, describe, open_paths
 from .batcher import Batcher
 from .engine import Engine
 from .errors import ServiceError
@@ -55,6 +57,8 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.log(logging.INFO if settings.api_keys else logging.WARNING, describe(settings.api_keys,
+                                                                                settings.metrics_auth))
         eng = engine or await asyncio.to_thread(
             Engine.load, settings.model_path, settings.device, settings.dtype, settings.torch_threads)
         state.engine = eng
@@ -86,6 +90,10 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
                               '`{"error": {"code", "message", "request_id"}}`.')
     app.state.service = state
     app.include_router(router)
+    unguarded = open_paths((app.docs_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url), settings.metrics_auth)
+    # Added first, so it runs inside RequestContext: a 401 is counted, logged and carries its X-Request-ID.
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, open_paths=unguarded, metrics=metrics)
+    openapi.install(app, unguarded if settings.api_keys else None)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes)
     _add_error_handlers(app)
     return app

@@ -14,6 +14,10 @@ class ServiceError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def body(self, request_id: str) -> dict[str, dict[str, str]]:
+        """The JSON error body every answer uses."""
+        return {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
+
 
 class InvalidImage(ServiceError):
     status, code = 400, "invalid_image"
@@ -29,6 +33,10 @@ class MalformedJSON(ServiceError):
 
 class InvalidTokens(ServiceError):
     status, code = 422, "invalid_tokens"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
 
 
 class PayloadTooLarge(ServiceError):
