@@ -17,17 +17,18 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "TITOK_API_KEY"  # the client's, not a server setting
 ARRAY_TYPE = "application/x-npy"
 NPY_HEADER = 128  # bytes numpy's .npy format puts before the data (version 1, small shapes)
 PART_OVERHEAD = 256  # bytes a multipart part adds around its data (boundary, headers, file name)
-ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias on 3.10)
+ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 class TitokError(Exception):
@@ -106,7 +107,7 @@ def _seconds(retry_after: str | None) -> float | None:
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    key = api_key if api_key is not None else os.environ.get("TITOK_API_KEY")
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
