@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -32,7 +32,7 @@ from .core import (
 
 class AsyncTitokClient:
     """A client of one service URL; `api_key` defaults to TITOK_API_KEY; `arrays` None: use the .npy formats
-    when the server has them (True/False: always/never); `concurrency`: requests in flight for one call."""
+    when the server has them (True/False: always/never); `concurrency`: requests in flight at once."""
 
     def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 120.0,
                  retry: Retry | None = None, arrays: bool | None = None,
@@ -67,18 +67,30 @@ class AsyncTitokClient:
     async def encode(self, images: ImageLike | Sequence[ImageLike], resize: str = "crop") -> np.ndarray:
         """Paths, bytes, PIL images or uint8 arrays -> int64 (N, K) token ids, in order."""
         server = await self.server()
-        parts = await asyncio.gather(*(self._run(c) for c in encode_calls(as_image_list(images), server, resize)))
-        return joined_tokens(list(parts), server)
+        return joined_tokens(await self._run_all(encode_calls(as_image_list(images), server, resize)), server)
 
     async def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
         """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`."""
         server = await self.server()
-        parts = await asyncio.gather(*(self._run(c) for c in decode_calls(as_token_array(tokens), server)))
-        return joined_images(list(parts), server, as_array)
+        return joined_images(await self._run_all(decode_calls(as_token_array(tokens), server)), server, as_array)
+
+    async def _run_all(self, calls: Iterator[Call]) -> list[np.ndarray]:
+        """The calls' results in order, `concurrency` requests in flight; the next call (and its files) is made
+        only when a slot is free, so memory holds a few requests, not the whole input."""
+        tasks: list[asyncio.Future[np.ndarray]] = []
+        try:
+            for call in calls:
+                await self._slots.acquire()
+                tasks.append(asyncio.ensure_future(self._run(call)))
+                # Released when the task ends in any way, even cancelled before it started.
+                tasks[-1].add_done_callback(lambda _: self._slots.release())
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # after a failure, the requests still running are not waited for
+                task.cancel()
 
     async def _run(self, call: Call) -> np.ndarray:
-        async with self._slots:
-            return call.parse(await self._send(with_request_id(call)))
+        return call.parse(await self._send(with_request_id(call)))
 
     async def _send(self, request: dict[str, Any]) -> httpx.Response:
         """One request, tried again after a 503 or a lost connection; a final failure is a TitokError."""

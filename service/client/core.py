@@ -14,7 +14,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
     return list(images)
 
 
-def _runs(kinds: list[tuple[str, Any]], server: ServerInfo) -> Iterator[tuple[str, list[Any]]]:
+def _runs(kinds: Iterable[tuple[str, Any]], server: ServerInfo) -> Iterator[tuple[str, list[Any]]]:
     """Consecutive inputs of one kind, cut into requests of at most max_items items and max_bytes bytes."""
     kind, run, size = "", [], 0
     for k, payload in kinds:
@@ -206,29 +206,30 @@ def _runs(kinds: list[tuple[str, Any]], server: ServerInfo) -> Iterator[tuple[st
         yield kind, run
 
 
-def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str) -> list[Call]:
-    """Requests for `images`, in order; each parses to int64 (n, K)."""
-    calls = []
-    for kind, run in _runs([_one_input(item, server) for item in images], server):
+def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str) -> Iterator[Call]:
+    """Requests for `images`, in order, each made when asked for (files are read one request ahead, not all
+    at once); each parses to int64 (n, K)."""
+    for kind, run in _runs((_one_input(item, server) for item in images), server):
         if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
-            body = _npy(np.stack(run))
-            calls.append(Call({"method": "POST", "url": "/encode", "content": body,
-                               "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}},
-                              lambda r: _load_npy(r).astype(np.int64)))
+            yield Call({"method": "POST", "url": "/encode", "content": _npy(np.stack(run)),
+                        "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}},
+                       lambda r: _load_npy(r).astype(np.int64))
         else:
             files = [("images", (name, data, "application/octet-stream")) for name, data in run]
-            calls.append(Call({"method": "POST", "url": "/encode", "params": {"resize": resize}, "files": files},
-                              lambda r: np.asarray(r.json()["tokens"], dtype=np.int64)))
-    return calls
+            yield Call({"method": "POST", "url": "/encode", "params": {"resize": resize}, "files": files},
+                       lambda r: np.asarray(r.json()["tokens"], dtype=np.int64))
 
 
 def as_token_array(tokens: Any) -> np.ndarray:
-    """(N, K) or (K,) integers -> int64 (N, K); a ragged list is refused here, its lengths by the server."""
+    """(N, K) or (K,) integers -> int64 (N, K). A ragged list is refused here; whether K is the model's,
+    and the ids' range, the server checks (one place says what a valid token is)."""
     try:
         a = np.asarray(tokens)
     except ValueError:  # a ragged list: say which sequence is off, as the server would
         lengths = [len(t) if isinstance(t, list | tuple) else 1 for t in tokens]
-        i = next(i for i, n in enumerate(lengths) if n != lengths[0])
+        i = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+        if i is None:
+            raise ValueError("tokens must be an (N, K) array or a list of equal-length lists of integers") from None
         raise ValueError(f"tokens[{i}] has {lengths[i]} tokens and tokens[0] has {lengths[0]}; every sequence "
                          "needs the same number (the model's K)") from None
     if a.dtype == object or (a.size and not np.issubdtype(a.dtype, np.integer)):
@@ -243,18 +244,15 @@ def _pngs_to_pixels(r: httpx.Response) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert("RGB")) for p in pngs])
 
 
-def decode_calls(tokens: np.ndarray, server: ServerInfo) -> list[Call]:
+def decode_calls(tokens: np.ndarray, server: ServerInfo) -> Iterator[Call]:
     """Requests for int64 (N, K) tokens, in order; each parses to uint8 (n, S, S, 3)."""
-    calls = []
     for start in range(0, len(tokens), server.max_items):
         chunk = tokens[start:start + server.max_items]
         if server.arrays:
-            calls.append(Call({"method": "POST", "url": "/decode", "content": _npy(chunk),
-                               "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}}, _load_npy))
+            yield Call({"method": "POST", "url": "/decode", "content": _npy(chunk),
+                        "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}}, _load_npy)
         else:  # always a list of sequences, so the answer is always the JSON list of PNGs
-            calls.append(Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}},
-                              _pngs_to_pixels))
-    return calls
+            yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}}, _pngs_to_pixels)
 
 
 def with_request_id(call: Call) -> dict[str, Any]:

@@ -250,3 +250,16 @@ def test_array_formats_where_the_server_has_them(live_url: str) -> None:
         with TitokClient(live_url, arrays=False) as fallback:
             assert np.array_equal(fallback.encode(batch), tokens)
             assert np.array_equal(fallback.decode(tokens, as_array=True), plain.decode(tokens, as_array=True))
+
+
+def test_the_async_client_survives_a_failed_call_with_its_slots(live_url: str) -> None:
+    good = [save(noise((40, 40), s), "PNG") for s in range(6)]
+
+    async def run() -> np.ndarray:
+        async with AsyncTitokClient(live_url, concurrency=1) as client:
+            for _ in range(3):  # each failure cancels the requests not yet sent, and gives their slots back
+                with pytest.raises(TitokError):
+                    await client.encode([b"broken", *good])
+            return await client.encode(good)
+
+    assert asyncio.run(asyncio.wait_for(run(), 120)).shape == (6, 8)
