@@ -78,7 +78,7 @@ def test_the_st_command_with_its_coverage_phase(tiny_artifact: Path, tmp_path: P
         st = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color", "run",
               f"{url}/openapi.json", "--max-examples", str(EXAMPLES), "--workers", "1", "--seed", "1",
               "--header", f"Authorization: Bearer {KEY}"]
-        proc = subprocess.run(st, env=env, capture_output=True, text=True, timeout=600, check=False)
+        proc = subprocess.run(st, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     summary = proc.stdout[proc.stdout.find("SUMMARY"):]
     print(summary)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
