@@ -49,12 +49,21 @@ def parse_keys(spec: str | Iterable[str]) -> tuple[str, ...]:
     return keys
 
 
-def open_paths(docs_paths: Iterable[str | None], metrics_auth: bool) -> frozenset[str]:
-    """The paths anyone may call. Load balancers probe health and readiness without keys; the docs hold no
-    secret and Swagger UI cannot send a key to fetch the schema. Everything else is guarded, so a new
-    route is protected unless it is added here."""
-    paths = {"/healthz", "/readyz", *(p for p in docs_paths if p)}
+def open_paths(docs_url: str | None, openapi_url: str | None, metrics_auth: bool) -> frozenset[str]:
+    """The paths anyone may call; one ending in "/" opens everything under it (Swagger UI's own files).
+
+    Load balancers probe health and readiness without keys; the docs hold no secret, and Swagger UI cannot
+    send a key to fetch the schema (its Authorize button then lets a user try the API with theirs).
+    Everything else is guarded, so a new route is protected unless it is added here.
+    """
+    paths = {"/healthz", "/readyz", *(p for p in (docs_url, openapi_url) if p)}
+    if docs_url:
+        paths.add(f"{docs_url}/")
     return frozenset(paths if metrics_auth else paths | {"/metrics"})
+
+
+def is_open(path: str, open_paths: frozenset[str]) -> bool:
+    return path in open_paths or any(p.endswith("/") and path.startswith(p) for p in open_paths)
 
 
 def describe(keys: tuple[str, ...], metrics_auth: bool) -> str:
@@ -100,7 +109,7 @@ class ApiKeyAuth:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.digests or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or not self.digests or is_open(scope["path"], self.open_paths):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})

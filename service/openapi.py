@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from .auth import is_open
 from .schemas import ErrorResponse
 
 SECURITY_SCHEMES = {
@@ -49,7 +50,7 @@ def secure(schema: dict[str, Any], open_paths: frozenset[str]) -> None:
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     schema["components"].setdefault("schemas", {}).setdefault("ErrorResponse", ErrorResponse.model_json_schema())
     for path, item in schema["paths"].items():
-        if path in open_paths:
+        if is_open(path, open_paths):
             continue
         for method in _METHODS:
             if method in item:

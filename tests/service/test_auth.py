@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from service_helpers import FakeEngine, make_settings
+from service_helpers import FakeEngine, make_settings, serving
 
 from service.app import build_app
 from service.auth import key_id, parse_keys
@@ -108,6 +109,23 @@ def test_health_readiness_docs_and_metrics_stay_open() -> None:
     with app_with(api_keys=(OLD,)) as c:
         for path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics"):
             assert c.get(path).status_code == 200, path
+
+
+def test_docs_files_are_open_but_a_path_that_climbs_out_of_them_is_not(tiny_artifact: Path) -> None:
+    with app_with(api_keys=(OLD,)) as c:
+        assert c.get("/docs/oauth2-redirect").status_code == 200
+        assert c.get("/docs/any-asset.css").status_code == 404  # let in (no such file), not refused
+    app = build_app(make_settings(tiny_artifact, api_keys=(OLD,)))
+    with serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for path in (b"/docs/../info", b"/docs/%2e%2e/info", b"/healthz/../info", b"//info"):
+            with socket.create_connection((host, int(port)), timeout=30) as s:  # raw: no client-side cleanup
+                s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            assert answer.split(b" ", 2)[1] in (b"401", b"404"), (path, answer[:200])
+            assert b'"ready"' not in answer and b"batching" not in answer
 
 
 def test_metrics_auth_guards_metrics_too() -> None:
