@@ -60,6 +60,13 @@ def secure(schema: dict[str, Any], open_paths: frozenset[str]) -> None:
                     "content": {"application/json": {"schema": error_ref}}}
 
 
+def request_formats(app: FastAPI) -> dict[str, list[str]]:
+    """The media types each path's request body takes, read from the schema, so /info and /docs always agree
+    (clients pick the array formats by them)."""
+    return {path: sorted(op["requestBody"]["content"]) for path, item in app.openapi()["paths"].items()
+            for op in item.values() if isinstance(op, dict) and "requestBody" in op}
+
+
 def install(app: FastAPI, open_paths: frozenset[str] | None) -> None:
     """Replace `app.openapi` by the exact schema; `open_paths` None: no API keys, nothing to declare."""
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
-from . import codec
+from . import codec, openapi
 from .errors import (
     ClientGone,
     Draining,
@@ -184,7 +184,7 @@ async def info(request: Request) -> dict[str, Any]:
                          "max_queue_size": s.max_queue_size, "request_timeout_s": s.request_timeout_s},
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_images_per_request": s.max_images_per_request,
                        "max_image_pixels": s.max_image_pixels},
-            "png_compress_level": s.png_compress_level}
+            "png_compress_level": s.png_compress_level, "formats": openapi.request_formats(request.app)}
 
 
 @router.get("/metrics", response_class=Response)

@@ -126,8 +126,9 @@ class ServerInfo:
     @classmethod
     def from_info(cls, info: dict[str, Any], arrays: bool | None) -> ServerInfo:
         m, limits = info["model"], info["limits"]
-        # A server with the array formats lists their media type among its formats in /info.
-        has_arrays = ARRAY_TYPE in str(info.get("formats", ""))
+        # /info lists the media types each path takes; a server with the .npy formats names them for both.
+        formats = info.get("formats") or {}
+        has_arrays = all(ARRAY_TYPE in formats.get(path, ()) for path in ("/encode", "/decode"))
         return cls(str(m["name"]), int(m["image_size"]), int(m["num_tokens"]), int(m["codebook_size"]),
                    int(limits["max_images_per_request"]), int(limits["max_upload_bytes"]),
                    has_arrays if arrays is None else arrays)

@@ -51,6 +51,8 @@ def test_every_kind_of_input_gives_the_tokens_of_its_bytes(live_url: str, tmp_pa
     at_size = noise((32, 32), 1)  # already the model's size: sent as pixels wherever the server takes arrays
     with TitokClient(live_url) as client:
         tokens = client.encode([path, str(path), png, photo, np.asarray(photo), at_size, np.asarray(at_size)])
+        assert client.info()["formats"] == {"/decode": ["application/json"], "/encode": ["image/*",
+                                                                                      "multipart/form-data"]}
         assert client.server.arrays is False  # today's server: multipart and JSON
     assert tokens.shape == (7, 8) and tokens.dtype == np.int64
     direct = httpx.post(f"{live_url}/encode", content=png, headers={"content-type": "image/png"}).json()["tokens"]
