@@ -90,7 +90,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
                               '`{"error": {"code", "message", "request_id"}}`.')
     app.state.service = state
     app.include_router(router)
-    unguarded = open_paths(app.docs_url, app.openapi_url, settings.metrics_auth)
+    unguarded = open_paths(app.openapi_url, settings.metrics_auth)
     # Added first, so it runs inside RequestContext: a 401 is counted, logged and carries its X-Request-ID.
     app.add_middleware(ApiKeyAuth, keys=settings.api_keys, open_paths=unguarded, metrics=metrics)
     openapi.install(app, unguarded if settings.api_keys else None)

@@ -22,6 +22,7 @@ from .metrics import Metrics
 log = logging.getLogger("titok.auth")
 MIN_KEY_LENGTH = 16  # a short key is guessable, and so is its 8-hex key ID by brute force
 REALM = 'Bearer realm="titok"'
+DOCS = "/docs"  # the API docs page; its own files live under it
 
 
 def key_id(key: str) -> str:
@@ -49,16 +50,14 @@ def parse_keys(spec: str | Iterable[str]) -> tuple[str, ...]:
     return keys
 
 
-def open_paths(docs_url: str | None, openapi_url: str | None, metrics_auth: bool) -> frozenset[str]:
+def open_paths(openapi_url: str | None, metrics_auth: bool) -> frozenset[str]:
     """The paths anyone may call; one ending in "/" opens everything under it (Swagger UI's own files).
 
     Load balancers probe health and readiness without keys; the docs hold no secret, and Swagger UI cannot
     send a key to fetch the schema (its Authorize button then lets a user try the API with theirs).
     Everything else is guarded, so a new route is protected unless it is added here.
     """
-    paths = {"/healthz", "/readyz", *(p for p in (docs_url, openapi_url) if p)}
-    if docs_url:
-        paths.add(f"{docs_url}/")
+    paths = {"/healthz", "/readyz", DOCS, f"{DOCS}/", *([openapi_url] if openapi_url else [])}
     return frozenset(paths if metrics_auth else paths | {"/metrics"})
 
 
