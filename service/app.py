@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import openapi
+from .auth import ApiKeyAuth, describe, open_paths
 from .batcher import Batcher
 from .docs import add_offline_docs
 from .drain import DrainGate
@@ -24,6 +26,7 @@ from .metrics import Metrics
 from .middleware import RequestContext
 from .routes import router
 from .settings import Settings
+from .ui import page_paths as ui_page_paths
 from .ui import router as ui_router
 
 log = logging.getLogger("titok.app")
@@ -58,6 +61,8 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.log(logging.INFO if settings.api_keys else logging.WARNING, describe(settings.api_keys,
+                                                                                settings.metrics_auth))
         eng = engine or await asyncio.to_thread(
             Engine.load, settings.model_path, settings.device, settings.dtype, settings.torch_threads)
         state.engine = eng
@@ -92,10 +97,15 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
                               '`{"error": {"code", "message", "request_id"}}`.')
     app.state.service = state
     app.include_router(router)
+    unguarded = open_paths(app.openapi_url, settings.metrics_auth)
     if settings.ui:
         app.include_router(ui_router)
+        unguarded |= ui_page_paths()  # a browser cannot send a key for the page itself; its API calls carry it
     add_offline_docs(app)
-    # The last added is the outermost: RequestContext wraps the drain gate, so its 503s get ids and metrics.
+    # The last added is the outermost: RequestContext, then the drain gate, then the key check, so a 401 or a
+    # draining 503 is counted, logged and carries its X-Request-ID.
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, open_paths=unguarded, metrics=metrics)
+    openapi.install(app, unguarded if settings.api_keys else None)
     app.add_middleware(DrainGate, state=state)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes,
                        body_timeout_s=settings.body_timeout_s)

@@ -124,7 +124,9 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
         if len(seq) != num_tokens:
             raise InvalidTokens(f"{where} has {len(seq)} tokens; the model takes exactly {num_tokens}")
         for j, t in enumerate(seq):
-            if type(t) is not int:  # rejects bools, floats (even 1.0) and strings
+            if type(t) is float and t.is_integer():  # JSON has one number type: 4.0 is 4 (so says JSON Schema)
+                t = seq[j] = int(t)
+            if type(t) is not int:  # rejects bools, fractions, strings
                 raise InvalidTokens(f"{where}[{j}] is {json.dumps(t)[:40]}, not an integer")
             if not 0 <= t < codebook_size:
                 shown = str(t) if len(str(t)) <= 40 else f"{str(t)[:20]}... ({len(str(t))} digits)"

@@ -46,6 +46,10 @@ class BodyTimeout(ServiceError):
     status, code = 408, "body_timeout"
 
 
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

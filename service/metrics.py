@@ -37,6 +37,8 @@ class Metrics:
         self.items_processed = Counter("titok_items_processed", "Items (images or token sequences) computed.",
                                        ["op"], registry=r)
         self.rejections = Counter("titok_rejections", "Requests or items refused, by reason.", ["reason"], registry=r)
+        self.key_requests = Counter("titok_authenticated_requests", "Requests let in, by API key ID.", ["key_id"],
+                                    registry=r)
         self.model_info = Info("titok_model", "The served model.", registry=r)
         self.ready = Gauge("titok_ready", "1 when warmed up and not draining.", registry=r)
 

@@ -115,6 +115,7 @@ class RequestContext:
         access_log.info("request", extra={"request": {
             "request_id": rid, "method": scope["method"], "path": scope["path"], "status": status,
             "duration_ms": round(seconds * 1000, 2), "items": state.get("items"),
+            "key_id": state.get("key_id"),
             "client": (scope.get("client") or ("", 0))[0]}})
 
 

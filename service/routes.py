@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
-from . import codec
+from . import codec, openapi
 from .errors import (
     ClientGone,
     Draining,
@@ -154,15 +154,15 @@ async def decode(request: Request) -> Response:
                     media_type="application/json")
 
 
-@router.get("/healthz", response_model=Status)
 @router.head("/healthz", include_in_schema=False)  # load balancers' probes often send HEAD
+@router.get("/healthz", response_model=Status)  # registered first (decorators apply bottom-up): Allow lists GET
 async def healthz() -> Status:
     """The process is alive."""
     return Status(status="ok")
 
 
-@router.get("/readyz", response_model=Status, responses=errors(503))
 @router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", response_model=Status, responses=errors(503))
 async def readyz(request: Request) -> Status:
     """Ready for traffic: the model is loaded and warmed up, and the service is not draining."""
     svc = _service(request, work=False)
@@ -183,7 +183,7 @@ async def info(request: Request) -> dict[str, Any]:
                          "max_queue_size": s.max_queue_size, "request_timeout_s": s.request_timeout_s},
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_images_per_request": s.max_images_per_request,
                        "max_image_pixels": s.max_image_pixels},
-            "png_compress_level": s.png_compress_level}
+            "png_compress_level": s.png_compress_level, "formats": openapi.request_formats(request.app)}
 
 
 @router.get("/metrics", response_class=Response)

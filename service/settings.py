@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .auth import parse_keys
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"
 
@@ -45,6 +47,10 @@ class Settings(BaseSettings):
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
     ui: bool = Field(True, description="Serve the web page at / (false: API only, / is a 404).")
     log_format: Literal["json", "text"] = Field("json", description="One log line per request, as JSON or text.")
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="API keys that may call the service: comma-separated, or @FILE with one key a line; "
+                        "none: no authentication (the service is open).")
+    metrics_auth: bool = Field(False, description="With API keys, require a key for /metrics too.")
     host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 inside a container).")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
 
@@ -52,6 +58,11 @@ class Settings(BaseSettings):
     @classmethod
     def _dtype_alias(cls, v: object) -> object:
         return _DTYPE_ALIASES.get(v.lower(), v.lower()) if isinstance(v, str) else v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, v: object) -> object:
+        return parse_keys(v) if isinstance(v, str | list | tuple) else v
 
     @field_validator("device", "log_format", mode="before")
     @classmethod

@@ -25,7 +25,12 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
         "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
-router = APIRouter(include_in_schema=False)  # the page and its helper are not part of the API
+router = APIRouter(include_in_schema=False)
+
+
+def page_paths() -> frozenset[str]:
+    """The page and its own files: static, no data in them, open even when API keys are on."""
+    return frozenset({"/", *(f"/ui/{name}" for name in _ASSETS)})  # the page and its helper are not part of the API
 
 
 def _file(name: str, media_type: str) -> Response:

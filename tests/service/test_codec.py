@@ -114,6 +114,9 @@ def test_tokens_parse_flat_and_nested() -> None:
     assert not nested and arr.tolist() == [[1, 2, 3, 4]] and arr.dtype == np.int64
     arr, nested = parse_tokens(tokens_body([[1, 2, 3, 4], [0, 0, 0, 7]]), 4, 8, 16)
     assert nested and arr.shape == (2, 4)
+    # JSON (and JSON Schema, which the OpenAPI schema uses) has one number type: 3.0 is the integer 3.
+    arr, _ = parse_tokens(b'{"tokens": [1, 2.0, 3.0e0, 4]}', 4, 8, 16)
+    assert arr.tolist() == [[1, 2, 3, 4]] and arr.dtype == np.int64
 
 
 @pytest.mark.parametrize("tokens, words", [
@@ -121,7 +124,7 @@ def test_tokens_parse_flat_and_nested() -> None:
     ([1, 2, 3, 8], r"tokens\[3\] is 8; token ids must be in \[0, 8\)"),
     ([1, 2, 3, -1], r"tokens\[3\] is -1"),
     ([1, 2, 1.5, 0], r"tokens\[2\] is 1.5, not an integer"),
-    ([1, 2, 1.0, 0], r"tokens\[2\] is 1.0, not an integer"),
+    ([1, 2, 2e3, 0], r"tokens\[2\] is 2000; token ids must be in"),
     ([1, True, 2, 0], r"tokens\[1\] is true, not an integer"),
     ([1, "2", 2, 0], r"tokens\[1\] is \"2\", not an integer"),
     ([1, None, 2, 0], r"tokens\[1\] is null"),

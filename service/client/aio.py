@@ -1,0 +1,110 @@
+"""`AsyncTitokClient`: the asyncio client; the requests of one call run concurrently, `concurrency` at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from .core import (
+    DEFAULT_URL,
+    RETRIED_TRANSPORT_ERRORS,
+    Call,
+    ImageLike,
+    Retry,
+    ServerInfo,
+    TitokError,
+    as_image_list,
+    as_token_array,
+    auth_headers,
+    decode_calls,
+    encode_calls,
+    joined_images,
+    joined_tokens,
+    next_wait,
+    with_request_id,
+)
+
+
+class AsyncTitokClient:
+    """A client of one service URL; `api_key` defaults to TITOK_API_KEY; `arrays` None: use the .npy formats
+    when the server has them (True/False: always/never); `concurrency`: requests in flight at once."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 120.0,
+                 retry: Retry | None = None, arrays: bool | None = None,
+                 concurrency: int = 4) -> None:
+        self.retry = retry or Retry()
+        self._arrays = arrays
+        self._server: ServerInfo | None = None
+        self._info: dict[str, Any] | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=auth_headers(api_key), timeout=timeout)
+
+    async def __aenter__(self) -> AsyncTitokClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def info(self) -> dict[str, Any]:
+        """The server's /info (model, limits), fetched once."""
+        if self._info is None:
+            self._info = (await self._send({"method": "GET", "url": "/info"})).json()
+        return self._info
+
+    async def server(self) -> ServerInfo:
+        if self._server is None:
+            self._server = ServerInfo.from_info(await self.info(), self._arrays)
+        return self._server
+
+    async def encode(self, images: ImageLike | Sequence[ImageLike], resize: str = "crop") -> np.ndarray:
+        """Paths, bytes, PIL images or uint8 arrays -> int64 (N, K) token ids, in order."""
+        server = await self.server()
+        return joined_tokens(await self._run_all(encode_calls(as_image_list(images), server, resize)), server)
+
+    async def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
+        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`."""
+        server = await self.server()
+        return joined_images(await self._run_all(decode_calls(as_token_array(tokens), server)), server, as_array)
+
+    async def _run_all(self, calls: Iterator[Call]) -> list[np.ndarray]:
+        """The calls' results in order, `concurrency` requests in flight; the next call (and its files) is made
+        only when a slot is free, so memory holds a few requests, not the whole input."""
+        tasks: list[asyncio.Future[np.ndarray]] = []
+        try:
+            for call in calls:
+                await self._slots.acquire()
+                tasks.append(asyncio.ensure_future(self._run(call)))
+                # Released when the task ends in any way, even cancelled before it started.
+                tasks[-1].add_done_callback(lambda _: self._slots.release())
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # after a failure, the requests still running are not waited for
+                task.cancel()
+
+    async def _run(self, call: Call) -> np.ndarray:
+        return call.parse(await self._send(with_request_id(call)))
+
+    async def _send(self, request: dict[str, Any]) -> httpx.Response:
+        """One request, tried again after a 503 or a lost connection; a final failure is a TitokError."""
+        attempt = 0
+        while True:
+            r, error = None, None
+            try:
+                r = await self._http.request(**request)
+            except RETRIED_TRANSPORT_ERRORS as e:
+                error = e
+            except httpx.HTTPError as e:  # e.g. a read timeout: the server is slow, another try adds load
+                raise TitokError("connection_error", f"{type(e).__name__}: {e}") from e
+            wait = next_wait(self.retry, attempt, r, error, self._http.base_url)
+            if wait is None and r is not None:
+                return r
+            await asyncio.sleep(wait or 0.0)
+            attempt += 1

@@ -1,0 +1,81 @@
+"""`titok encode FILE...` and `titok decode --tokens ... --out PNG`: the command line on top of TitokClient."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .core import DEFAULT_URL, TitokError
+from .sync import TitokClient
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 1
+
+
+def _explain(e: TitokError) -> str:
+    return e.message if e.status is None else f"{e.status} {e.message}"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"service base URL (default {DEFAULT_URL})")
+    p.add_argument("--api-key", help="API key, when the service needs one (default: $TITOK_API_KEY)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer (default 120)")
+
+
+def encode_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="titok encode", description="Send images to a running service; print the "
+                                "token ids as JSON (one sequence per file, in order).")
+    p.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, GIF, BMP, TIFF)")
+    p.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
+                   help="fitting the image to the model's square: crop (default) scales the shorter side and "
+                        "keeps the centre; pad scales the longer side and pads with black; stretch scales both")
+    _common(p)
+    args = p.parse_args(argv)
+    try:
+        with TitokClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+            tokens = client.encode(args.files, resize=args.resize)
+            server = client.server
+    except OSError as e:
+        return _fail(f"cannot read {e.filename}: {e.strerror}")
+    except TitokError as e:
+        return _fail(_explain(e))
+    body = {"model": server.name, "num_tokens": server.num_tokens, "codebook_size": server.codebook_size,
+            "tokens": tokens.tolist(), "files": [str(f) for f in args.files]}
+    sys.stdout.write(json.dumps(body) + "\n")
+    return 0
+
+
+def _load_tokens(spec: str) -> Any:
+    """JSON text or @file; a bare list, {"tokens": ...}, or `titok encode` output."""
+    text = Path(spec[1:]).read_text() if spec.startswith("@") else spec
+    doc = json.loads(text)
+    return doc["tokens"] if isinstance(doc, dict) and "tokens" in doc else doc
+
+
+def decode_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="titok decode", description="Send token ids to a running service and save "
+                                "the image(s) as PNG. Several sequences are saved as OUT-0.png, OUT-1.png, ...")
+    p.add_argument("--tokens", required=True, help="JSON list of ids, a list of lists, or @FILE (e.g. encode output)")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    _common(p)
+    args = p.parse_args(argv)
+    try:
+        tokens = _load_tokens(args.tokens)
+        with TitokClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+            images = client.decode(tokens)
+    except (OSError, ValueError) as e:
+        return _fail(f"cannot read the tokens: {e}")
+    except TitokError as e:
+        return _fail(_explain(e))
+    outs = [args.out] if len(images) == 1 else [args.out.with_name(f"{args.out.stem}-{i}.png")
+                                                 for i in range(len(images))]
+    for path, image in zip(outs, images, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="PNG")
+        sys.stdout.write(f"{path}\n")
+    return 0

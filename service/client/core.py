@@ -1,0 +1,272 @@
+"""What the sync and async clients share, without I/O: the error type, the retry policy, what the server
+takes (from /info), and how inputs become requests and answers become arrays.
+
+Each request is a `Call`: the keyword arguments of one `httpx` request and the function that turns its
+answer into an array. The clients only send calls (with retries) and put the pieces back together.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import io
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "TITOK_API_KEY"  # the client's, not a server setting
+ARRAY_TYPE = "application/x-npy"
+NPY_HEADER = 128  # bytes numpy's .npy format puts before the data (version 1, small shapes)
+PART_OVERHEAD = 256  # bytes a multipart part adds around its data (boundary, headers, file name)
+ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+class TitokError(Exception):
+    """Every failure of a call: the server's error code, message and request ID, and the HTTP status.
+
+    Failures that never got an answer (the service cannot be reached) have `status` None and the code
+    `connection_error`.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None, status: int | None = None) -> None:
+        super().__init__(f"{status or 'no answer'} {code}: {message}" + (f" (request {request_id})"
+                                                                         if request_id else ""))
+        self.code, self.message, self.request_id, self.status = code, message, request_id, status
+
+    @classmethod
+    def from_response(cls, r: httpx.Response) -> TitokError:
+        rid = r.headers.get("x-request-id")
+        try:
+            error = r.json()["error"]
+            return cls(str(error["code"]), str(error["message"]), error.get("request_id") or rid, r.status_code)
+        except (ValueError, KeyError, TypeError):  # not the service's JSON error (e.g. a proxy's page)
+            return cls(f"http_{r.status_code}", r.text[:200] or r.reason_phrase, rid, r.status_code)
+
+
+# What is worth sending again: the request never reached the service, or it closed without answering
+# (encode and decode have no side effects, so a second try is always safe).
+RETRIED_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A 503 (queue full, draining, starting) or a lost connection is tried again, `attempts` times in all,
+    waiting what Retry-After says (else `backoff_s`, doubling), at most `max_wait_s`, plus up to 50% jitter
+    so that many clients refused together do not come back together."""
+
+    attempts: int = 5
+    backoff_s: float = 0.5
+    max_wait_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: str | None) -> float | None:
+        """Seconds to wait before try number `attempt + 1`, or None when the tries are used up."""
+        if attempt + 1 >= self.attempts:
+            return None
+        wait = _seconds(retry_after)
+        wait = min(self.max_wait_s, self.backoff_s * 2 ** attempt if wait is None else wait)
+        return wait * random.uniform(1.0, 1.5)
+
+
+def next_wait(retry: Retry, attempt: int, r: httpx.Response | None, error: Exception | None,
+              url: object) -> float | None:
+    """After try `attempt` gave `r` (or `error`): None if `r` is the answer, else seconds to wait before the
+    next try; a final failure raises TitokError."""
+    if r is not None and r.status_code != 503:
+        if r.is_success:
+            return None
+        raise TitokError.from_response(r)
+    wait = retry.delay(attempt, r.headers.get("retry-after") if r is not None else None)
+    if wait is not None:
+        return wait
+    if r is not None:
+        raise TitokError.from_response(r)
+    raise TitokError("connection_error", f"cannot reach {url}: {error}") from error
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date."""
+    if not retry_after:
+        return None
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the client needs from /info."""
+
+    name: str
+    image_size: int
+    num_tokens: int
+    codebook_size: int
+    max_items: int
+    max_bytes: int
+    arrays: bool
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], arrays: bool | None) -> ServerInfo:
+        m, limits = info["model"], info["limits"]
+        # /info lists the media types each path takes; a server with the .npy formats names them for both.
+        formats = info.get("formats") or {}
+        has_arrays = all(ARRAY_TYPE in formats.get(path, ()) for path in ("/encode", "/decode"))
+        return cls(str(m["name"]), int(m["image_size"]), int(m["num_tokens"]), int(m["codebook_size"]),
+                   int(limits["max_images_per_request"]), int(limits["max_upload_bytes"]),
+                   has_arrays if arrays is None else arrays)
+
+
+@dataclass
+class Call:
+    """One request: httpx keyword arguments, and the parser of a 200 answer into an array."""
+
+    request: dict[str, Any]
+    parse: Callable[[httpx.Response], np.ndarray]
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_npy(r: httpx.Response) -> np.ndarray:
+    return np.load(io.BytesIO(r.content), allow_pickle=False)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)  # lossless; level 1 is fast, size barely matters here
+    return buf.getvalue()
+
+
+def _as_image(a: np.ndarray) -> Image.Image:
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+        raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), not {a.dtype} {a.shape}")
+    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+
+
+def _one_input(item: ImageLike, server: ServerInfo) -> tuple[str, Any]:
+    """("array", uint8 (S, S, 3)) where the server takes arrays and the image is one already; else
+    ("file", (name, bytes)) for a multipart part, decoded and resized by the server's codec."""
+    s = server.image_size
+    if isinstance(item, Image.Image):
+        if server.arrays and item.mode == "RGB" and item.size == (s, s):
+            return "array", np.asarray(item)
+        return "file", ("image.png", _png(item))
+    if isinstance(item, np.ndarray):
+        if server.arrays and item.dtype == np.uint8 and item.shape == (s, s, 3):
+            return "array", item
+        return "file", ("image.png", _png(_as_image(item)))
+    if isinstance(item, bytes | bytearray | memoryview):
+        return "file", ("image", bytes(item))
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        return "file", (path.name, path.read_bytes())
+    raise TypeError(f"cannot send {type(item).__name__} as an image: give paths, bytes, PIL images or uint8 arrays")
+
+
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """A (N, H, W, C) array is N images; one path, bytes, PIL image or (H, W[, C]) array is one."""
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, str | os.PathLike | bytes | bytearray | memoryview | Image.Image):
+        return [images]
+    return list(images)
+
+
+def _runs(kinds: Iterable[tuple[str, Any]], server: ServerInfo) -> Iterator[tuple[str, list[Any]]]:
+    """Consecutive inputs of one kind, cut into requests of at most max_items items and max_bytes bytes."""
+    kind, run, size = "", [], 0
+    for k, payload in kinds:
+        n = payload.nbytes if k == "array" else len(payload[1]) + len(payload[0]) + PART_OVERHEAD
+        if run and (k != kind or len(run) == server.max_items or size + n > server.max_bytes - NPY_HEADER):
+            yield kind, run
+            run, size = [], 0
+        kind, size = k, size + n
+        run.append(payload)
+    if run:
+        yield kind, run
+
+
+def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str) -> Iterator[Call]:
+    """Requests for `images`, in order, each made when asked for (files are read one request ahead, not all
+    at once); each parses to int64 (n, K)."""
+    for kind, run in _runs((_one_input(item, server) for item in images), server):
+        if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
+            yield Call({"method": "POST", "url": "/encode", "content": _npy(np.stack(run)),
+                        "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}},
+                       lambda r: _load_npy(r).astype(np.int64))
+        else:
+            files = [("images", (name, data, "application/octet-stream")) for name, data in run]
+            yield Call({"method": "POST", "url": "/encode", "params": {"resize": resize}, "files": files},
+                       lambda r: np.asarray(r.json()["tokens"], dtype=np.int64))
+
+
+def as_token_array(tokens: Any) -> np.ndarray:
+    """(N, K) or (K,) integers -> int64 (N, K). A ragged list is refused here; whether K is the model's,
+    and the ids' range, the server checks (one place says what a valid token is)."""
+    try:
+        a = np.asarray(tokens)
+    except ValueError:  # a ragged list: say which sequence is off, as the server would
+        lengths = [len(t) if isinstance(t, list | tuple) else 1 for t in tokens]
+        i = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
+        if i is None:
+            raise ValueError("tokens must be an (N, K) array or a list of equal-length lists of integers") from None
+        raise ValueError(f"tokens[{i}] has {lengths[i]} tokens and tokens[0] has {lengths[0]}; every sequence "
+                         "needs the same number (the model's K)") from None
+    if a.dtype == object or (a.size and not np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"tokens must be integers in an (N, K) array or list of equal-length lists, not {a.dtype}")
+    if a.ndim not in (1, 2):
+        raise ValueError(f"tokens must be (N, K) or (K,), not {a.shape}")
+    return a.reshape(1, -1).astype(np.int64) if a.ndim == 1 else a.astype(np.int64)
+
+
+def _pngs_to_pixels(r: httpx.Response) -> np.ndarray:
+    pngs = r.json()["images"]
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert("RGB")) for p in pngs])
+
+
+def decode_calls(tokens: np.ndarray, server: ServerInfo) -> Iterator[Call]:
+    """Requests for int64 (N, K) tokens, in order; each parses to uint8 (n, S, S, 3)."""
+    for start in range(0, len(tokens), server.max_items):
+        chunk = tokens[start:start + server.max_items]
+        if server.arrays:
+            yield Call({"method": "POST", "url": "/decode", "content": _npy(chunk),
+                        "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}}, _load_npy)
+        else:  # always a list of sequences, so the answer is always the JSON list of PNGs
+            yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}}, _pngs_to_pixels)
+
+
+def with_request_id(call: Call) -> dict[str, Any]:
+    """The call's request with an X-Request-ID of its own, the same on every retry (one ID in the server log)."""
+    headers = {**call.request.get("headers", {}), "X-Request-ID": uuid.uuid4().hex}
+    return {**call.request, "headers": headers}
+
+
+def joined_tokens(parts: list[np.ndarray], server: ServerInfo) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty((0, server.num_tokens), np.int64)
+
+
+def joined_images(parts: list[np.ndarray], server: ServerInfo, as_array: bool) -> np.ndarray | list[Image.Image]:
+    s = server.image_size
+    pixels = np.concatenate(parts) if parts else np.empty((0, s, s, 3), np.uint8)
+    return pixels if as_array else [Image.fromarray(p) for p in pixels]
