@@ -35,6 +35,7 @@ class ServiceState:
         self.engine: Any = None
         self.batcher: Batcher | None = None
         self.codec_pool: ThreadPoolExecutor | None = None
+        self.codec_threads = 1
         self.ready = False
         self.draining = False
 
@@ -61,6 +62,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         # Half the cores by default: the codec pool and torch's threads must not fight over a small CPU.
         codec_threads = settings.codec_threads or max(1, (os.cpu_count() or 1) // 2)
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
+        state.codec_threads = codec_threads
         if hasattr(eng, "warmup"):
             await asyncio.to_thread(eng.warmup, settings.max_batch_size)
         metrics.set_model_info(eng.info())

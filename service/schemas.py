@@ -19,18 +19,23 @@ class ErrorResponse(BaseModel):
 
 class EncodeResponse(BaseModel):
     model: str = Field(description="Name of the served model.")
+    content_hash: str = Field(description="Content hash of the served model; /decode refuses tokens from another.")
     num_tokens: int = Field(description="Tokens per image (K).")
     codebook_size: int = Field(description="Token ids are in [0, codebook_size).")
     tokens: list[list[int]] = Field(description="One sequence of K token ids per image, in upload order.")
+    psnr: list[float] | None = Field(None, description="With ?quality=true: PSNR (dB) of each image's round trip.")
 
 
 class DecodeRequest(BaseModel):
     tokens: list[int] | list[list[int]] = Field(
         description="K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs).")
+    content_hash: str | None = Field(None, description=(
+        "The content hash /encode named (or a prefix of 12+ characters); another model's is refused with 409."))
 
 
 class DecodeManyResponse(BaseModel):
     model: str
+    content_hash: str
     image_size: int
     images: list[str] = Field(description="Base64-encoded PNGs, one per token sequence, in order.")
 
@@ -42,7 +47,8 @@ class Status(BaseModel):
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the listed error statuses, all with the JSON error body."""
     text = {400: "Malformed input (empty body, undecodable image, malformed JSON)",
-            404: "No such route", 413: "Body, image count or image pixels over the limit",
+            404: "No such route", 409: "The tokens were made by another model (content hash)",
+            413: "Body, image count, image pixels or the request's pixels over the limit",
             415: "Unsupported content type", 422: "Invalid parameters or token ids",
             499: "The client closed the connection", 500: "The model failed on this batch",
             503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}
