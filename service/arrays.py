@@ -41,8 +41,8 @@ def read_npy(body: bytes) -> np.ndarray:
         raise MalformedArray(f".npy format version {version[0]}.{version[1]} is not supported; use 1.0 or 2.0")
     try:
         shape, fortran_order, dtype = reader(f)
-    except ValueError as e:  # numpy refuses object dtypes' headers only at read time; this is a broken header
-        raise MalformedArray(f"the .npy header cannot be read ({e})") from None
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError or TokenError on junk
+        raise MalformedArray(f"the .npy header cannot be read ({type(e).__name__})") from None
     if dtype.hasobject:
         raise MalformedArray("the .npy holds Python objects (a pickle); only plain numeric arrays are accepted")
     if dtype.fields is not None or dtype.subdtype is not None:
