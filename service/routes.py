@@ -153,10 +153,11 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
         blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
         request.state.items = len(blobs)
         deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
+        t_codec = time.perf_counter()
         images = await _unless_disconnected(request, decoding.decode_images(
             svc.codec_pool, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
             max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.codec_threads))
-        codec_s = time.perf_counter() - started
+        codec_s = time.perf_counter() - t_codec
     op = "roundtrip" if quality else "encode"
     results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
     tokens = [r["tokens"] for r in results] if quality else results
