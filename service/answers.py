@@ -11,8 +11,8 @@ import time
 
 from .batcher import Timing
 from .errors import ModelMismatch
+from .schemas import MODEL_HASH
 
-MODEL_HASH = "X-Model-Hash"
 MIN_HASH_PREFIX = 12  # the short form /info and logs show; shorter prefixes could match another model
 
 
@@ -37,7 +37,8 @@ def check_model(claims: dict[str, str | None], served_hash: str, served_name: st
     for where, claim in claims.items():
         claim = (claim or "").strip().lower()
         if claim and not (len(claim) >= MIN_HASH_PREFIX and served_hash.startswith(claim)):
-            raise ModelMismatch(f"the tokens were made by the model with content hash {claim} ({where}), but this "
+            shown = claim if len(claim) <= 80 else claim[:80] + "..."  # a hostile header is not echoed whole
+            raise ModelMismatch(f"the tokens were made by the model with content hash {shown} ({where}), but this "
                                 f"service serves {served_name} with content hash {served_hash}; decode them with "
                                 f"the model that made them (a hash prefix must have at least {MIN_HASH_PREFIX} "
                                 "characters)")

@@ -129,7 +129,8 @@ class Batcher:
             return results, _timing(queued)
         except asyncio.TimeoutError:
             self.metrics.rejections.labels("deadline").inc()
-            raise DeadlineExceeded(f"not computed within the request timeout of {timeout:g} s") from None
+            raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it when "
+                                   "its items were queued)") from None
         finally:
             for fut in futures:  # on error or cancellation, the rest of this request is skipped
                 fut.cancel()

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from . import arrays, codec, decoding
-from .answers import MODEL_HASH, check_model, model_headers
+from .answers import check_model, model_headers
 from .arrays import NPY
 from .artifact import token_dtype
 from .errors import (
@@ -28,7 +28,17 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .middleware import too_large
-from .schemas import DecodeManyResponse, DecodeRequest, EncodeResponse, Status, errors
+from .schemas import (
+    MODEL_HASH,
+    NPY_BODY,
+    PSNR_HEADER,
+    TIMING_HEADERS,
+    DecodeManyResponse,
+    DecodeRequest,
+    EncodeResponse,
+    Status,
+    errors,
+)
 
 router = APIRouter()
 T = TypeVar("T")
@@ -110,21 +120,28 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-NPY_BODY = {"schema": {"type": "string", "format": "binary", "description": (
-    "A .npy file (numpy.save), never pickled. /encode: uint8 images (B, H, W, 3) at the model's size; "
-    "its answer: tokens (B, K) in the smallest unsigned type that holds the codebook. /decode: token ids (B, K) "
-    "of any integer type; its answer: uint8 pixels (B, H, W, 3).")}}
-TIMING_HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, text in {
-    MODEL_HASH: "Content hash of the served model; send it back to /decode.",
-    "X-Queue-Time-Ms": "Time the request's items waited in the queue.",
-    "X-Inference-Time-Ms": "Model time of the batches the items ran in.",
-    "X-Batch-Size": "Size of each batch the items ran in (comma-separated when several).",
-    "X-Total-Time-Ms": "From the handler's start to the answer being ready.",
-    "Server-Timing": "The same times (codec, queue, model, total) in the standard format."}.items()}
+async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) -> tuple[list[Any], float, float]:
+    """The request's images as uint8 (S, S, 3) arrays, its deadline (monotonic) and the seconds spent decoding."""
+    s, eng = svc.settings, svc.engine
+    if _media_type(request) == NPY:
+        if _declared_length(request) > s.max_upload_bytes:
+            raise PayloadTooLarge(too_large(s.max_upload_bytes))
+        images = arrays.parse_images(await request.body(), eng.image_size, s.max_images_per_request)
+        request.state.items = len(images)
+        return images, time.monotonic() + s.request_timeout_s, 0.0
+    blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
+    request.state.items = len(blobs)
+    deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
+    t0 = time.perf_counter()
+    images = await _unless_disconnected(request, decoding.decode_images(
+        svc.codec_pool, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
+        max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.codec_threads))
+    return images, deadline, time.perf_counter() - t0
 
 
-@router.post("/encode", responses={200: {"model": EncodeResponse, "headers": TIMING_HEADERS, "content": {
-                 NPY: NPY_BODY}, "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
+@router.post("/encode", responses={200: {"model": EncodeResponse, "headers": {**TIMING_HEADERS, **PSNR_HEADER},
+                                         "content": {NPY: NPY_BODY},
+                                         "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
                  **errors(400, 413, 415, 422, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
@@ -141,23 +158,8 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
     of uint8 images at the model's size."""
     started = time.perf_counter()
     svc = _service(request)
-    s, eng = svc.settings, svc.engine
-    codec_s = 0.0
-    if _media_type(request) == NPY:
-        if _declared_length(request) > s.max_upload_bytes:
-            raise PayloadTooLarge(too_large(s.max_upload_bytes))
-        images = arrays.parse_images(await request.body(), eng.image_size, s.max_images_per_request)
-        request.state.items = len(images)
-        deadline = time.monotonic() + s.request_timeout_s
-    else:
-        blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
-        request.state.items = len(blobs)
-        deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
-        t_codec = time.perf_counter()
-        images = await _unless_disconnected(request, decoding.decode_images(
-            svc.codec_pool, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
-            max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.codec_threads))
-        codec_s = time.perf_counter() - t_codec
+    eng = svc.engine
+    images, deadline, codec_s = await _images_to_encode(request, svc, resize)
     op = "roundtrip" if quality else "encode"
     results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
     tokens = [r["tokens"] for r in results] if quality else results

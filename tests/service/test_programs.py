@@ -161,3 +161,8 @@ def test_the_openapi_document_lists_the_npy_formats_and_the_409(client: TestClie
     assert "409" in decode["responses"] and "X-Model-Hash" in encode["responses"]["200"]["headers"]
     assert any(p["name"] == "quality" for p in encode["parameters"])
     assert json.dumps(decode["requestBody"]).count("content_hash") >= 1
+
+
+def test_a_huge_hash_claim_is_refused_without_being_echoed_whole(client: TestClient) -> None:
+    r = client.post("/decode", json={"tokens": [1] * 8, "content_hash": "ab" * 5000})
+    assert r.status_code == 409 and len(r.json()["error"]["message"]) < 600
