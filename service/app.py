@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import Batcher
+from .decoding import DecodeQueue
 from .engine import Engine
 from .errors import ServiceError
 from .metrics import Metrics
@@ -35,7 +36,7 @@ class ServiceState:
         self.engine: Any = None
         self.batcher: Batcher | None = None
         self.codec_pool: ThreadPoolExecutor | None = None
-        self.codec_threads = 1
+        self.decode_queue: DecodeQueue | None = None
         self.ready = False
         self.draining = False
 
@@ -62,7 +63,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         # Half the cores by default: the codec pool and torch's threads must not fight over a small CPU.
         codec_threads = settings.codec_threads or max(1, (os.cpu_count() or 1) // 2)
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
-        state.codec_threads = codec_threads
+        state.decode_queue = DecodeQueue(state.codec_pool, codec_threads)
         if hasattr(eng, "warmup"):
             await asyncio.to_thread(eng.warmup, settings.max_batch_size)
         metrics.set_model_info(eng.info())

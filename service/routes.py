@@ -134,8 +134,8 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
     deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
     t0 = time.perf_counter()
     images = await _unless_disconnected(request, decoding.decode_images(
-        svc.codec_pool, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
-        max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.codec_threads))
+        svc.decode_queue, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
+        max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.decode_queue.workers))
     return images, deadline, time.perf_counter() - t0
 
 

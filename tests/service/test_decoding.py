@@ -20,6 +20,7 @@ from service_helpers import make_settings
 
 from service import codec, decoding
 from service.app import build_app
+from service.decoding import DecodeQueue
 from service.errors import DeadlineExceeded, InvalidImage, TooManyPixels
 
 
@@ -34,13 +35,13 @@ def test_the_request_pixel_budget_is_checked_from_the_headers_before_anything_is
     # Headers that claim 3000 x 3000 over junk data: decoding any of them would fail as invalid_image.
     blobs = [header_only_png(3000, 3000) for _ in range(3)]
     with ThreadPoolExecutor(1) as pool, pytest.raises(TooManyPixels) as refused:
-        asyncio.run(decoding.decode_images(pool, blobs, 32, "crop", max_image_pixels=50_000_000,
+        asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=50_000_000,
                                            max_request_pixels=20_000_000, deadline=float("inf")))
     assert refused.value.status == 413 and refused.value.code == "too_many_pixels"
     assert "27000000 pixels in all; the limit is 20000000 pixels per request (TITOK_MAX_REQUEST_PIXELS)" in \
         refused.value.message
     with ThreadPoolExecutor(1) as pool, pytest.raises(InvalidImage) as invalid:  # within budget: decoding starts
-        asyncio.run(decoding.decode_images(pool, blobs, 32, "crop", max_image_pixels=50_000_000,
+        asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=50_000_000,
                                            max_request_pixels=30_000_000, deadline=float("inf")))
     assert invalid.value.message.startswith("images[0]: the image could not be decoded")
 
@@ -65,19 +66,17 @@ def test_no_image_is_decoded_once_the_deadline_has_passed() -> None:
     blobs = [png((40, 40), i) for i in range(4)]
     # image 0 runs from t=0 to 10, image 1 from t=10 to 20 (past the deadline: dropped), 2 and 3 never start
     with pytest.raises(DeadlineExceeded, match="3 of 4 images were not decoded within the request timeout") as e:
-        asyncio.run(decoding.decode_images(pool, blobs, 32, "crop", max_image_pixels=10**9, max_request_pixels=10**9,
-                                           deadline=15.0, clock=lambda: pool.now))
+        asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=10**9,
+                                           max_request_pixels=10**9, deadline=15.0, clock=lambda: pool.now))
     assert e.value.status == 504 and pool.jobs == 2
     pool = SteppingPool()
-    out = asyncio.run(decoding.decode_images(pool, blobs, 32, "crop", max_image_pixels=10**9,
+    out = asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=10**9,
                                              max_request_pixels=10**9, deadline=45.0, clock=lambda: pool.now))
     assert len(out) == 4 and all(a.shape == (32, 32, 3) for a in out)
 
 
-def test_a_small_request_behind_a_big_one_waits_for_one_of_its_images_not_all(monkeypatch) -> None:
-    big = [png((64, 64), i) for i in range(5)]
-    small = png((40, 40), 99)
-    names = {b: f"big{i}" for i, b in enumerate(big)} | {small: "small"}
+def record_decodes(monkeypatch, names: dict[bytes, str]) -> tuple[list[str], threading.Event, threading.Event]:
+    """Every decode appends its image's name; the first one waits until the test releases it."""
     order: list[str] = []
     first_started, release = threading.Event(), threading.Event()
     real = codec.load_image
@@ -90,25 +89,38 @@ def test_a_small_request_behind_a_big_one_waits_for_one_of_its_images_not_all(mo
         return real(data, *args)
 
     monkeypatch.setattr(codec, "load_image", recording)
+    return order, first_started, release
 
-    async def scenario() -> tuple[list, list]:
-        limits = {"max_image_pixels": 10**9, "max_request_pixels": 10**9, "deadline": float("inf")}
+
+LIMITS = {"max_image_pixels": 10**9, "max_request_pixels": 10**9, "deadline": float("inf")}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one request of 5 big", "5 requests of 1 big"])
+def test_a_small_request_behind_big_ones_waits_for_the_image_being_decoded_not_all(monkeypatch, split) -> None:
+    big = [png((64, 64), i) for i in range(5)]
+    small = png((40, 40), 99)
+    order, first_started, release = record_decodes(monkeypatch, {b: f"big{i}" for i, b in enumerate(big)}
+                                                   | {small: "small"})
+
+    async def scenario() -> list[list]:
         with ThreadPoolExecutor(1) as pool:
-            a = asyncio.ensure_future(decoding.decode_images(pool, big, 32, "crop", **limits))
-            await asyncio.to_thread(first_started.wait, 30)  # big0 is being decoded
-            b = asyncio.ensure_future(decoding.decode_images(pool, [small], 32, "crop", **limits))
+            queue = DecodeQueue(pool, 1)
+            bigs = [asyncio.ensure_future(decoding.decode_images(queue, blobs, 32, "crop", **LIMITS))
+                    for blobs in ([[b] for b in big] if split else [big])]
+            await asyncio.to_thread(first_started.wait, 30)  # big0 is being decoded, the rest wait
+            b = asyncio.ensure_future(decoding.decode_images(queue, [small], 32, "crop", **LIMITS))
             await asyncio.sleep(0)  # b reads its header and queues its image
             release.set()
-            return await a, await b
+            return [await t for t in (*bigs, b)]
 
-    out_big, out_small = asyncio.run(scenario())
+    outs = asyncio.run(scenario())
     assert order == ["big0", "small", "big1", "big2", "big3", "big4"]
-    assert len(out_big) == 5 and len(out_small) == 1
+    assert sum(len(o) for o in outs) == 6
 
 
 def test_a_window_of_two_keeps_two_images_of_a_request_in_the_pool() -> None:
     with ThreadPoolExecutor(2) as pool:
-        out = asyncio.run(decoding.decode_images(pool, [png((40, 40), i) for i in range(5)], 32, "crop",
+        out = asyncio.run(decoding.decode_images(DecodeQueue(pool, 2), [png((40, 40), i) for i in range(5)], 32, "crop",
                                                  max_image_pixels=10**9, max_request_pixels=10**9,
                                                  deadline=float("inf"), window=2))
     expected = [codec.load_image(png((40, 40), i), 32) for i in range(5)]
