@@ -35,8 +35,10 @@ class ExportedTokenizer(nn.Module):
         self.image_size = image_size
         self.num_tokens = num_tokens
         self.codebook_size = codebook_size
-        # Follows the module's dtype through .half() / .to(): the compute dtype for pixels.
-        self.register_buffer("dtype_probe", torch.zeros(()), persistent=False)
+        # The compute dtype for pixels: born in the weights' dtype, so that a plain torch.jit.load of an
+        # fp16-stored artifact casts its inputs to fp16 by itself; follows the module through .float() / .to().
+        weights_dtype = next(model.parameters()).dtype
+        self.register_buffer("dtype_probe", torch.zeros((), dtype=weights_dtype), persistent=False)
 
     @torch.jit.export
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import openapi
 from .auth import ApiKeyAuth, describe, open_paths
 from .batcher import Batcher
+from .decoding import DecodeQueue
 from .docs import add_offline_docs
 from .drain import DrainGate
 from .engine import Engine
@@ -41,6 +42,7 @@ class ServiceState:
         self.engine: Any = None
         self.batcher: Batcher | None = None
         self.codec_pool: ThreadPoolExecutor | None = None
+        self.decode_queue: DecodeQueue | None = None
         self.ready = False
         self.draining = False
 
@@ -69,6 +71,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         # Half the cores by default: the codec pool and torch's threads must not fight over a small CPU.
         codec_threads = settings.codec_threads or max(1, (os.cpu_count() or 1) // 2)
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
+        state.decode_queue = DecodeQueue(state.codec_pool, codec_threads)
         if hasattr(eng, "warmup"):
             await asyncio.to_thread(eng.warmup, settings.max_batch_size)
         metrics.set_model_info(eng.info())

@@ -108,8 +108,19 @@ def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32")
     module = _jit_load(path, device, extra)
     meta = _parse_meta(extra[META_FILE], path)
     ModelInfo.from_meta(meta, path)  # refuses a meta.json without the required fields
+    return to_compute_dtype(module, dtype), meta
+
+
+def to_compute_dtype(module: Any, dtype: str) -> Any:
+    """Cast a loaded artifact's weights (and its input dtype, which follows them) to `dtype`, in eval mode.
+
+    The one place the served dtype is applied; load_artifact refuses fp16/bf16 on CPU only because it is
+    slow there, so tests run this very path on CPU.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     module = module.float() if dtype == "float32" else module.to(getattr(torch, dtype))
-    return module.eval(), meta
+    return module.eval()
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -23,11 +23,28 @@ from .errors import DeadlineExceeded, Draining, ModelError, QueueFull
 from .metrics import Metrics
 
 log = logging.getLogger("titok.batcher")
-OPS = ("encode", "decode")
+OPS = ("encode", "decode", "roundtrip")
 
 
 class BatchEngine(Protocol):
     def submit(self, op: str, batch: np.ndarray) -> Future[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where one request's items spent their time: handed back with the results, for the timing headers."""
+
+    queue_s: float  # until the last of its items started compute
+    model_s: float  # model time of the batches its items ran in, summed
+    batch_sizes: tuple[int, ...]  # the size of each of those batches, in run order
+
+
+@dataclass
+class _Run:
+    """One model call: its size and duration, shared by every item in it."""
+
+    size: int
+    seconds: float = 0.0
 
 
 @dataclass
@@ -37,6 +54,7 @@ class _Item:
     enqueued: float
     deadline: float
     started: float = field(default=0.0)
+    run: _Run | None = None
 
 
 class Batcher:
@@ -80,6 +98,10 @@ class Batcher:
 
     async def submit(self, op: str, items: list[np.ndarray], timeout: float) -> list[np.ndarray]:
         """Queue the items of one request and wait for all their results, in order."""
+        return (await self.submit_timed(op, items, timeout))[0]
+
+    async def submit_timed(self, op: str, items: list[np.ndarray], timeout: float) -> tuple[list[np.ndarray], Timing]:
+        """submit(), and where the items' time went."""
         if self._stopping:
             self.metrics.rejections.labels("draining").inc()
             raise Draining("the service is shutting down; retry on another replica",
@@ -93,18 +115,22 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = self.clock()
         futures = []
+        queued = []
         q = self._queues[op]
         for data in items:
             fut: asyncio.Future[np.ndarray] = loop.create_future()
-            q.append(_Item(data, fut, now, now + timeout))
+            queued.append(_Item(data, fut, now, now + timeout))
             futures.append(fut)
+        q.extend(queued)
         self.metrics.queue_depth.set(self.depth)
         self._wake.set()
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+            results = list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+            return results, _timing(queued)
         except asyncio.TimeoutError:
             self.metrics.rejections.labels("deadline").inc()
-            raise DeadlineExceeded(f"not computed within the request timeout of {timeout:g} s") from None
+            raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it when "
+                                   "its items were queued)") from None
         finally:
             for fut in futures:  # on error or cancellation, the rest of this request is skipped
                 fut.cancel()
@@ -167,6 +193,9 @@ class Batcher:
         for item in batch:
             self.metrics.queue_wait.labels(op).observe(max(0.0, item.started - item.enqueued))
         data = np.stack([item.data for item in batch])  # (B, H, W, 3) uint8 or (B, K) int64
+        run = _Run(len(batch))
+        for item in batch:
+            item.run = run
         t0 = time.perf_counter()
         try:
             out: Any = await asyncio.wrap_future(self.engine.submit(op, data))
@@ -177,9 +206,16 @@ class Batcher:
                     item.future.set_exception(ModelError(f"the model failed on this batch ({type(e).__name__})"))
             return
         finally:
-            self.metrics.model_compute.labels(op).observe(time.perf_counter() - t0)
+            run.seconds = time.perf_counter() - t0
+            self.metrics.model_compute.labels(op).observe(run.seconds)
             self.metrics.batch_size.labels(op).observe(len(batch))
         self.metrics.items_processed.labels(op).inc(len(batch))
         for item, result in zip(batch, out, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+
+def _timing(items: list[_Item]) -> Timing:
+    runs = list({id(item.run): item.run for item in items if item.run is not None}.values())  # in run order
+    return Timing(queue_s=max((max(0.0, item.started - item.enqueued) for item in items), default=0.0),
+                  model_s=sum(r.seconds for r in runs), batch_sizes=tuple(r.size for r in runs))

@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from . import loadgen
+from . import bench_formats, loadgen
 from .settings import Settings
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                                    partial(loadgen.open_loop, url, requests[op], rate, args.duration)))
             if server:
                 rss.append(f"after {op} {server.rss_mb():.0f} MB")
+        formats = bench_formats.table(url, photos, tokens, int(info["model"]["image_size"]), batch,
+                                      max(8, args.requests // batch))
         if args.soak:
             results.extend(soak(url, server, requests, args.soak, soak_rss))
         if server:
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             x, y = find(a[0], op, a[1]), find(b[0], op, b[1])
             cells.append(f"{x.throughput / y.throughput:.2f}" if x and y and y.throughput else "n/a")
         out(f"| {name} | {cells[0]} | {cells[1]} |\n")
-    out(f"\nserver RSS: {'; '.join(rss)}\n")
+    out(f"\n{formats}\nserver RSS: {'; '.join(rss)}\n")
     if soak_rss:
         out("\n" + soak_table(soak_rss))
     if not args.url:

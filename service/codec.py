@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,6 +24,28 @@ _RESAMPLE = Image.Resampling.BICUBIC
 _REDUCING_GAP = 3.0  # shrink big images by integer steps first: much faster, same look at the small size
 
 
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only (nothing decoded yet) and check the pixel count against the per-image limit."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"the image is too large to decode ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InvalidImage(f"not a decodable image; supported formats: {', '.join(FORMATS)}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
+    return img
+
+
+def pixel_count(data: bytes, max_pixels: int = 50_000_000) -> int:
+    """Width x height from the image's header alone (cheap: no pixel is decoded)."""
+    w, h = _open(data, max_pixels).size
+    return w * h
+
+
 def load_image(data: bytes, size: int, resize: Resize = "crop", max_pixels: int = 50_000_000) -> np.ndarray:
     """Any supported image -> uint8 (size, size, 3); the pixel count is checked before decoding."""
     return load_image_sized(data, size, resize, max_pixels)[0]
@@ -32,17 +54,8 @@ def load_image(data: bytes, size: int, resize: Resize = "crop", max_pixels: int 
 def load_image_sized(data: bytes, size: int, resize: Resize = "crop",
                      max_pixels: int = 50_000_000) -> tuple[np.ndarray, int, int]:
     """load_image, plus the image's width and height as displayed (after its EXIF orientation)."""
-    if not data:
-        raise InvalidImage("the image is empty (0 bytes)")
-    try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"the image is too large to decode ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InvalidImage(f"not a decodable image; supported formats: {', '.join(FORMATS)}") from None
+    img = _open(data, max_pixels)
     w, h = img.size
-    if w * h > max_pixels:
-        raise ImageTooLarge(f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
     try:
         shown = (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)  # 90-degree turns
         if img.format == "JPEG":
@@ -94,8 +107,14 @@ def token_body_limit(num_tokens: int, max_sequences: int) -> int:
     return 64 * 1024 + 32 * num_tokens * max_sequences
 
 
-def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int) -> tuple[np.ndarray, bool]:
-    """{"tokens": [K ints]} or {"tokens": [[K ints], ...]} -> (int64 (N, K), whether the list was nested)."""
+class TokenRequest(NamedTuple):
+    tokens: np.ndarray  # int64 (N, K)
+    nested: bool  # whether the list was nested (the answer is then JSON, not one PNG)
+    content_hash: str | None  # the model the caller says made the tokens
+
+
+def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int) -> TokenRequest:
+    """{"tokens": [K ints] or [[K ints], ...], "content_hash"?: str} -> TokenRequest."""
     if not body.strip():
         raise MalformedJSON('the body is empty; send {"tokens": [...]}')
     try:
@@ -107,7 +126,10 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
                             f"token ids must be in [0, {codebook_size})") from None
     if not isinstance(doc, dict) or "tokens" not in doc:
         raise InvalidTokens('the body must be a JSON object with a "tokens" field')
-    tokens = doc["tokens"]
+    tokens, content_hash = doc["tokens"], doc.get("content_hash")
+    if content_hash is not None and not isinstance(content_hash, str):
+        raise InvalidTokens(f"content_hash must be a string (the model's hash from /encode), not "
+                            f"{_json_type(content_hash)}")
     if not isinstance(tokens, list):
         raise InvalidTokens(f"tokens must be a list of {num_tokens} integers or a list of such lists, "
                             f"not {_json_type(tokens)}")
@@ -131,7 +153,7 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
             if not 0 <= t < codebook_size:
                 shown = str(t) if len(str(t)) <= 40 else f"{str(t)[:20]}... ({len(str(t))} digits)"
                 raise InvalidTokens(f"{where}[{j}] is {shown}; token ids must be in [0, {codebook_size})")
-    return np.asarray(sequences, dtype=np.int64), nested
+    return TokenRequest(np.asarray(sequences, dtype=np.int64), nested, content_hash)
 
 
 def _json_type(v: Any) -> str:

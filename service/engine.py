@@ -13,9 +13,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .artifact import REQUIRED_META, load_artifact, resolve_device
+from .artifact import REQUIRED_META, ModelInfo, load_artifact, resolve_device
 
-Op = Literal["encode", "decode"]
+Op = Literal["encode", "decode", "roundtrip"]
+PSNR_FLOOR_MSE = 1e-10  # identical images: ~148 dB rather than infinity (the same floor as model.quality.psnr)
+
+
+def roundtrip_dtype(num_tokens: int) -> np.dtype:
+    """One record per image of a roundtrip batch: its tokens and the PSNR of its reconstruction."""
+    return np.dtype([("tokens", np.int64, (num_tokens,)), ("psnr", np.float64)])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 (B, H, W, 3) against uint8 (B, H, W, 3) -> float64 (B,)."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    return 10 * np.log10(255.0**2 / np.maximum(mse, PSNR_FLOOR_MSE))
 
 
 class Engine:
@@ -31,6 +43,7 @@ class Engine:
         self.image_size: int = int(meta["image_size"])
         self.num_tokens: int = int(meta["num_tokens"])
         self.codebook_size: int = int(meta["codebook_size"])
+        self.content_hash: str = ModelInfo.from_meta(meta).content_hash
         self.torch_threads = torch_threads or os.cpu_count() or 1
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titok-model",
                                           initializer=torch.set_num_threads, initargs=(self.torch_threads,))
@@ -44,7 +57,8 @@ class Engine:
     def submit(self, op: Op, batch: np.ndarray) -> Future[np.ndarray]:
         """Queue one batch on the model thread.
 
-        encode: uint8 (B, H, W, 3) -> int64 (B, K); decode: int64 (B, K) -> uint8 (B, H, W, 3).
+        encode: uint8 (B, H, W, 3) -> int64 (B, K); decode: int64 (B, K) -> uint8 (B, H, W, 3);
+        roundtrip: uint8 (B, H, W, 3) -> (B,) records of roundtrip_dtype (encode, then decode in the same call).
         """
         return self._thread.submit(self._call, op, batch)
 
@@ -55,8 +69,15 @@ class Engine:
     def _call(self, op: Op, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            y = self.module.encode(x) if op == "encode" else self.module.decode(x)
-            return y.cpu().numpy()
+            if op == "decode":
+                return self.module.decode(x).cpu().numpy()
+            tokens = self.module.encode(x)  # (B, K)
+            if op == "encode":
+                return tokens.cpu().numpy()
+            out = np.empty(len(batch), roundtrip_dtype(self.num_tokens))
+            out["tokens"] = tokens.cpu().numpy()
+            out["psnr"] = psnr(self.module.decode(tokens).cpu().numpy(), batch)
+            return out
 
     def warmup(self, batch_size: int) -> None:
         """Run both directions at the largest batch (an out-of-memory shows now, not under load) and at 1."""
@@ -68,9 +89,9 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "image_size": self.image_size, "num_tokens": self.num_tokens,
-                "codebook_size": self.codebook_size, "device": self.device, "dtype": self.dtype,
-                "torch_threads": self.torch_threads,
-                "meta": {k: v for k, v in self.meta.items() if k not in REQUIRED_META}}
+                "codebook_size": self.codebook_size, "content_hash": self.content_hash, "device": self.device,
+                "dtype": self.dtype, "torch_threads": self.torch_threads,
+                "meta": {k: v for k, v in self.meta.items() if k not in (*REQUIRED_META, "content_hash")}}
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

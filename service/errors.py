@@ -36,6 +36,22 @@ class MalformedJSON(ServiceError):
     status, code = 400, "malformed_json"
 
 
+class MalformedArray(ServiceError):
+    status, code = 400, "malformed_npy"
+
+
+class InvalidArray(ServiceError):
+    status, code = 422, "invalid_array"
+
+
+class ModelMismatch(ServiceError):
+    status, code = 409, "model_mismatch"
+
+
+class TooManyPixels(ServiceError):
+    status, code = 413, "too_many_pixels"
+
+
 class InvalidTokens(ServiceError):
     status, code = 422, "invalid_tokens"
 

@@ -18,13 +18,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
-def post(url: str, path: str, body: bytes, content_type: str) -> bytes:
+def post(url: str, path: str, body: bytes, content_type: str, accept: str | None = None) -> bytes:
     """One POST request, serialised: reused for every send of this payload. A path in `url` (a service
     behind a proxy at http://host/titok) prefixes `path`."""
     parts = urlsplit(url)
     target = parts.path.rstrip("/") + path
     head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
+            + (f"Accept: {accept}\r\n" if accept else "")
+            + f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
     return head.encode("latin-1") + body
 
 

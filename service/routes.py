@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
-from . import codec, openapi
+from . import arrays, codec, decoding, openapi
+from .answers import check_model, model_headers
+from .arrays import NPY
+from .artifact import token_dtype
 from .errors import (
     ClientGone,
+    DeadlineExceeded,
     Draining,
     EmptyBody,
     InvalidImage,
     InvalidTokens,
     NotReady,
     PayloadTooLarge,
-    ServiceError,
     TooManyImages,
     UnsupportedMediaType,
 )
 from .middleware import too_large
-from .schemas import DecodeManyResponse, DecodeRequest, EncodeResponse, Status, errors
+from .schemas import (
+    MODEL_HASH,
+    NPY_BODY,
+    PSNR_HEADER,
+    TIMING_HEADERS,
+    DecodeManyResponse,
+    DecodeRequest,
+    EncodeResponse,
+    Status,
+    errors,
+)
 
 router = APIRouter()
 T = TypeVar("T")
@@ -88,52 +102,93 @@ async def _uploaded_images(request: Request, max_images: int, max_bytes: int) ->
         raise EmptyBody("the body is empty: send multipart parts named 'images' or a raw image/* body")
     if not ctype.startswith("image/"):
         raise UnsupportedMediaType(f"content type {ctype or '(none)'!r} is not supported: send multipart/form-data "
-                                   "with parts named 'images', or a raw body with an image/* content type")
+                                   f"with parts named 'images', a raw body with an image/* content type, or {NPY}")
     return [body]
 
 
-def _decode_one(i: int, data: bytes, size: int, resize: codec.Resize, max_pixels: int) -> Any:
-    try:
-        return codec.load_image(data, size, resize, max_pixels)
-    except ServiceError as e:
-        e.message = f"images[{i}]: {e.message}"
-        raise
+def _media_type(request: Request, default: str = "") -> str:
+    return request.headers.get("content-type", default).split(";")[0].strip().lower()
 
 
-@router.post("/encode", response_model=EncodeResponse, responses=errors(400, 413, 415, 422, 499, 500, 503, 504),
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the request timeout (TITOK_REQUEST_TIMEOUT_S) passed before its items were queued")
+    return left
+
+
+async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) -> tuple[list[Any], float, float]:
+    """The request's images as uint8 (S, S, 3) arrays, its deadline (monotonic) and the seconds spent decoding."""
+    s, eng = svc.settings, svc.engine
+    if _media_type(request) == NPY:
+        if _declared_length(request) > s.max_upload_bytes:
+            raise PayloadTooLarge(too_large(s.max_upload_bytes))
+        images = arrays.parse_images(await request.body(), eng.image_size, s.max_images_per_request)
+        request.state.items = len(images)
+        return images, time.monotonic() + s.request_timeout_s, 0.0
+    blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
+    request.state.items = len(blobs)
+    deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
+    t0 = time.perf_counter()
+    images = await _unless_disconnected(request, decoding.decode_images(
+        svc.decode_queue, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
+        max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.decode_queue.workers))
+    return images, deadline, time.perf_counter() - t0
+
+
+@router.post("/encode", responses={200: {"model": EncodeResponse, "headers": {**TIMING_HEADERS, **PSNR_HEADER},
+                                         "content": {NPY: NPY_BODY},
+                                         "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
+                 **errors(400, 413, 415, 422, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
                      "type": "array", "items": {"type": "string", "format": "binary"}}}}},
-                 "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+                 "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}})
 async def encode(request: Request, resize: Annotated[codec.Resize, Query(description=(
         "crop: shorter side to the model's size, then centre crop; pad: longer side, centred on black; "
-        "stretch: both sides"))] = "crop") -> EncodeResponse:
-    """Images -> token ids: multipart parts named `images` (in order), or one raw `image/*` body."""
+        "stretch: both sides"))] = "crop",
+                 quality: Annotated[bool, Query(description=(
+                     "also decode each image's tokens in the same model run and return the PSNR (dB) of the "
+                     "round trip per image (JSON field `psnr`, or header X-PSNR with a .npy answer); "
+                     "doubles the model work"))] = False) -> Response:
+    """Images -> token ids: multipart parts named `images` (in order), one raw `image/*` body, or a .npy
+    of uint8 images at the model's size."""
+    started = time.perf_counter()
     svc = _service(request)
-    s, eng = svc.settings, svc.engine
-    blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
-    request.state.items = len(blobs)
-    loop = asyncio.get_running_loop()
-    arrays = await asyncio.gather(*(loop.run_in_executor(svc.codec_pool, _decode_one, i, b, eng.image_size, resize,
-                                                         s.max_image_pixels) for i, b in enumerate(blobs)))
-    tokens = await _unless_disconnected(request, svc.batcher.submit("encode", list(arrays), s.request_timeout_s))
-    return EncodeResponse(model=eng.name, num_tokens=eng.num_tokens, codebook_size=eng.codebook_size,
-                          tokens=[t.tolist() for t in tokens])
+    eng = svc.engine
+    images, deadline, codec_s = await _images_to_encode(request, svc, resize)
+    op = "roundtrip" if quality else "encode"
+    results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
+    tokens = [r["tokens"] for r in results] if quality else results
+    psnr = [round(float(r["psnr"]), 3) for r in results] if quality else None
+    headers = model_headers(eng.content_hash, timing, started, codec_s)
+    if arrays.wants_npy(request.headers.get("accept", "")):
+        if psnr is not None:
+            headers["X-PSNR"] = ", ".join(f"{p:.3f}" for p in psnr)
+        return Response(arrays.stack(tokens, token_dtype(eng.codebook_size)), media_type=NPY, headers=headers)
+    answer = EncodeResponse(model=eng.name, content_hash=eng.content_hash, num_tokens=eng.num_tokens,
+                            codebook_size=eng.codebook_size, tokens=[t.tolist() for t in tokens], psnr=psnr)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
 
 
-@router.post("/decode", responses={200: {"content": {"image/png": {}}, "model": DecodeManyResponse,
-                                         "description": "image/png for one sequence; JSON for a list of them"},
-                                   **errors(400, 413, 415, 422, 499, 500, 503, 504)},
+@router.post("/decode", responses={200: {"content": {"image/png": {}, NPY: NPY_BODY}, "model": DecodeManyResponse,
+                                         "headers": TIMING_HEADERS,
+                                         "description": "image/png for one sequence; JSON for a list of them or a "
+                                                        ".npy body; a .npy of pixels with `Accept: application/x-npy`"},
+                                   **errors(400, 409, 413, 415, 422, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": DecodeRequest.model_json_schema()}}}})
+                 "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}})
 async def decode(request: Request) -> Response:
-    """Token ids -> image. `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` returns
-    `{"model", "image_size", "images": [base64 PNG, ...]}` in order."""
+    """Token ids -> image. `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` or a .npy of
+    tokens (B, K) returns `{"model", "image_size", "images": [base64 PNG, ...]}` in order, or a .npy of pixels
+    when asked with `Accept: application/x-npy`. Tokens made by another model (`content_hash` in the JSON, or
+    the X-Model-Hash header) are refused with 409."""
+    started = time.perf_counter()
     svc = _service(request)
     s, eng = svc.settings, svc.engine
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"content type {ctype!r} is not supported: send application/json")
+    ctype = _media_type(request, "application/json")
+    if ctype != NPY and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {ctype!r} is not supported: send application/json or {NPY}")
     limit = codec.token_body_limit(eng.num_tokens, s.max_images_per_request)
     too_long = (f"the token list is too long: the body is over {limit} bytes, and a request holds at most "
                 f"{s.max_images_per_request} sequences of {eng.num_tokens} tokens")
@@ -141,17 +196,30 @@ async def decode(request: Request) -> Response:
         raise InvalidTokens(too_long)
     request.state.body_limit = (limit, InvalidTokens(too_long))
     body = await request.body()
-    tokens, nested = codec.parse_tokens(body, eng.num_tokens, eng.codebook_size, s.max_images_per_request)
-    request.state.items = len(tokens)
-    pixels = await _unless_disconnected(request, svc.batcher.submit("decode", list(tokens), s.request_timeout_s))
+    if ctype == NPY:
+        parsed = codec.TokenRequest(arrays.parse_tokens(body, eng.num_tokens, eng.codebook_size,
+                                                        s.max_images_per_request), True, None)
+    else:
+        parsed = codec.parse_tokens(body, eng.num_tokens, eng.codebook_size, s.max_images_per_request)
+    check_model({"JSON field content_hash": parsed.content_hash,
+                 f"header {MODEL_HASH}": request.headers.get(MODEL_HASH)}, eng.content_hash, eng.name)
+    request.state.items = len(parsed.tokens)
+    deadline = time.monotonic() + s.request_timeout_s
+    pixels, timing = await _unless_disconnected(
+        request, svc.batcher.submit_timed("decode", list(parsed.tokens), _remaining(deadline)))
+    t_codec = time.perf_counter()
+    if arrays.wants_npy(request.headers.get("accept", "")):
+        return Response(arrays.stack(pixels), media_type=NPY,
+                        headers=model_headers(eng.content_hash, timing, started, time.perf_counter() - t_codec))
     loop = asyncio.get_running_loop()
     pngs = await asyncio.gather(*(loop.run_in_executor(svc.codec_pool, codec.encode_png, p, s.png_compress_level)
                                   for p in pixels))
-    if not nested:
-        return Response(pngs[0], media_type="image/png")
-    return Response(DecodeManyResponse(model=eng.name, image_size=eng.image_size,
+    headers = model_headers(eng.content_hash, timing, started, time.perf_counter() - t_codec)
+    if not parsed.nested:
+        return Response(pngs[0], media_type="image/png", headers=headers)
+    return Response(DecodeManyResponse(model=eng.name, content_hash=eng.content_hash, image_size=eng.image_size,
                                        images=[base64.b64encode(p).decode() for p in pngs]).model_dump_json(),
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 @router.head("/healthz", include_in_schema=False)  # load balancers' probes often send HEAD
@@ -182,7 +250,7 @@ async def info(request: Request) -> dict[str, Any]:
             "batching": {"max_batch_size": s.max_batch_size, "max_batch_delay_ms": s.max_batch_delay_ms,
                          "max_queue_size": s.max_queue_size, "request_timeout_s": s.request_timeout_s},
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_images_per_request": s.max_images_per_request,
-                       "max_image_pixels": s.max_image_pixels},
+                       "max_image_pixels": s.max_image_pixels, "max_request_pixels": s.max_request_pixels},
             "png_compress_level": s.png_compress_level, "formats": openapi.request_formats(request.app)}
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+MODEL_HASH = "X-Model-Hash"  # the served model's content hash, on every model answer; /decode accepts it back
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. invalid_tokens, queue_full.")
@@ -19,18 +21,23 @@ class ErrorResponse(BaseModel):
 
 class EncodeResponse(BaseModel):
     model: str = Field(description="Name of the served model.")
+    content_hash: str = Field(description="Content hash of the served model; /decode refuses tokens from another.")
     num_tokens: int = Field(description="Tokens per image (K).")
     codebook_size: int = Field(description="Token ids are in [0, codebook_size).")
     tokens: list[list[int]] = Field(description="One sequence of K token ids per image, in upload order.")
+    psnr: list[float] | None = Field(None, description="With ?quality=true: PSNR (dB) of each image's round trip.")
 
 
 class DecodeRequest(BaseModel):
     tokens: list[int] | list[list[int]] = Field(
         description="K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs).")
+    content_hash: str | None = Field(None, description=(
+        "The content hash /encode named (or a prefix of 12+ characters); another model's is refused with 409."))
 
 
 class DecodeManyResponse(BaseModel):
     model: str
+    content_hash: str
     image_size: int
     images: list[str] = Field(description="Base64-encoded PNGs, one per token sequence, in order.")
 
@@ -41,9 +48,26 @@ class Status(BaseModel):
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the listed error statuses, all with the JSON error body."""
-    text = {400: "Malformed input (empty body, undecodable image, malformed JSON)",
-            404: "No such route", 413: "Body, image count or image pixels over the limit",
-            415: "Unsupported content type", 422: "Invalid parameters or token ids",
+    text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy)",
+            404: "No such route", 409: "The tokens were made by another model (content hash)",
+            413: "Body, image count, image pixels or the request's pixels over the limit",
+            415: "Unsupported content type", 422: "Invalid parameters, token ids or array dtype/shape",
             499: "The client closed the connection", 500: "The model failed on this batch",
             503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
+
+
+# OpenAPI text of the .npy bodies and of the headers every model answer carries.
+NPY_BODY = {"schema": {"type": "string", "format": "binary", "description": (
+    "A .npy file (numpy.save), never pickled. /encode: uint8 images (B, H, W, 3) at the model's size; "
+    "its answer: tokens (B, K) in the smallest unsigned type that holds the codebook. /decode: token ids (B, K) "
+    "of any integer type; its answer: uint8 pixels (B, H, W, 3).")}}
+TIMING_HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, text in {
+    MODEL_HASH: "Content hash of the served model; send it back to /decode.",
+    "X-Queue-Time-Ms": "Time the request's items waited in the queue.",
+    "X-Inference-Time-Ms": "Model time of the batches the items ran in.",
+    "X-Batch-Size": "Size of each batch the items ran in (comma-separated when several).",
+    "X-Total-Time-Ms": "From the handler's start to the answer being ready.",
+    "Server-Timing": "The same times (codec, queue, model, total) in the standard format."}.items()}
+PSNR_HEADER = {"X-PSNR": {"description": "With ?quality=true and a .npy answer: each image's round-trip PSNR (dB), "
+                                         "comma-separated", "schema": {"type": "string"}}}

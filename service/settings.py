@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1, description="Most images or token sequences in one request (413).")
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Largest width x height of an uploaded image, checked before decoding (413).")
+    max_request_pixels: int = Field(
+        200_000_000, ge=1, description="Most decoded pixels (width x height, summed over its images) in one request, "
+        "checked from the image headers before decoding (413).")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: the number of CPU cores.")
     codec_threads: int = Field(
         0, ge=0, description="Threads for image decoding and PNG encoding; 0: half the CPU cores (at least 1).")

@@ -12,6 +12,7 @@ import torch
 
 from model import convert
 from model.config import PRESETS, get_preset
+from model.export import state_hash
 from model.tokenizer import build_model
 from service.artifact import load_artifact
 
@@ -63,6 +64,7 @@ def _check_artifact(path: Path, preset: str, sd: dict[str, torch.Tensor]) -> dic
     assert int(tokens.min()) >= 0 and int(tokens.max()) < cfg.codebook_size
     assert torch.equal(tokens, expected)
     assert pixels.shape == (2, 256, 256, 3) and pixels.dtype == torch.uint8
+    assert meta["content_hash"] == state_hash(eager)  # the fingerprint /encode and /decode check
     return meta
 
 

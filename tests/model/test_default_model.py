@@ -46,3 +46,15 @@ def test_bundled_model_beats_the_equal_bits_thumbnail_on_a_held_out_photo(defaul
     bits = meta["num_tokens"] * math.log2(meta["codebook_size"])
     baseline = float(psnr(thumbnail_baseline(x, bits), to_uint8(x)))
     assert ours > baseline, (ours, baseline)
+
+
+def test_a_plain_jit_load_of_the_bundled_model_encodes_on_cpu():
+    """Stored in fp16: the artifact casts its own inputs, so no dtype handling is needed to run it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        plain = torch.jit.load(str(DEFAULT))
+    tokens = plain.encode(torch.zeros(1, 128, 128, 3, dtype=torch.uint8))
+    assert tokens.shape == (1, 32) and 0 <= int(tokens.min()) and int(tokens.max()) < 4096
+    assert plain.decode(tokens).shape == (1, 128, 128, 3)

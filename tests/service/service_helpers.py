@@ -27,6 +27,7 @@ class FakeEngine:
     """Stands in for service.engine.Engine: echoes shapes, can be held at a gate or made to fail."""
 
     name, image_size, num_tokens, codebook_size = "fake", 32, 8, 64
+    content_hash = "fa4e" * 16
 
     def __init__(self) -> None:
         self.gate = threading.Event()
@@ -52,7 +53,7 @@ class FakeEngine:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "image_size": self.image_size, "num_tokens": self.num_tokens,
-                "codebook_size": self.codebook_size, "device": "cpu"}
+                "codebook_size": self.codebook_size, "content_hash": self.content_hash, "device": "cpu"}
 
 
 @contextmanager

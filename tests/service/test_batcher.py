@@ -108,6 +108,29 @@ def test_a_request_larger_than_the_batch_is_split_and_answered_in_order() -> Non
     asyncio.run(scenario())
 
 
+def test_each_request_gets_its_own_queue_wait_model_time_and_batch_sizes() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        clock = FakeClock()
+        batcher = make(engine, max_batch=4, clock=clock)
+        first = await hold(batcher, engine)
+        b = asyncio.ensure_future(batcher.submit_timed("decode", items(1, 2, 3), timeout=30))
+        c = asyncio.ensure_future(batcher.submit_timed("decode", items(4, 5), timeout=30))
+        await until(lambda: batcher.depth == 5)
+        clock.now += 2.5  # b and c wait 2.5 s (fake) for the held batch
+        engine.gate.set()
+        await first
+        (_, tb), (out_c, tc) = await b, await c
+        assert sizes(engine) == [1, 4, 1]
+        assert tb.batch_sizes == (4,) and tc.batch_sizes == (4, 1)  # c's second item spilled into the next batch
+        assert tb.queue_s == pytest.approx(2.5) and tc.queue_s == pytest.approx(2.5)
+        assert 0 < tb.model_s < tc.model_s  # c's items ran in both batches: their model times add up
+        assert [int(r[0]) for r in out_c] == [4, 5]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_full_batch_closes_without_waiting_for_the_delay() -> None:
     async def scenario() -> None:
         engine = HeldEngine()

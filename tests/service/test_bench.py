@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import bench_formats
 from service.bench import Result, main, merge
 
 
@@ -28,6 +29,10 @@ def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsy
                 "| service c=4 / raw artifact |", "| batching on / off (c=4) |"):
         assert row in out, row
     assert "server RSS: after warm-up" in out and "peak" in out
+    assert bench_formats.HEADER in out
+    for row in ("| encode | JPEG multipart -> JSON | 32 | 8 |", "| encode | .npy -> .npy | 32 | 8 |",
+                "| decode | JSON -> JSON of base64 PNGs | 32 | 8 |", "| decode | .npy -> .npy | 32 | 8 |"):
+        assert row in out, row  # every format answered 200 (a failed one prints "failed: ...")
     assert "| service | encode | soak c=16 x10 |" in out and "| service | decode | soak c=16 x10 |" in out
     assert "| soak requests | server RSS MB |" in out and "| 20 |" in out and "RSS growth over the soak" in out
     rows = [ln for ln in out.splitlines() if ln.startswith("| service |") or ln.startswith("| batching off |")]

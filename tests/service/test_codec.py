@@ -110,12 +110,13 @@ def tokens_body(tokens) -> bytes:
 
 
 def test_tokens_parse_flat_and_nested() -> None:
-    arr, nested = parse_tokens(tokens_body([1, 2, 3, 4]), 4, 8, 16)
-    assert not nested and arr.tolist() == [[1, 2, 3, 4]] and arr.dtype == np.int64
-    arr, nested = parse_tokens(tokens_body([[1, 2, 3, 4], [0, 0, 0, 7]]), 4, 8, 16)
-    assert nested and arr.shape == (2, 4)
+    arr, nested, claimed = parse_tokens(tokens_body([1, 2, 3, 4]), 4, 8, 16)
+    assert not nested and arr.tolist() == [[1, 2, 3, 4]] and arr.dtype == np.int64 and claimed is None
+    arr, nested, claimed = parse_tokens(json.dumps({"tokens": [[1, 2, 3, 4], [0, 0, 0, 7]],
+                                                    "content_hash": "abc"}).encode(), 4, 8, 16)
+    assert nested and arr.shape == (2, 4) and claimed == "abc"
     # JSON (and JSON Schema, which the OpenAPI schema uses) has one number type: 3.0 is the integer 3.
-    arr, _ = parse_tokens(b'{"tokens": [1, 2.0, 3.0e0, 4]}', 4, 8, 16)
+    arr, _, _ = parse_tokens(b'{"tokens": [1, 2.0, 3.0e0, 4]}', 4, 8, 16)
     assert arr.tolist() == [[1, 2, 3, 4]] and arr.dtype == np.int64
 
 
@@ -150,6 +151,8 @@ def test_token_bodies_that_are_not_token_requests() -> None:
         parse_tokens(b"[1, 2, 3, 4]", 4, 8, 16)
     with pytest.raises(TooManyImages):
         parse_tokens(tokens_body([[0] * 4] * 17), 4, 8, 16)
+    with pytest.raises(InvalidTokens, match="content_hash must be a string"):
+        parse_tokens(b'{"tokens": [1, 2, 3, 4], "content_hash": 7}', 4, 8, 16)
 
 
 def test_png_round_trip() -> None:
