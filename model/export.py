@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.artifact import save_artifact  # the artifact format has one owner
+from service.core.artifact import save_artifact  # the artifact format has one owner
 
 from .config import TiTokConfig
 from .quality import to_uint8
@@ -102,7 +102,7 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     """Script, check and save; returns the meta.json written into the artifact.
 
     fp16_storage halves the file by storing weights in fp16; they are cast back to fp32 on load
-    by the loader (service.artifact), so the arithmetic stays fp32 on CPU.
+    by the loader (service.core.artifact), so the arithmetic stays fp32 on CPU.
     """
     model = model.float().eval()
     scripted = script(model, cfg)

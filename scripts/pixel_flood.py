@@ -17,7 +17,7 @@ import time
 import httpx
 from PIL import Image
 
-from service.bench import Server, synthetic_photos
+from service.bench.bench import Server, synthetic_photos
 from service.settings import DEFAULT_MODEL_PATH
 
 

@@ -1,7 +1,7 @@
 """`python -m service` / `titok serve`: load the model (a bad file stops here), then run uvicorn, one worker.
 
 SIGTERM: readiness goes false and new work gets 503 for TITOK_DRAIN_GRACE_S while the server still listens,
-queued work is finished, exit 0 (see drain.py). SIGINT: the same without the grace period.
+queued work is finished, exit 0 (see server/drain.py). SIGINT: the same without the grace period.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from .app import build_app
-from .drain import DrainingServer
-from .engine import Engine
+from .core.engine import Engine
 from .errors import ModelLoadError
-from .middleware import configure_logging
+from .server.app import build_app
+from .server.drain import DrainingServer
+from .server.middleware import configure_logging
 from .settings import Settings
 
 log = logging.getLogger("titok.serve")

@@ -34,7 +34,7 @@ DESCRIPTION = "TiTok 1D image tokenizer: serve, train, evaluate and export model
 
 COMMANDS: dict[str, Command] = {
     "serve": Command("run the HTTP service (POST /encode, POST /decode, GET /metrics)", "service.__main__:main"),
-    "bench": Command("benchmark the service against the raw engine and print a table", "service.bench:main"),
+    "bench": Command("benchmark the service against the raw engine and print a table", "service.bench.bench:main"),
     "encode": Command("client: send images to a running service, print token IDs", "service.client.cli:encode_main"),
     "decode": Command("client: send token IDs to a running service, save the PNG", "service.client.cli:decode_main"),
     "train": Command("train a tokenizer (single process or under torchrun)", "model.train"),

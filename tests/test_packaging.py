@@ -25,7 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from service import cli, errors
 from service.client.core import API_KEY_ENV
-from service.metrics import Metrics
+from service.server.metrics import Metrics
 from service.settings import DEFAULT_MODEL_PATH, Settings
 
 if sys.version_info >= (3, 11):
@@ -267,7 +267,7 @@ def test_every_dashboard_metric_and_label_exists_in_the_service() -> None:
         names = re.findall(r"\btitok_[a-z0-9_]+", expr)
         assert names, expr
         for name in names:
-            assert name in catalogue, f"{name} (in {expr!r}) is not a metric of service/metrics.py"
+            assert name in catalogue, f"{name} (in {expr!r}) is not a metric of service/server/metrics.py"
         used = [g.strip() for group in re.findall(r"\bby \(([^)]*)\)", expr) for g in group.split(",")]
         used += re.findall(r"[{,]\s*(\w+)\s*(?:=~|!~|!=|=)", expr)  # label matchers in selectors
         for label in set(used) - {"instance", "job"}:  # those two are added by Prometheus
@@ -474,7 +474,7 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_wheel_has_the_console_script_and_both_packages(wheel_files: dict[str, bytes]) -> None:
-    assert {"service/cli.py", "service/__main__.py", "service/app.py", "model/export.py"} <= set(wheel_files)
+    assert {"service/cli.py", "service/__main__.py", "service/server/app.py", "model/export.py"} <= set(wheel_files)
     entry_points = next(v.decode() for n, v in wheel_files.items() if n.endswith(".dist-info/entry_points.txt"))
     assert re.search(r"^titok = service\.cli:main$", entry_points, flags=re.M)
 
@@ -485,15 +485,15 @@ def test_wheel_carries_the_default_model(wheel_files: dict[str, bytes]) -> None:
 
 
 def test_wheel_carries_the_web_page(wheel_files: dict[str, bytes]) -> None:
-    from service import ui
+    from service.server import ui
 
     served = {"index.html", *ui._ASSETS}  # noqa: SLF001
-    assert {f"service/ui/{name}" for name in served} <= set(wheel_files), "a wheel install would serve no page"
+    assert {f"service/server/ui/{name}" for name in served} <= set(wheel_files), "a wheel install would serve no page"
 
 
 @pytest.mark.slow
 def test_wheel_carries_the_offline_docs_assets(wheel_files: dict[str, bytes]) -> None:
     """/docs loads Swagger UI from the package, never from a CDN: its files and licence ship in the wheel."""
-    assets = {f"service/static/swagger-ui/{name}" for name in
+    assets = {f"service/server/static/swagger-ui/{name}" for name in
               ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "NOTICE")}
     assert assets <= set(wheel_files)

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import ModelInfo, load_artifact
-from ..codec import load_image
+from ..core.artifact import ModelInfo, load_artifact
+from ..core.codec import load_image
 from ..settings import Settings
 
 
 def _folder(src: Path | None, repeat: int, tmp: Path) -> Path:
     """The benchmark's images as one folder: `src`'s images (or synthetic photos), `repeat` times over."""
-    from ..bench import PHOTO_SUFFIXES, synthetic_photos
+    from ..bench.bench import PHOTO_SUFFIXES, synthetic_photos
 
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES) if src else []
     if src and not files:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="0,1,2", help="decoding worker counts to run the job with (default: 0,1,2)")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call, raw and job (default: 32)")
     args = p.parse_args(argv)
-    from ..engine import Engine
+    from ..core.engine import Engine
     from .inputs import plan_shards
     from .local import JobOptions, run_local
     from .writer import job_meta, prepare_output

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..artifact import ModelInfo
-from ..codec import Resize
+from ..core.artifact import ModelInfo
+from ..core.codec import Resize
 from ..errors import ModelLoadError
 from ..settings import Settings
 from .inputs import AUTO, DatasetError
@@ -80,7 +80,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 
     opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels)
     if args.ray:
-        from ..artifact import read_meta
+        from ..core.artifact import read_meta
         from .on_ray import run_ray
 
         meta = job_meta(ModelInfo.from_meta(read_meta(settings.model_path)), args.resize)
@@ -89,7 +89,7 @@ def _tokenize(args: argparse.Namespace) -> int:
         summary = run_ray(shards, settings.model_path, settings.device, settings.dtype, meta, opts, args.ray_address,
                           args.concurrency, gpus)
     else:
-        from ..engine import Engine
+        from ..core.engine import Engine
         from .local import run_local
 
         engine = Engine.load(settings.model_path, settings.device, settings.dtype, args.torch_threads)
@@ -131,8 +131,8 @@ def detokenize_parser() -> argparse.ArgumentParser:
 def _detokenize(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..codec import encode_png
-    from ..engine import Engine
+    from ..core.codec import encode_png
+    from ..core.engine import Engine
     from .reader import load_tokens, read_dir_meta
     from .writer import describe
 

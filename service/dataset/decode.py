@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..codec import Resize, load_image_sized
+from ..core.codec import Resize, load_image_sized
 from ..errors import ServiceError
 from .inputs import Record
 

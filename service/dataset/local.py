@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codec import Resize
-from ..engine import Engine
+from ..core.codec import Resize
+from ..core.engine import Engine
 from .decode import Decoded, decode_records, exit_with_parent
 from .inputs import Record, Shard, iter_records
 from .progress import Progress, Summary

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codec import Resize
-from ..engine import Engine
+from ..core.codec import Resize
+from ..core.engine import Engine
 from .decode import decode_records
 from .inputs import DatasetError, Shard, iter_records
 from .local import JobOptions

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from .inputs import DatasetError, Shard
 
 if TYPE_CHECKING:  # the artifact module imports torch, which the decoding workers never need
-    from ..artifact import ModelInfo
+    from ..core.artifact import ModelInfo
 
 META_KEY = b"titok"
 FORMAT_VERSION = 1

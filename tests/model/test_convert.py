@@ -14,7 +14,7 @@ from model import convert
 from model.config import PRESETS, get_preset
 from model.export import state_hash
 from model.tokenizer import build_model
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 
 # The published layouts at toy widths: same key names, 256 x 256 pixels, patch 16, K tokens.
 SMALL = dict(enc_width=64, enc_depth=1, enc_heads=2, dec_width=64, dec_depth=1, dec_heads=2,

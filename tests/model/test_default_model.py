@@ -11,7 +11,7 @@ from PIL import Image
 
 from model.data import center_crop
 from model.quality import psnr, thumbnail_baseline, to_uint8
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 
 DEFAULT = Path(__file__).resolve().parents[2] / "service" / "models" / "default.pt"
 

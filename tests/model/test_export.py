@@ -8,7 +8,7 @@ import torch
 
 from model.export import export_checkpoint, export_model
 from model.tokenizer import TiTok
-from service.artifact import load_artifact
+from service.core.artifact import load_artifact
 
 
 def test_artifact_matches_eager_model_and_carries_meta(tmp_path, micro_cfg):

@@ -24,7 +24,7 @@ def make_settings(model_path: Path, **overrides: Any) -> Settings:
 
 
 class FakeEngine:
-    """Stands in for service.engine.Engine: echoes shapes, can be held at a gate or made to fail."""
+    """Stands in for service.core.engine.Engine: echoes shapes, can be held at a gate or made to fail."""
 
     name, image_size, num_tokens, codebook_size = "fake", 32, 8, 64
     content_hash = "fa4e" * 16

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.engine import Engine
+from service.core.engine import Engine
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from service.artifact import ModelInfo
+from service.core.artifact import ModelInfo
+from service.core.engine import Engine
 from service.dataset.inputs import plan_shards
 from service.dataset.local import JobOptions, run_local
 from service.dataset.progress import Summary
 from service.dataset.writer import job_meta, prepare_output
-from service.engine import Engine
 
 
 def photo(seed: int, size: tuple[int, int] = (48, 36), fmt: str = "PNG") -> bytes:

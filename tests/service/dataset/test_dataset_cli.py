@@ -16,8 +16,8 @@ from dataset_helpers import photo, rows, tokenize, write_folder
 from PIL import Image
 
 from service.cli import main
+from service.core.engine import Engine
 from service.dataset import load_tokens
-from service.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[3]
 

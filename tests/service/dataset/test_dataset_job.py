@@ -11,11 +11,11 @@ import pytest
 from dataset_helpers import photo, rows, tokenize, write_folder, write_parquet, write_tar
 from sample_images import exif_rotated_jpeg, header_only_png
 
-from service.codec import load_image
+from service.core.codec import load_image
+from service.core.engine import Engine
 from service.dataset import load_tokens, read_dir_meta
 from service.dataset import writer as writer_module
 from service.dataset.inputs import DatasetError
-from service.engine import Engine
 
 
 def _mixed_inputs(tmp: Path) -> list[Path]:

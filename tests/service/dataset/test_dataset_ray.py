@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from dataset_helpers import photo, rows, tokenize, write_folder, write_parquet, write_tar
 
-from service.artifact import ModelInfo
+from service.core.artifact import ModelInfo
+from service.core.engine import Engine
 from service.dataset.inputs import plan_shards
 from service.dataset.local import JobOptions
 from service.dataset.on_ray import run_ray
 from service.dataset.writer import job_meta, prepare_output
-from service.engine import Engine
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install 'titok-service[ray]' (CI installs it)")
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,0 +1,113 @@
+"""NumPy `.npy` bodies (application/x-npy) in and out: the format for programs that hold arrays.
+
+Parsed with numpy's own format module, never with pickle: the header (magic, version, dtype, shape)
+is checked before any data is touched, and the data must be exactly as long as the header says.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..errors import InvalidArray, MalformedArray, TooManyImages
+
+NPY = "application/x-npy"
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def media_types(header: str) -> set[str]:
+    """The media types named in a Content-Type or Accept header, lower-case, without parameters."""
+    return {part.split(";")[0].strip().lower() for part in header.split(",") if part.strip()}
+
+
+def wants_npy(accept: str) -> bool:
+    return NPY in media_types(accept)
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A .npy file -> its array (read-only view of `body`); MalformedArray says what is wrong with the file."""
+    if not body:
+        raise MalformedArray("the body is empty; send a .npy file (numpy.save)")
+    f = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(f)
+    except ValueError:
+        raise MalformedArray("the body is not a .npy file (no \\x93NUMPY magic); write it with numpy.save") from None
+    reader = _HEADER_READERS.get(version)
+    if reader is None:
+        raise MalformedArray(f".npy format version {version[0]}.{version[1]} is not supported; use 1.0 or 2.0")
+    try:
+        shape, fortran_order, dtype = reader(f)
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError or TokenError on junk
+        raise MalformedArray(f"the .npy header cannot be read ({type(e).__name__})") from None
+    if dtype.hasobject:
+        raise MalformedArray("the .npy holds Python objects (a pickle); only plain numeric arrays are accepted")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise InvalidArray(f"the .npy has a structured dtype {dtype}; send a plain integer array")
+    if any(d < 0 for d in shape):
+        raise MalformedArray(f"the .npy header has a negative dimension in shape {tuple(shape)}")
+    count = math.prod(shape)  # Python ints: a forged shape cannot overflow
+    expected = count * dtype.itemsize
+    offset = f.tell()
+    if len(body) - offset < expected:
+        raise MalformedArray(f"the .npy is truncated: its header {tuple(shape)} {dtype} needs {expected} data bytes, "
+                             f"the body holds {len(body) - offset}")
+    if len(body) - offset > expected:
+        raise MalformedArray(f"the .npy has {len(body) - offset - expected} bytes after its data; send one array")
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def write_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_batch(shape: tuple[int, ...], max_items: int, what: str) -> None:
+    if shape[0] == 0:
+        raise InvalidArray(f"the {what} array is empty (shape {shape}); send at least one")
+    if shape[0] > max_items:
+        raise TooManyImages(f"{shape[0]} {what} in one request; the limit is {max_items}")
+
+
+def parse_images(body: bytes, image_size: int, max_images: int) -> list[np.ndarray]:
+    """A .npy of uint8 images (B, S, S, 3) at the model's size -> B arrays (S, S, 3); no image decoding."""
+    a = read_npy(body)
+    want = f"uint8 images of shape (B, {image_size}, {image_size}, 3)"
+    if a.dtype != np.uint8:
+        raise InvalidArray(f"the images array has dtype {a.dtype}; send {want}")
+    if a.ndim != 4:
+        raise InvalidArray(f"the images array has rank {a.ndim} (shape {a.shape}); send {want}")
+    if a.shape[1:] != (image_size, image_size, 3):
+        raise InvalidArray(f"the images array has shape {a.shape}; the model takes {want}")
+    _check_batch(a.shape, max_images, "images")
+    return [np.ascontiguousarray(img) for img in a]
+
+
+def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int) -> np.ndarray:
+    """A .npy of token ids (B, K) of any integer dtype -> int64 (B, K), every id in [0, codebook_size)."""
+    a = read_npy(body)
+    want = f"integer token ids of shape (B, {num_tokens})"
+    if a.dtype.kind not in "iu":
+        raise InvalidArray(f"the tokens array has dtype {a.dtype}; send {want}")
+    if a.ndim != 2:
+        raise InvalidArray(f"the tokens array has rank {a.ndim} (shape {a.shape}); send {want}")
+    if a.shape[1] != num_tokens:
+        raise InvalidArray(f"the tokens array has shape {a.shape}; the model takes exactly {num_tokens} tokens "
+                           "per sequence")
+    _check_batch(a.shape, max_sequences, "token sequences")
+    bad = np.argwhere((a < 0) | (a >= codebook_size))
+    if len(bad):
+        i, j = (int(v) for v in bad[0])
+        raise InvalidArray(f"tokens[{i}][{j}] is {int(a[i, j])}; token ids must be in [0, {codebook_size})")
+    return a.astype(np.int64)
+
+
+def stack(arrays: Iterable[np.ndarray], dtype: np.dtype | None = None) -> bytes:
+    """Per-item results -> one .npy (B, ...) in `dtype` (the smallest token type for tokens)."""
+    out = np.stack(list(arrays))
+    return write_npy(out if dtype is None else out.astype(dtype))

@@ -1,0 +1,143 @@
+"""The served artifact's format, in one place: loading it, its meta.json, its content hash and its dtype.
+
+The engine, the export, the converter, the evaluation and the dataset job all go through this module;
+nothing else opens an artifact by hand. The service never imports the training code (`model/`).
+
+Contract of the TorchScript module:
+    encode(images: uint8[B, H, W, 3]) -> int64[B, K]
+    decode(tokens: int64[B, K]) -> uint8[B, H, W, 3]
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ModelLoadError
+
+META_FILE = "meta.json"
+REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
+DTYPES = ("float32", "float16", "bfloat16")
+_JIT_DEPRECATED = r".*torch\.jit.*deprecated.*"
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when present, else cpu; cuda without a device is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device cuda was asked for but no CUDA device is available (use auto or cpu)")
+    return device
+
+
+def token_dtype(codebook_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every token id in [0, codebook_size)."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if codebook_size - 1 <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The facts a caller needs from meta.json; `meta` keeps the whole document."""
+
+    name: str
+    image_size: int
+    num_tokens: int
+    codebook_size: int
+    content_hash: str
+    meta: dict[str, Any]
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], path: str | Path = "artifact") -> ModelInfo:
+        missing = [k for k in REQUIRED_META if k not in meta]
+        if missing:
+            raise ModelLoadError(f"model file {path}: {META_FILE} lacks {', '.join(missing)}")
+        return cls(str(meta["name"]), int(meta["image_size"]), int(meta["num_tokens"]), int(meta["codebook_size"]),
+                   str(meta.get("content_hash") or ""), meta)
+
+    @property
+    def short_hash(self) -> str:
+        return self.content_hash[:12]
+
+    @property
+    def token_dtype(self) -> np.dtype:
+        return token_dtype(self.codebook_size)
+
+
+def _jit_load(path: Path, device: str, extra: dict[str, str]) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_JIT_DEPRECATED)
+            return torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as e:  # torch raises RuntimeError/ValueError/zipfile errors for a bad file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model file {path}: not a valid TorchScript artifact ({reason})") from e
+
+
+def _parse_meta(text: str, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelLoadError(f"model file {path} has no readable {META_FILE}") from e
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"model file {path} has no readable {META_FILE}")
+    return meta
+
+
+def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, dict[str, Any]]:
+    """Load the artifact and its meta.json; raises ModelLoadError with a one-line reason.
+
+    The file may store fp16 weights to halve its size: compute in fp32 on CPU, in `dtype` on CUDA.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path} (set TITOK_MODEL_PATH to an exported artifact)")
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if device == "cpu" and dtype != "float32":
+        raise ModelLoadError(f"TITOK_DTYPE={dtype} is for CUDA only; on CPU use float32 (fp16/bf16 are slow there)")
+    extra = {META_FILE: ""}
+    module = _jit_load(path, device, extra)
+    meta = _parse_meta(extra[META_FILE], path)
+    ModelInfo.from_meta(meta, path)  # refuses a meta.json without the required fields
+    return to_compute_dtype(module, dtype), meta
+
+
+def to_compute_dtype(module: Any, dtype: str) -> Any:
+    """Cast a loaded artifact's weights (and its input dtype, which follows them) to `dtype`, in eval mode.
+
+    The one place the served dtype is applied; load_artifact refuses fp16/bf16 on CPU only because it is
+    slow there, so tests run this very path on CPU.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    module = module.float() if dtype == "float32" else module.to(getattr(torch, dtype))
+    return module.eval()
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """meta.json alone (the module is loaded on the CPU and dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    extra = {META_FILE: ""}
+    _jit_load(path, "cpu", extra)
+    meta = _parse_meta(extra[META_FILE], path)
+    ModelInfo.from_meta(meta, path)
+    return meta
+
+
+def save_artifact(scripted: Any, path: str | Path, meta: dict[str, Any]) -> None:
+    """Write a scripted tokenizer with its meta.json (which must name the required fields)."""
+    ModelInfo.from_meta(meta, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(path), _extra_files={META_FILE: json.dumps(meta, indent=1, default=str)})

@@ -1,0 +1,221 @@
+"""Dynamic batching: a bounded queue of items, each with a future; one worker forms batches.
+
+A batch closes when it holds `max_batch_size` items or when its oldest item has waited
+`max_batch_delay_ms`; while the model is busy the queue fills by itself. Items past their deadline
+are dropped before compute, items whose request was cancelled are skipped, and a model error fails
+only its own batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import DeadlineExceeded, Draining, ModelError, QueueFull
+from .metrics import Metrics
+
+log = logging.getLogger("titok.batcher")
+OPS = ("encode", "decode", "roundtrip")
+
+
+class BatchEngine(Protocol):
+    def submit(self, op: str, batch: np.ndarray) -> Future[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where one request's items spent their time: handed back with the results, for the timing headers."""
+
+    queue_s: float  # until the last of its items started compute
+    model_s: float  # model time of the batches its items ran in, summed
+    batch_sizes: tuple[int, ...]  # the size of each of those batches, in run order
+
+
+@dataclass
+class _Run:
+    """One model call: its size and duration, shared by every item in it."""
+
+    size: int
+    seconds: float = 0.0
+
+
+@dataclass
+class _Item:
+    data: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+    deadline: float
+    started: float = field(default=0.0)
+    run: _Run | None = None
+
+
+class Batcher:
+    def __init__(self, engine: BatchEngine, max_batch_size: int, max_batch_delay_ms: float, max_queue_size: int,
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
+                 retry_after_s: int = 1) -> None:
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_batch_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.metrics = metrics or Metrics(max_batch_size)
+        self.clock = clock
+        self.retry_after_s = retry_after_s
+        self._queues: dict[str, deque[_Item]] = {op: deque() for op in OPS}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._worker = self._loop.create_task(self._run(), name="titok-batcher")
+
+    def flush(self) -> None:
+        """Stop waiting for batches to fill (draining); safe to call from a signal handler or another thread."""
+        self._flushing = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self) -> None:
+        """Refuse new items, finish every queued one, then end the worker."""
+        self._stopping = True
+        self._wake.set()
+        if self._worker is not None:
+            await self._worker
+
+    async def submit(self, op: str, items: list[np.ndarray], timeout: float) -> list[np.ndarray]:
+        """Queue the items of one request and wait for all their results, in order."""
+        return (await self.submit_timed(op, items, timeout))[0]
+
+    async def submit_timed(self, op: str, items: list[np.ndarray], timeout: float) -> tuple[list[np.ndarray], Timing]:
+        """submit(), and where the items' time went."""
+        if self._stopping:
+            self.metrics.rejections.labels("draining").inc()
+            raise Draining("the service is shutting down; retry on another replica",
+                           headers={"Retry-After": str(self.retry_after_s)})
+        if self.depth + len(items) > self.max_queue_size:
+            self._prune()
+        if self.depth + len(items) > self.max_queue_size:
+            self.metrics.rejections.labels("queue_full").inc()
+            raise QueueFull(f"the queue is full ({self.depth} of {self.max_queue_size} items waiting); retry later",
+                            headers={"Retry-After": str(self.retry_after_s)})
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        futures = []
+        queued = []
+        q = self._queues[op]
+        for data in items:
+            fut: asyncio.Future[np.ndarray] = loop.create_future()
+            queued.append(_Item(data, fut, now, now + timeout))
+            futures.append(fut)
+        q.extend(queued)
+        self.metrics.queue_depth.set(self.depth)
+        self._wake.set()
+        try:
+            results = list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+            return results, _timing(queued)
+        except asyncio.TimeoutError:
+            self.metrics.rejections.labels("deadline").inc()
+            raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it when "
+                                   "its items were queued)") from None
+        finally:
+            for fut in futures:  # on error or cancellation, the rest of this request is skipped
+                fut.cancel()
+
+    def _prune(self) -> None:
+        """Drop the items of cancelled requests now, so that they do not hold places in a full queue."""
+        for q in self._queues.values():  # in place: the worker may hold a reference to q
+            live = [item for item in q if not item.future.done()]
+            if len(live) != len(q):
+                self.metrics.rejections.labels("cancelled").inc(len(q) - len(live))
+                q.clear()
+                q.extend(live)
+        self.metrics.queue_depth.set(self.depth)
+
+    def _oldest_op(self) -> str | None:
+        heads = [(q[0].enqueued, op) for op, q in self._queues.items() if q]
+        return min(heads)[1] if heads else None
+
+    async def _run(self) -> None:
+        while True:
+            op = self._oldest_op()
+            if op is None:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            q = self._queues[op]
+            # Wait for the batch to fill, at most until the oldest item's delay has passed.
+            while len(q) < self.max_batch_size and not (self._stopping or self._flushing):
+                remaining = q[0].enqueued + self.max_delay - self.clock()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take(q)
+            self.metrics.queue_depth.set(self.depth)
+            if batch:
+                await self._execute(op, batch)
+
+    def _take(self, q: deque[_Item]) -> list[_Item]:
+        batch: list[_Item] = []
+        now = self.clock()
+        while q and len(batch) < self.max_batch_size:
+            item = q.popleft()
+            if item.future.done():  # its request was cancelled (client gone, timed out, or a sibling failed)
+                self.metrics.rejections.labels("cancelled").inc()
+            elif now > item.deadline:
+                self.metrics.rejections.labels("deadline").inc()
+                item.future.set_exception(DeadlineExceeded("dropped before compute: the request timeout passed"))
+            else:
+                item.started = now
+                batch.append(item)
+        return batch
+
+    async def _execute(self, op: str, batch: list[_Item]) -> None:
+        for item in batch:
+            self.metrics.queue_wait.labels(op).observe(max(0.0, item.started - item.enqueued))
+        data = np.stack([item.data for item in batch])  # (B, H, W, 3) uint8 or (B, K) int64
+        run = _Run(len(batch))
+        for item in batch:
+            item.run = run
+        t0 = time.perf_counter()
+        try:
+            out: Any = await asyncio.wrap_future(self.engine.submit(op, data))
+        except Exception as e:
+            log.exception("model error on a %s batch of %d", op, len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ModelError(f"the model failed on this batch ({type(e).__name__})"))
+            return
+        finally:
+            run.seconds = time.perf_counter() - t0
+            self.metrics.model_compute.labels(op).observe(run.seconds)
+            self.metrics.batch_size.labels(op).observe(len(batch))
+        self.metrics.items_processed.labels(op).inc(len(batch))
+        for item, result in zip(batch, out, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+
+def _timing(items: list[_Item]) -> Timing:
+    runs = list({id(item.run): item.run for item in items if item.run is not None}.values())  # in run order
+    return Timing(queue_s=max((max(0.0, item.started - item.enqueued) for item in items), default=0.0),
+                  model_s=sum(r.seconds for r in runs), batch_sizes=tuple(r.size for r in runs))

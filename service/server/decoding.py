@@ -1,0 +1,153 @@
+"""Decoding a request's uploads fairly: a pixel budget from the headers, the deadline, and turns between requests.
+
+A few tiny files can decode to gigabytes of pixels (a 143 KB black PNG is 7000 x 7000). So, per request:
+every header is read first and the pixels summed against `max_request_pixels` before anything is
+decoded; at most `window` of its images wait for or run in the codec pool at a time (it queues its next
+one only when one of its own is done); the waiting images of all requests go smallest first; no image is
+started after the request's deadline; and after a big decode the C heap is trimmed so that a burst's
+memory goes back to the system. A small request that arrives behind big ones, in one request or in many,
+thus waits for the images being decoded at that moment, not for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from concurrent.futures import Future as PoolFuture
+from functools import cache, partial
+from typing import Any
+
+import numpy as np
+
+from ..core import codec
+from ..errors import DeadlineExceeded, ServiceError, TooManyPixels
+
+TRIM_PIXELS = 4_000_000  # decodes this big leave tens of MB of freed heap behind; smaller ones are not worth a trim
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere (musl, macOS: nothing to do there)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def give_back_memory() -> None:
+    """Return the freed parts of the C heap to the system (glibc keeps them otherwise, per thread arena)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _header_pixels(blobs: list[bytes], max_image_pixels: int) -> list[int]:
+    counts = []
+    for i, data in enumerate(blobs):
+        try:
+            counts.append(codec.pixel_count(data, max_image_pixels))
+        except ServiceError as e:
+            e.message = f"images[{i}]: {e.message}"
+            raise
+    return counts
+
+
+def _decode(i: int, data: bytes, pixels: int, size: int, resize: codec.Resize, max_pixels: int) -> np.ndarray:
+    try:
+        return codec.load_image(data, size, resize, max_pixels)
+    except ServiceError as e:
+        e.message = f"images[{i}]: {e.message}"
+        raise
+    finally:
+        if pixels >= TRIM_PIXELS:
+            give_back_memory()
+
+
+class DecodeQueue:
+    """The codec pool's door for image decodes: at most `workers` in the pool at once, the smallest waiting first.
+
+    A plain pool serves its queue in arrival order, so one small photo sent after sixteen one-image
+    requests of 7000 x 7000 waited for all sixteen.
+    """
+
+    def __init__(self, pool: Executor, workers: int) -> None:
+        self.pool = pool
+        self.workers = workers
+        self._waiting: list[tuple[int, int, Callable[[], Any], asyncio.Future[Any]]] = []  # a heap by pixels
+        self._order = itertools.count()  # equal sizes go in arrival order
+        self._busy = 0
+
+    def run(self, pixels: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """fn(*args) in the pool once no smaller image waits; cancelling the future before then skips it."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (pixels, next(self._order), partial(fn, *args), fut))
+        self._start_next()
+        return fut
+
+    def _start_next(self) -> None:
+        while self._busy < self.workers and self._waiting:
+            _, _, job, fut = heapq.heappop(self._waiting)
+            if fut.done():  # cancelled while waiting: its request has failed, timed out or gone
+                continue
+            try:
+                running = self.pool.submit(job)
+            except RuntimeError as e:  # the pool is shut down: the service is stopping
+                fut.set_exception(e)
+                continue
+            self._busy += 1
+            loop = fut.get_loop()
+            running.add_done_callback(
+                lambda done, fut=fut, loop=loop: loop.call_soon_threadsafe(self._finished, done, fut))
+
+    def _finished(self, done: PoolFuture[Any], fut: asyncio.Future[Any]) -> None:
+        self._busy -= 1
+        if not fut.done():
+            error = done.exception()
+            if error is None:
+                fut.set_result(done.result())
+            else:
+                fut.set_exception(error)
+        self._start_next()
+
+
+async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resize: codec.Resize, *,
+                        max_image_pixels: int, max_request_pixels: int, deadline: float, window: int = 1,
+                        clock: Callable[[], float] = time.monotonic) -> list[np.ndarray]:
+    """Uploaded images -> uint8 (size, size, 3) each, in order; raises the first image's error, 413 or 504."""
+    # On the event loop, not in the pool: a header costs microseconds, and a trip through the pool would
+    # put this request behind another's big image once more before its first image is even queued.
+    counts = _header_pixels(blobs, max_image_pixels)
+    if sum(counts) > max_request_pixels:
+        raise TooManyPixels(f"the {len(blobs)} images hold {sum(counts)} pixels in all; the limit is "
+                            f"{max_request_pixels} pixels per request (TITOK_MAX_REQUEST_PIXELS)")
+    results: list[np.ndarray | None] = [None] * len(blobs)
+    running: dict[asyncio.Future[np.ndarray], int] = {}
+    queued = 0  # images handed to the queue so far
+    try:
+        while queued < len(blobs) or running:
+            while queued < len(blobs) and len(running) < window:
+                if clock() >= deadline:
+                    break
+                fut = queue.run(counts[queued], _decode, queued, blobs[queued], counts[queued], size, resize,
+                                max_image_pixels)
+                running[fut] = queued
+                queued += 1
+            left = deadline - clock()
+            if left <= 0 or not running:
+                undone = sum(r is None for r in results)
+                raise DeadlineExceeded(f"{undone} of {len(blobs)} images were not decoded within the request "
+                                       "timeout (TITOK_REQUEST_TIMEOUT_S)")
+            done, _ = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                results[running.pop(fut)] = fut.result()  # an undecodable image fails the request here
+    finally:
+        for fut in running:  # not started yet: never decoded; started: its result is dropped
+            fut.cancel()
+    return [r for r in results if r is not None]

@@ -1,0 +1,103 @@
+"""Draining on SIGTERM, as a load balancer in front needs it.
+
+The signal does not close the listener at once: for `TITOK_DRAIN_GRACE_S` the server keeps accepting,
+`/readyz` answers 503 (the balancer's health check takes the replica out), new work gets a complete
+503 + Retry-After (its body read and dropped first, so the client sees the answer rather than a reset)
+and every answer says `Connection: close` (keep-alive clients reconnect, to another replica). Queued
+work is finished meanwhile. Then the listener closes, connections accepted just before get up to
+SETTLE_S to send their request (answered 503), uvicorn's own shutdown lets in-flight requests complete,
+the lifespan stops the batcher, and the process exits 0.
+
+SIGINT (Ctrl-C at a terminal) drains without the grace period; a second signal ends the grace at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import Draining
+
+log = logging.getLogger("titok.serve")
+WORK = {("POST", "/encode"), ("POST", "/decode"), ("POST", "/ui/input")}
+RETRY_AFTER_S = "1"
+SETTLE_S = 2.0  # most time given to connections accepted just before the listener closed to send their request
+
+
+class DrainGate:
+    """ASGI middleware: while `state.draining`, refuse new work completely and close every connection."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state  # app.ServiceState: .draining, .metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.state.draining:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        if (scope["method"], scope["path"]) not in WORK:
+            await self.app(scope, receive, send_closing)
+            return
+        # Read the body to its end before answering: an answer written while the client is still
+        # uploading, followed by a close, reaches it as a connection reset. The outer RequestContext's
+        # receive bounds this read in size and time (413, 408).
+        message = await receive()
+        while message["type"] == "http.request" and message.get("more_body", False):
+            message = await receive()
+        if message["type"] == "http.disconnect":
+            return  # gone: counted as 499 by RequestContext
+        self.state.metrics.rejections.labels("draining").inc()
+        raise Draining("the service is shutting down; retry on another replica",
+                       headers={"Retry-After": RETRY_AFTER_S, "Connection": "close"})
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server: drain at once on a signal, keep listening for the grace period, then shut down."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], grace_s: float) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+        self._grace_s = grace_s
+        self._stop_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs as a signal handler: only set flags here (on_signal only flips state and wakes the batcher).
+        if self._stop_at is None:
+            self._on_signal()
+            grace = self._grace_s if sig == signal.SIGTERM else 0.0
+            self._stop_at = time.monotonic() + grace
+            log.info("draining: refusing new work, listening %.1f s more, then finishing queued work", grace)
+        else:  # a second signal: no more grace (a second SIGINT also makes uvicorn stop waiting)
+            self._stop_at = time.monotonic()
+            super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        # uvicorn closes the listener and, at once, every connection without a request in progress: one
+        # accepted a moment before, whose request is still on its way, would be cut without an answer.
+        # Stop accepting first and give such connections a moment to deliver their request (answered 503).
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and any(getattr(c, "cycle", False) is None
+                                                   for c in self.server_state.connections):
+            await asyncio.sleep(0.05)
+        await super().shutdown(sockets)

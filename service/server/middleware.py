@@ -1,0 +1,153 @@
+"""Pure ASGI middleware: request ids, body limits, request metrics, one log line per request.
+
+`RequestContext` is the outermost layer that can answer, so every answer, a 500 included, carries
+X-Request-ID and the JSON error body: an error that escapes the app is answered here, never by
+Starlette's plain-text ServerErrorMiddleware. The body limit is enforced while the body streams in
+(so chunked bodies are bounded too; routes also refuse an over-long Content-Length before reading
+anything), and so is the body-read deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import BodyTimeout, PayloadTooLarge, ServiceError, error_response
+from .metrics import Metrics
+
+access_log = logging.getLogger("titok.access")
+log = logging.getLogger("titok.app")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json",
+             "/", "/ui/input")
+CLIENT_CLOSED = 499  # nginx's status for a client that hung up before its answer; never sent
+
+
+def request_id_from(header: bytes | None) -> str:
+    """The client's X-Request-ID when it is short and plain, else a fresh one."""
+    value = header.decode("latin-1").strip() if header else ""
+    return value if _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is over the limit of {limit} bytes (TITOK_MAX_UPLOAD_BYTES)"
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        rid = request_id_from(headers.get(b"x-request-id"))
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        t0 = time.perf_counter()
+        body_deadline = time.monotonic() + self.body_timeout_s
+        status: list[int | None] = [None]
+        received = [0]
+        body_done = [False]
+        disconnected = [False]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        async def limited_receive() -> Message:
+            if body_done[0]:  # waiting for a disconnect after the body (see routes) has no deadline
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise BodyTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s "
+                                      "(TITOK_BODY_TIMEOUT_S)", headers={"Connection": "close"}) from None
+            if message["type"] == "http.disconnect":
+                disconnected[0] = True
+            elif message["type"] == "http.request":
+                body_done[0] = not message.get("more_body", False)
+                received[0] += len(message.get("body", b""))
+                # A route may tighten the limit with its own error (see routes.decode).
+                limit, error = state.get("body_limit") or (self.max_body_bytes, None)
+                if received[0] > limit:
+                    raise error or PayloadTooLarge(too_large(limit))
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except ClientDisconnect:  # the client hung up while its body was read: nobody to answer, not a fault
+            disconnected[0] = True
+        except ServiceError as e:  # raised outside the app's handlers, e.g. by the drain gate's body read
+            if status[0] is not None:
+                raise
+            await error_response(e.status, e.code, e.message, rid, e.headers)(scope, limited_receive, send_with_id)
+        except Exception:
+            if status[0] is not None:  # the answer is half sent: nothing to do but let the server cut it
+                raise
+            log.exception("unhandled error", extra={"request": {"request_id": rid}})
+            await error_response(500, "internal_error", "internal error; see the server log for this request id",
+                                 rid)(scope, limited_receive, send_with_id)
+        finally:
+            if status[0] is None and disconnected[0]:
+                status[0] = CLIENT_CLOSED
+            self._record(scope, state, status[0] or 500, time.perf_counter() - t0, rid)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float, rid: str) -> None:
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.request_duration.labels(endpoint).observe(seconds)
+        access_log.info("request", extra={"request": {
+            "request_id": rid, "method": scope["method"], "path": scope["path"], "status": status,
+            "duration_ms": round(seconds * 1000, 2), "items": state.get("items"),
+            "key_id": state.get("key_id"),
+            "client": (scope.get("client") or ("", 0))[0]}})
+
+
+class LogFormatter(logging.Formatter):
+    """JSON (one object a line) or text; the access log's fields ride in `record.request`."""
+
+    def __init__(self, fmt: str = "json") -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                                  "logger": record.name, "msg": record.getMessage(),
+                                  **getattr(record, "request", {})}
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self.json:
+            return json.dumps(fields, default=str)
+        return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+
+
+def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
+    """Every logger, ours and every library's (uvicorn, python-multipart, ...), writes through one formatter."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)  # libraries: warnings and errors only
+    for name in ("titok", "uvicorn.error"):  # ours, and uvicorn's start/stop lines
+        logging.getLogger(name).setLevel(level)
+    # A library that installed its own handler would write around the formatter: send it to the root instead.
+    for logger in logging.root.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.handlers[:] = []
+            logger.propagate = True

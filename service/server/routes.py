@@ -1,0 +1,262 @@
+"""HTTP routes: thin; validation at the edge, codec work in the pool, model work through the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.datastructures import UploadFile
+
+from ..core import arrays, codec
+from ..core.arrays import NPY
+from ..core.artifact import token_dtype
+from ..errors import (
+    ClientGone,
+    DeadlineExceeded,
+    Draining,
+    EmptyBody,
+    InvalidImage,
+    InvalidTokens,
+    NotReady,
+    PayloadTooLarge,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+from . import decoding, openapi
+from .answers import check_model, model_headers
+from .middleware import too_large
+from .schemas import (
+    MODEL_HASH,
+    NPY_BODY,
+    PSNR_HEADER,
+    TIMING_HEADERS,
+    DecodeManyResponse,
+    DecodeRequest,
+    EncodeResponse,
+    Status,
+    errors,
+)
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+def _service(request: Request, work: bool = True) -> Any:
+    svc = request.app.state.service  # new work while draining never gets here: see drain.DrainGate
+    if work and not svc.ready:
+        raise NotReady("the model is not loaded and warmed up yet", headers={"Retry-After": "1"})
+    return svc
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (so its queued items are skipped) if the client hangs up."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler itself was cancelled: take the queued work with it
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        request.app.state.service.metrics.rejections.labels("client_disconnected").inc()
+        raise ClientGone("the client closed the connection before the answer was ready")
+    return task.result()
+
+
+def _declared_length(request: Request) -> int:
+    try:
+        return int(request.headers.get("content-length") or 0)
+    except ValueError:
+        return 0
+
+
+async def _uploaded_images(request: Request, max_images: int, max_bytes: int) -> list[bytes]:
+    if _declared_length(request) > max_bytes:  # refuse before reading a byte of it
+        raise PayloadTooLarge(too_large(max_bytes))
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        async with request.form(max_files=max(1000, max_images + 1)) as form:
+            parts = form.getlist("images")
+            if len(parts) > max_images:
+                raise TooManyImages(f"{len(parts)} images in one request; the limit is {max_images}")
+            if not parts:
+                raise EmptyBody("no images: send one or more multipart parts named 'images'")
+            blobs = []
+            for i, part in enumerate(parts):
+                if not isinstance(part, UploadFile):
+                    raise InvalidImage(f"images[{i}] is a text field, not a file upload")
+                blobs.append(await part.read())
+            return blobs
+    body = await request.body()
+    if not body:
+        raise EmptyBody("the body is empty: send multipart parts named 'images' or a raw image/* body")
+    if not ctype.startswith("image/"):
+        raise UnsupportedMediaType(f"content type {ctype or '(none)'!r} is not supported: send multipart/form-data "
+                                   f"with parts named 'images', a raw body with an image/* content type, or {NPY}")
+    return [body]
+
+
+def _media_type(request: Request, default: str = "") -> str:
+    return request.headers.get("content-type", default).split(";")[0].strip().lower()
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the request timeout (TITOK_REQUEST_TIMEOUT_S) passed before its items were queued")
+    return left
+
+
+async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) -> tuple[list[Any], float, float]:
+    """The request's images as uint8 (S, S, 3) arrays, its deadline (monotonic) and the seconds spent decoding."""
+    s, eng = svc.settings, svc.engine
+    if _media_type(request) == NPY:
+        if _declared_length(request) > s.max_upload_bytes:
+            raise PayloadTooLarge(too_large(s.max_upload_bytes))
+        images = arrays.parse_images(await request.body(), eng.image_size, s.max_images_per_request)
+        request.state.items = len(images)
+        return images, time.monotonic() + s.request_timeout_s, 0.0
+    blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
+    request.state.items = len(blobs)
+    deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
+    t0 = time.perf_counter()
+    images = await _unless_disconnected(request, decoding.decode_images(
+        svc.decode_queue, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
+        max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.decode_queue.workers))
+    return images, deadline, time.perf_counter() - t0
+
+
+@router.post("/encode", responses={200: {"model": EncodeResponse, "headers": {**TIMING_HEADERS, **PSNR_HEADER},
+                                         "content": {NPY: NPY_BODY},
+                                         "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
+                 **errors(400, 413, 415, 422, 499, 500, 503, 504)},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
+                     "type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                 "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}})
+async def encode(request: Request, resize: Annotated[codec.Resize, Query(description=(
+        "crop: shorter side to the model's size, then centre crop; pad: longer side, centred on black; "
+        "stretch: both sides"))] = "crop",
+                 quality: Annotated[bool, Query(description=(
+                     "also decode each image's tokens in the same model run and return the PSNR (dB) of the "
+                     "round trip per image (JSON field `psnr`, or header X-PSNR with a .npy answer); "
+                     "doubles the model work"))] = False) -> Response:
+    """Images -> token ids: multipart parts named `images` (in order), one raw `image/*` body, or a .npy
+    of uint8 images at the model's size."""
+    started = time.perf_counter()
+    svc = _service(request)
+    eng = svc.engine
+    images, deadline, codec_s = await _images_to_encode(request, svc, resize)
+    op = "roundtrip" if quality else "encode"
+    results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
+    tokens = [r["tokens"] for r in results] if quality else results
+    psnr = [round(float(r["psnr"]), 3) for r in results] if quality else None
+    headers = model_headers(eng.content_hash, timing, started, codec_s)
+    if arrays.wants_npy(request.headers.get("accept", "")):
+        if psnr is not None:
+            headers["X-PSNR"] = ", ".join(f"{p:.3f}" for p in psnr)
+        return Response(arrays.stack(tokens, token_dtype(eng.codebook_size)), media_type=NPY, headers=headers)
+    answer = EncodeResponse(model=eng.name, content_hash=eng.content_hash, num_tokens=eng.num_tokens,
+                            codebook_size=eng.codebook_size, tokens=[t.tolist() for t in tokens], psnr=psnr)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
+
+
+@router.post("/decode", responses={200: {"content": {"image/png": {}, NPY: NPY_BODY}, "model": DecodeManyResponse,
+                                         "headers": TIMING_HEADERS,
+                                         "description": "image/png for one sequence; JSON for a list of them or a "
+                                                        ".npy body; a .npy of pixels with `Accept: application/x-npy`"},
+                                   **errors(400, 409, 413, 415, 422, 499, 500, 503, 504)},
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}})
+async def decode(request: Request) -> Response:
+    """Token ids -> image. `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` or a .npy of
+    tokens (B, K) returns `{"model", "image_size", "images": [base64 PNG, ...]}` in order, or a .npy of pixels
+    when asked with `Accept: application/x-npy`. Tokens made by another model (`content_hash` in the JSON, or
+    the X-Model-Hash header) are refused with 409."""
+    started = time.perf_counter()
+    svc = _service(request)
+    s, eng = svc.settings, svc.engine
+    ctype = _media_type(request, "application/json")
+    if ctype != NPY and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {ctype!r} is not supported: send application/json or {NPY}")
+    limit = codec.token_body_limit(eng.num_tokens, s.max_images_per_request)
+    too_long = (f"the token list is too long: the body is over {limit} bytes, and a request holds at most "
+                f"{s.max_images_per_request} sequences of {eng.num_tokens} tokens")
+    if _declared_length(request) > limit:
+        raise InvalidTokens(too_long)
+    request.state.body_limit = (limit, InvalidTokens(too_long))
+    body = await request.body()
+    if ctype == NPY:
+        parsed = codec.TokenRequest(arrays.parse_tokens(body, eng.num_tokens, eng.codebook_size,
+                                                        s.max_images_per_request), True, None)
+    else:
+        parsed = codec.parse_tokens(body, eng.num_tokens, eng.codebook_size, s.max_images_per_request)
+    check_model({"JSON field content_hash": parsed.content_hash,
+                 f"header {MODEL_HASH}": request.headers.get(MODEL_HASH)}, eng.content_hash, eng.name)
+    request.state.items = len(parsed.tokens)
+    deadline = time.monotonic() + s.request_timeout_s
+    pixels, timing = await _unless_disconnected(
+        request, svc.batcher.submit_timed("decode", list(parsed.tokens), _remaining(deadline)))
+    t_codec = time.perf_counter()
+    if arrays.wants_npy(request.headers.get("accept", "")):
+        return Response(arrays.stack(pixels), media_type=NPY,
+                        headers=model_headers(eng.content_hash, timing, started, time.perf_counter() - t_codec))
+    loop = asyncio.get_running_loop()
+    pngs = await asyncio.gather(*(loop.run_in_executor(svc.codec_pool, codec.encode_png, p, s.png_compress_level)
+                                  for p in pixels))
+    headers = model_headers(eng.content_hash, timing, started, time.perf_counter() - t_codec)
+    if not parsed.nested:
+        return Response(pngs[0], media_type="image/png", headers=headers)
+    return Response(DecodeManyResponse(model=eng.name, content_hash=eng.content_hash, image_size=eng.image_size,
+                                       images=[base64.b64encode(p).decode() for p in pngs]).model_dump_json(),
+                    media_type="application/json", headers=headers)
+
+
+@router.head("/healthz", include_in_schema=False)  # load balancers' probes often send HEAD
+@router.get("/healthz", response_model=Status)  # registered first (decorators apply bottom-up): Allow lists GET
+async def healthz() -> Status:
+    """The process is alive."""
+    return Status(status="ok")
+
+
+@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", response_model=Status, responses=errors(503))
+async def readyz(request: Request) -> Status:
+    """Ready for traffic: the model is loaded and warmed up, and the service is not draining."""
+    svc = _service(request, work=False)
+    if svc.draining:
+        raise Draining("draining: finishing queued work before exit")
+    if not svc.ready:
+        raise NotReady("warming up")
+    return Status(status="ready")
+
+
+@router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    """Model metadata, device and batching settings."""
+    svc = _service(request, work=False)
+    s = svc.settings
+    return {"model": svc.engine.info() if svc.engine is not None else None, "ready": svc.ready,
+            "batching": {"max_batch_size": s.max_batch_size, "max_batch_delay_ms": s.max_batch_delay_ms,
+                         "max_queue_size": s.max_queue_size, "request_timeout_s": s.request_timeout_s},
+            "limits": {"max_upload_bytes": s.max_upload_bytes, "max_images_per_request": s.max_images_per_request,
+                       "max_image_pixels": s.max_image_pixels, "max_request_pixels": s.max_request_pixels},
+            "png_compress_level": s.png_compress_level, "formats": openapi.request_formats(request.app)}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body, content_type = request.app.state.service.metrics.render()
+    return Response(body, media_type=content_type)

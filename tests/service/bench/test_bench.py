@@ -1,0 +1,69 @@
+"""`titok bench --quick` with the tiny artifact prints its tables (no timing asserts)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.bench import bench_formats
+from service.bench.bench import Result, main, merge
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsys) -> None:
+    plot = tmp_path / "bench.png"
+    assert main(["--model", str(tiny_artifact), "--quick", "--requests", "8", "--concurrency", "1,4",
+                 "--duration", "0.5", "--rate", "8", "--soak", "20", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
+            "| client CPU ms/req |") in out
+    for row in ("| service | encode | closed c=1 |", "| service | encode | closed c=4 |",
+                "| service | decode | closed c=4 |", "| service | encode | open 8/s |",
+                "| service | decode | open 8/s |",
+                "| batching off | encode | closed c=4 |", "| batching off | decode | closed c=4 |",
+                "| raw artifact | encode | batch 8 |", "| raw artifact | decode | batch 8 |",
+                "| service c=4 / raw artifact |", "| batching on / off (c=4) |"):
+        assert row in out, row
+    assert "server RSS: after warm-up" in out and "peak" in out
+    assert bench_formats.HEADER in out
+    for row in ("| encode | JPEG multipart -> JSON | 32 | 8 |", "| encode | .npy -> .npy | 32 | 8 |",
+                "| decode | JSON -> JSON of base64 PNGs | 32 | 8 |", "| decode | .npy -> .npy | 32 | 8 |"):
+        assert row in out, row  # every format answered 200 (a failed one prints "failed: ...")
+    assert "| service | encode | soak c=16 x10 |" in out and "| service | decode | soak c=16 x10 |" in out
+    assert "| soak requests | server RSS MB |" in out and "| 20 |" in out and "RSS growth over the soak" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| service |") or ln.startswith("| batching off |")]
+    assert all(ln.split("|")[10].strip() == "0.0%" for ln in rows), rows  # nothing refused at this load
+    assert "| PNG level | ms / image | KB / image |" in out
+    with Image.open(plot) as im:  # three panels: throughput, latency, RSS over the soak
+        assert im.format == "PNG" and im.width > 2 * im.height
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 50  # drawn, not blank
+    assert f"plot: {plot}" in out
+
+
+def test_bench_plot_without_matplotlib_fails_before_benchmarking(tiny_artifact: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["--model", str(tiny_artifact), "--plot", str(tmp_path / "b.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_merged_soak_rows_weigh_each_chunk_by_its_batches() -> None:
+    a = Result("service", "encode", "soak", ok=20, rejected=0, seconds=2.0, latencies=[0.1] * 20, mean_batch=2.0,
+               client_cpu=0.01, batches=10)
+    b = Result("service", "encode", "soak", ok=8, rejected=2, seconds=2.0, latencies=[0.3] * 8, mean_batch=8.0,
+               client_cpu=0.03, batches=1)
+    m = merge([a, b], "soak x30")
+    assert (m.ok, m.rejected, m.batches, len(m.latencies)) == (28, 2, 11, 28)
+    assert m.mean_batch == pytest.approx(28 / 11)  # items over model calls, not the mean of the chunk means
+    assert m.throughput == pytest.approx(7.0) and m.client_cpu == pytest.approx(0.04)
+    assert "| service | encode | soak x30 | 30 | 7.0 |" in m.row() and "| 2.5 | 6.7% |" in m.row()
+
+
+def test_bench_refuses_a_url_it_cannot_speak_to(capsys) -> None:
+    assert main(["--url", "https://tokenizer.example.com"]) == 2
+    assert "only http:// URLs" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""`titok encode` / `titok decode` against a live server."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sample_images import all_formats
+from service_helpers import make_settings, serving
+
+from service.client.cli import decode_main, encode_main
+from service.server.app import build_app
+
+
+def test_encode_then_decode_round_trip(live_url: str, tmp_path: Path, capsys) -> None:
+    files = []
+    for name in ("png", "jpeg"):
+        files.append(tmp_path / f"{name}.img")
+        files[-1].write_bytes(all_formats()[name])
+    assert encode_main([*map(str, files), "--url", live_url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["tokens"]) == 2 and len(out["tokens"][0]) == 8 and out["model"] == "test-tiny"
+
+    (tmp_path / "tokens.json").write_text(json.dumps(out))
+    assert decode_main(["--tokens", f"@{tmp_path / 'tokens.json'}", "--out", str(tmp_path / "r.png"),
+                        "--url", live_url]) == 0
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == ["r-0.png", "r-1.png"]
+    assert decode_main(["--tokens", json.dumps(out["tokens"][0]), "--out", str(tmp_path / "one.png"),
+                        "--url", live_url]) == 0
+    assert Image.open(io.BytesIO((tmp_path / "one.png").read_bytes())).size == (32, 32)
+
+
+def test_client_errors_are_one_line_and_exit_1(live_url: str, tmp_path: Path, capsys) -> None:
+    assert decode_main(["--tokens", "[1, 2]", "--out", str(tmp_path / "x.png"), "--url", live_url]) == 1
+    assert "422" in capsys.readouterr().err
+    assert encode_main([str(tmp_path / "missing.png"), "--url", live_url]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    assert encode_main([str(Path(__file__)), "--url", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_resize_has_help_text(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps help at the terminal width
+    with pytest.raises(SystemExit):
+        encode_main(["--help"])
+    out = capsys.readouterr().out
+    assert re.search(r"--resize \{crop,pad,stretch\}\s+fitting the image to the model's square: crop \(default\)", out)
+
+
+@pytest.mark.parametrize("tokens, words", [("[[]]", "takes exactly 8"),  # not "tokens is an empty list"
+                                           ("[[1, 2], [3]]", "tokens[1] has 1 tokens and tokens[0] has 2"),
+                                           ('[[1, 2, 3, 4, 5, 6, 7, 8], [1]]', "tokens[1] has 1 tokens")])
+def test_decode_names_what_is_wrong_with_the_tokens(live_url: str, tmp_path: Path, capsys, tokens: str,
+                                                    words: str) -> None:
+    assert decode_main(["--tokens", tokens, "--out", str(tmp_path / "x.png"), "--url", live_url]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "empty list" not in err
+
+
+def test_the_api_key_from_an_option_or_the_environment(tiny_artifact: Path, tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    key = "cli-key-0123456789abcdef"
+    image = tmp_path / "a.png"
+    image.write_bytes(all_formats()["png"])
+    monkeypatch.delenv("TITOK_API_KEY", raising=False)
+    with serving(build_app(make_settings(tiny_artifact, api_keys=(key,)))) as url:
+        assert encode_main([str(image), "--url", url]) == 1
+        assert "401 this service needs an API key" in capsys.readouterr().err
+        assert encode_main([str(image), "--url", url, "--api-key", key]) == 0
+        tokens = json.loads(capsys.readouterr().out)["tokens"]
+        monkeypatch.setenv("TITOK_API_KEY", key)
+        assert decode_main(["--tokens", json.dumps(tokens), "--out", str(tmp_path / "r.png"), "--url", url]) == 0
+        assert (tmp_path / "r.png").exists()

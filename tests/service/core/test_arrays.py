@@ -1,0 +1,125 @@
+""".npy bodies: what is accepted, and each bad file named for what is wrong with it (never unpickled)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+from service.core.arrays import media_types, parse_images, parse_tokens, read_npy, stack, wants_npy, write_npy
+from service.errors import InvalidArray, MalformedArray, TooManyImages
+
+
+def npy(a: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, **kw)
+    return buf.getvalue()
+
+
+def test_images_and_tokens_parse_from_what_numpy_save_writes() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    out = parse_images(npy(images), 8, 4)
+    assert len(out) == 3 and all(np.array_equal(a, b) for a, b in zip(out, images, strict=True))
+    for dtype in (np.uint8, np.int16, ">u2", np.int32, np.uint64, np.int64):
+        tokens = parse_tokens(npy(np.array([[0, 5, 63], [1, 2, 3]], dtype=dtype)), 3, 64, 4)
+        assert tokens.dtype == np.int64 and tokens.tolist() == [[0, 5, 63], [1, 2, 3]]
+    fortran = np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3))
+    assert parse_tokens(npy(fortran), 3, 64, 4).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_answers_load_back_with_numpy_load_and_keep_their_dtype() -> None:
+    tokens = [np.array([1, 4095]), np.array([7, 8])]
+    back = np.load(io.BytesIO(stack(tokens, np.dtype(np.uint16))))
+    assert back.dtype == np.uint16 and back.tolist() == [[1, 4095], [7, 8]]
+    pixels = np.zeros((2, 4, 4, 3), np.uint8)
+    assert np.array_equal(np.load(io.BytesIO(write_npy(pixels))), pixels)
+
+
+def test_a_pickled_object_array_is_refused_and_never_unpickled() -> None:
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    body = npy(np.array([Boom()], dtype=object), allow_pickle=True)
+    with pytest.raises(MalformedArray, match="Python objects"):
+        parse_tokens(body, 3, 64, 4)
+    with pytest.raises(MalformedArray, match="not a .npy file"):
+        parse_tokens(pickle.dumps(np.zeros((1, 3), np.int64)), 3, 64, 4)
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"", "empty"),
+    (b"P6 not an npy at all", "not a .npy file"),
+    (npy(np.zeros((2, 3), np.int64))[:-5], r"truncated: its header \(2, 3\) int64 needs 48 data bytes, "
+                                             "the body holds 43"),
+    (npy(np.zeros((2, 3), np.int64))[:60], "truncated|cannot be read"),
+    (npy(np.zeros((2, 3), np.int64)) + b"xx", "2 bytes after its data"),
+    (b"\x93NUMPY\x03\x00" + b"\x00" * 100, "version 3.0 is not supported"),
+])
+def test_broken_files_are_malformed_400s_naming_the_problem(body: bytes, words: str) -> None:
+    with pytest.raises(MalformedArray, match=words) as e:
+        read_npy(body)
+    assert e.value.status == 400 and e.value.code == "malformed_npy"
+
+
+def handmade(header: str, data: bytes = b"") -> bytes:
+    """A version 1.0 .npy with any header text, as a hostile client would write it."""
+    text = header.encode("latin-1") + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+@pytest.mark.parametrize(("header", "words"), [
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (10000000000, 10000000000), }", "truncated"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (-2, 3), }", "negative dimension"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3)", "header cannot be read"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (__import__('os'),), }", "header cannot be read"),
+    ("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", "Python objects"),
+])
+def test_hostile_headers_are_refused_before_any_data_is_read(header: str, words: str) -> None:
+    with pytest.raises(MalformedArray, match=words):
+        read_npy(handmade(header, b"\x00" * 48))
+
+
+@pytest.mark.parametrize(("array", "words"), [
+    (np.zeros((2, 8, 8, 3), np.float32), "dtype float32; send uint8 images of shape"),
+    (np.zeros((2, 8, 8, 3), np.int64), "dtype int64"),
+    (np.zeros((8, 8, 3), np.uint8), r"rank 3 \(shape \(8, 8, 3\)\)"),
+    (np.zeros((2, 16, 16, 3), np.uint8), r"shape \(2, 16, 16, 3\); the model takes uint8 images "
+                                           r"of shape \(B, 8, 8, 3\)"),
+    (np.zeros((2, 8, 8, 4), np.uint8), r"shape \(2, 8, 8, 4\)"),
+    (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
+])
+def test_wrong_image_arrays_are_422s_naming_the_problem(array: np.ndarray, words: str) -> None:
+    with pytest.raises(InvalidArray, match=words) as e:
+        parse_images(npy(array), 8, 4)
+    assert e.value.status == 422 and e.value.code == "invalid_array"
+
+
+@pytest.mark.parametrize(("array", "words"), [
+    (np.zeros((2, 3), np.float64), "dtype float64; send integer token ids"),
+    (np.zeros((2, 3), bool), "dtype bool"),
+    (np.zeros((2, 3), [("a", np.int32)]), "structured dtype"),
+    (np.zeros(3, np.int64), "rank 1"),
+    (np.zeros((2, 4), np.int64), "exactly 3 tokens"),
+    (np.array([[0, 1, 64], [0, 0, 0]]), r"tokens\[0\]\[2\] is 64; token ids must be in \[0, 64\)"),
+    (np.array([[0, 1, 2], [0, -1, 0]], np.int8), r"tokens\[1\]\[1\] is -1"),
+    (np.array([[0, 1, 2**63 - 1]], np.int64), "is 9223372036854775807"),
+])
+def test_wrong_token_arrays_are_422s_naming_the_problem(array: np.ndarray, words: str) -> None:
+    with pytest.raises(InvalidArray, match=words):
+        parse_tokens(npy(array), 3, 64, 4)
+
+
+def test_too_many_items_in_an_array_is_a_413() -> None:
+    with pytest.raises(TooManyImages, match="5 token sequences in one request; the limit is 4"):
+        parse_tokens(npy(np.zeros((5, 3), np.int64)), 3, 64, 4)
+    with pytest.raises(TooManyImages, match="5 images"):
+        parse_images(npy(np.zeros((5, 8, 8, 3), np.uint8)), 8, 4)
+
+
+def test_accept_headers() -> None:
+    assert wants_npy("application/x-npy") and wants_npy("application/json, application/x-npy;q=0.9")
+    assert not wants_npy("") and not wants_npy("application/json") and not wants_npy("*/*")
+    assert media_types("Application/X-NPY; charset=x") == {"application/x-npy"}

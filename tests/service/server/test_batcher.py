@@ -1,0 +1,295 @@
+"""Dynamic batching, tested deterministically: hold the engine, enqueue, release, assert the batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.errors import DeadlineExceeded, Draining, ModelError, QueueFull
+from service.server.batcher import Batcher
+
+
+class HeldEngine:
+    """Echoes its input; every batch waits at `gate`, so the queue fills while the engine is held."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.fail_next = False
+        self._thread = ThreadPoolExecutor(max_workers=1)
+
+    def submit(self, op: str, batch: np.ndarray) -> Future[np.ndarray]:
+        return self._thread.submit(self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append([int(x) for x in batch[:, 0]])
+        self.entered.set()
+        assert self.gate.wait(timeout=30), "test never released the engine"
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        return batch.copy()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def items(*values: int) -> list[np.ndarray]:
+    return [np.array([v, v], dtype=np.int64) for v in values]
+
+
+def sizes(engine: HeldEngine) -> list[int]:
+    return [len(b) for b in engine.batches]
+
+
+async def until(condition) -> None:
+    """Yield to the loop until `condition()` holds (no sleeps: each step lets ready tasks run)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def hold(batcher: Batcher, engine: HeldEngine, value: int = 0) -> asyncio.Task:
+    """Start one single-item request and wait until the engine is busy with it."""
+    task = asyncio.ensure_future(batcher.submit("decode", items(value), timeout=30))
+    await asyncio.to_thread(engine.entered.wait, 30)
+    return task
+
+
+def make(engine: HeldEngine, max_batch: int = 4, queue: int = 64, delay_ms: float = 0.0, **kw) -> Batcher:
+    batcher = Batcher(engine, max_batch, delay_ms, queue, **kw)
+    batcher.start()
+    return batcher
+
+
+def test_items_queued_while_the_engine_is_busy_form_full_batches() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4)
+        first = await hold(batcher, engine)
+        others = [asyncio.ensure_future(batcher.submit("decode", items(v), timeout=30)) for v in range(1, 10)]
+        await until(lambda: batcher.depth == 9)
+        engine.gate.set()
+        results = await asyncio.gather(first, *others)
+        assert sizes(engine) == [1, 4, 4, 1]
+        assert [int(r[0][0]) for r in results] == list(range(10))
+        assert batcher.metrics.batch_size.labels("decode")._sum.get() == 10  # noqa: SLF001
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_larger_than_the_batch_is_split_and_answered_in_order() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4)
+        first = await hold(batcher, engine, value=100)
+        big = asyncio.ensure_future(batcher.submit("decode", items(*range(10)), timeout=30))
+        await until(lambda: batcher.depth == 10)
+        engine.gate.set()
+        await first
+        out = await big
+        assert sizes(engine) == [1, 4, 4, 2]
+        assert [int(r[0]) for r in out] == list(range(10))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_each_request_gets_its_own_queue_wait_model_time_and_batch_sizes() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        clock = FakeClock()
+        batcher = make(engine, max_batch=4, clock=clock)
+        first = await hold(batcher, engine)
+        b = asyncio.ensure_future(batcher.submit_timed("decode", items(1, 2, 3), timeout=30))
+        c = asyncio.ensure_future(batcher.submit_timed("decode", items(4, 5), timeout=30))
+        await until(lambda: batcher.depth == 5)
+        clock.now += 2.5  # b and c wait 2.5 s (fake) for the held batch
+        engine.gate.set()
+        await first
+        (_, tb), (out_c, tc) = await b, await c
+        assert sizes(engine) == [1, 4, 1]
+        assert tb.batch_sizes == (4,) and tc.batch_sizes == (4, 1)  # c's second item spilled into the next batch
+        assert tb.queue_s == pytest.approx(2.5) and tc.queue_s == pytest.approx(2.5)
+        assert 0 < tb.model_s < tc.model_s  # c's items ran in both batches: their model times add up
+        assert [int(r[0]) for r in out_c] == [4, 5]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_batch_closes_without_waiting_for_the_delay() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        engine.gate.set()
+        batcher = make(engine, max_batch=4, delay_ms=600_000)  # a delay the test would notice
+        out = await batcher.submit("decode", items(1, 2, 3, 4), timeout=30)
+        assert sizes(engine) == [4] and len(out) == 4
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_partial_batch_closes_after_the_delay() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        engine.gate.set()
+        batcher = make(engine, max_batch=8, delay_ms=20)
+        a = asyncio.ensure_future(batcher.submit("decode", items(1, 2), timeout=30))
+        b = asyncio.ensure_future(batcher.submit("decode", items(3), timeout=30))
+        await asyncio.gather(a, b)
+        assert sizes(engine) == [3]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4, queue=4)
+        first = await hold(batcher, engine)
+        queued = asyncio.ensure_future(batcher.submit("decode", items(1, 2, 3), timeout=30))
+        await until(lambda: batcher.depth == 3)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit("decode", items(4, 5), timeout=30)
+        assert refused.value.headers["Retry-After"] == "1"
+        assert refused.value.status == 503
+        assert batcher.metrics.rejections.labels("queue_full")._value.get() == 1  # noqa: SLF001
+        engine.gate.set()
+        await asyncio.gather(first, queued)
+        assert sizes(engine) == [1, 3]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_items_past_their_deadline_are_dropped_before_compute() -> None:
+    async def scenario() -> None:
+        engine, clock = HeldEngine(), FakeClock()
+        batcher = make(engine, max_batch=4, clock=clock)
+        first = await hold(batcher, engine)
+        late = asyncio.ensure_future(batcher.submit("decode", items(1, 2), timeout=5))
+        await until(lambda: batcher.depth == 2)
+        clock.now += 6  # the deadline passes while the engine is busy
+        fresh = asyncio.ensure_future(batcher.submit("decode", items(3), timeout=5))
+        await until(lambda: batcher.depth == 3)
+        engine.gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded) as dropped:
+            await late
+        assert dropped.value.status == 504
+        assert [int(r[0]) for r in await fresh] == [3]
+        assert engine.batches == [[0], [3]]  # the expired items never reached the model
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_requests_are_skipped() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4)
+        first = await hold(batcher, engine)
+        gone = asyncio.ensure_future(batcher.submit("decode", items(1, 2), timeout=30))
+        kept = asyncio.ensure_future(batcher.submit("decode", items(3), timeout=30))
+        await until(lambda: batcher.depth == 3)
+        gone.cancel()  # what the route does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        engine.gate.set()
+        await first
+        assert [int(r[0]) for r in await kept] == [3]
+        assert engine.batches == [[0], [3]]
+        assert batcher.metrics.rejections.labels("cancelled")._value.get() == 2  # noqa: SLF001
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_model_error_fails_only_its_batch_and_the_next_batch_works() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        engine.fail_next = True
+        batcher = make(engine, max_batch=4)
+        doomed = await hold(batcher, engine)
+        after = asyncio.ensure_future(batcher.submit("decode", items(1, 2), timeout=30))
+        await until(lambda: batcher.depth == 2)
+        engine.gate.set()
+        with pytest.raises(ModelError) as failed:
+            await doomed
+        assert failed.value.status == 500
+        assert [int(r[0]) for r in await after] == [1, 2]
+        assert sizes(engine) == [1, 2]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_encode_and_decode_items_never_share_a_batch() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=8)
+        first = await hold(batcher, engine)
+        enc = asyncio.ensure_future(batcher.submit("encode", items(1, 2), timeout=30))
+        dec = asyncio.ensure_future(batcher.submit("decode", items(3), timeout=30))
+        await until(lambda: batcher.depth == 3)
+        engine.gate.set()
+        await asyncio.gather(first, enc, dec)
+        assert engine.batches == [[0], [1, 2], [3]]  # oldest queue first
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_finishes_queued_work_and_refuses_new_work() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4, delay_ms=600_000)
+        first = asyncio.ensure_future(batcher.submit("decode", items(0, 0, 0, 0), timeout=30))  # a full batch
+        await asyncio.to_thread(engine.entered.wait, 30)
+        queued = asyncio.ensure_future(batcher.submit("decode", items(1, 2), timeout=30))
+        await until(lambda: batcher.depth == 2)
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0)
+        with pytest.raises(Draining):
+            await batcher.submit("decode", items(9), timeout=30)
+        engine.gate.set()
+        await asyncio.gather(first, queued, stopping)
+        assert sizes(engine) == [4, 2]  # the long delay was not waited for while stopping
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_items_do_not_hold_places_in_a_full_queue() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4, queue=3)
+        first = await hold(batcher, engine)
+        gone = asyncio.ensure_future(batcher.submit("decode", items(1, 2, 3), timeout=30))
+        await until(lambda: batcher.depth == 3)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        kept = asyncio.ensure_future(batcher.submit("decode", items(4, 5), timeout=30))  # fits once pruned
+        await until(lambda: batcher.depth == 2)
+        engine.gate.set()
+        await first
+        assert [int(r[0]) for r in await kept] == [4, 5]
+        assert engine.batches == [[0], [4, 5]]
+        await batcher.stop()
+
+    asyncio.run(scenario())

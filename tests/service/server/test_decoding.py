@@ -1,0 +1,173 @@
+"""A pixel flood on /encode: the request's pixel budget, its deadline over decoding, and turns between requests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sample_images import header_only_png
+from service_helpers import make_settings
+
+from service.core import codec
+from service.errors import DeadlineExceeded, InvalidImage, TooManyPixels
+from service.server import decoding
+from service.server.app import build_app
+from service.server.decoding import DecodeQueue
+
+
+def png(size: tuple[int, int], seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", compress_level=0)
+    return buf.getvalue()
+
+
+def test_the_request_pixel_budget_is_checked_from_the_headers_before_anything_is_decoded() -> None:
+    # Headers that claim 3000 x 3000 over junk data: decoding any of them would fail as invalid_image.
+    blobs = [header_only_png(3000, 3000) for _ in range(3)]
+    with ThreadPoolExecutor(1) as pool, pytest.raises(TooManyPixels) as refused:
+        asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=50_000_000,
+                                           max_request_pixels=20_000_000, deadline=float("inf")))
+    assert refused.value.status == 413 and refused.value.code == "too_many_pixels"
+    assert "27000000 pixels in all; the limit is 20000000 pixels per request (TITOK_MAX_REQUEST_PIXELS)" in \
+        refused.value.message
+    with ThreadPoolExecutor(1) as pool, pytest.raises(InvalidImage) as invalid:  # within budget: decoding starts
+        asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=50_000_000,
+                                           max_request_pixels=30_000_000, deadline=float("inf")))
+    assert invalid.value.message.startswith("images[0]: the image could not be decoded")
+
+
+class SteppingPool(Executor):
+    """Runs each job at once and moves a fake clock 10 s forward: every decode takes '10 s'."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args, **kwargs))
+        self.now += 10
+        self.jobs += 1
+        return fut
+
+
+def test_no_image_is_decoded_once_the_deadline_has_passed() -> None:
+    pool = SteppingPool()
+    blobs = [png((40, 40), i) for i in range(4)]
+    # image 0 runs from t=0 to 10, image 1 from t=10 to 20 (past the deadline: dropped), 2 and 3 never start
+    with pytest.raises(DeadlineExceeded, match="3 of 4 images were not decoded within the request timeout") as e:
+        asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=10**9,
+                                           max_request_pixels=10**9, deadline=15.0, clock=lambda: pool.now))
+    assert e.value.status == 504 and pool.jobs == 2
+    pool = SteppingPool()
+    out = asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=10**9,
+                                             max_request_pixels=10**9, deadline=45.0, clock=lambda: pool.now))
+    assert len(out) == 4 and all(a.shape == (32, 32, 3) for a in out)
+
+
+def record_decodes(monkeypatch, names: dict[bytes, str]) -> tuple[list[str], threading.Event, threading.Event]:
+    """Every decode appends its image's name; the first one waits until the test releases it."""
+    order: list[str] = []
+    first_started, release = threading.Event(), threading.Event()
+    real = codec.load_image
+
+    def recording(data: bytes, *args):
+        order.append(names[data])
+        if len(order) == 1:
+            first_started.set()
+            assert release.wait(30)
+        return real(data, *args)
+
+    monkeypatch.setattr(codec, "load_image", recording)
+    return order, first_started, release
+
+
+LIMITS = {"max_image_pixels": 10**9, "max_request_pixels": 10**9, "deadline": float("inf")}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one request of 5 big", "5 requests of 1 big"])
+def test_a_small_request_behind_big_ones_waits_for_the_image_being_decoded_not_all(monkeypatch, split) -> None:
+    big = [png((64, 64), i) for i in range(5)]
+    small = png((40, 40), 99)
+    order, first_started, release = record_decodes(monkeypatch, {b: f"big{i}" for i, b in enumerate(big)}
+                                                   | {small: "small"})
+
+    async def scenario() -> list[list]:
+        with ThreadPoolExecutor(1) as pool:
+            queue = DecodeQueue(pool, 1)
+            bigs = [asyncio.ensure_future(decoding.decode_images(queue, blobs, 32, "crop", **LIMITS))
+                    for blobs in ([[b] for b in big] if split else [big])]
+            await asyncio.to_thread(first_started.wait, 30)  # big0 is being decoded, the rest wait
+            b = asyncio.ensure_future(decoding.decode_images(queue, [small], 32, "crop", **LIMITS))
+            await asyncio.sleep(0)  # b reads its header and queues its image
+            release.set()
+            return [await t for t in (*bigs, b)]
+
+    outs = asyncio.run(scenario())
+    assert order == ["big0", "small", "big1", "big2", "big3", "big4"]
+    assert sum(len(o) for o in outs) == 6
+
+
+def test_a_window_of_two_keeps_two_images_of_a_request_in_the_pool() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        out = asyncio.run(decoding.decode_images(DecodeQueue(pool, 2), [png((40, 40), i) for i in range(5)], 32, "crop",
+                                                 max_image_pixels=10**9, max_request_pixels=10**9,
+                                                 deadline=float("inf"), window=2))
+    expected = [codec.load_image(png((40, 40), i), 32) for i in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(out, expected, strict=True))  # in upload order
+
+
+def test_over_http_the_budget_is_a_413_and_a_decoding_past_the_deadline_a_504(tiny_artifact: Path) -> None:
+    settings = make_settings(tiny_artifact, max_request_pixels=5_000_000, max_upload_bytes=8 * 1024 * 1024)
+    with TestClient(build_app(settings), raise_server_exceptions=False) as client:
+        files = [("images", (f"{i}.png", header_only_png(2000, 2000), "image/png")) for i in range(2)]
+        r = client.post("/encode", files=files)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels"
+        assert "TITOK_MAX_REQUEST_PIXELS" in r.json()["error"]["message"]
+        assert client.get("/info").json()["limits"]["max_request_pixels"] == 5_000_000
+    slow = make_settings(tiny_artifact, request_timeout_s=0.001, max_upload_bytes=8 * 1024 * 1024)
+    with TestClient(build_app(slow), raise_server_exceptions=False) as client:
+        big = png((1000, 1000))  # 3 MB of pixels: decoding takes far longer than 1 ms
+        r = client.post("/encode", files=[("images", (f"{i}.png", big, "image/png")) for i in range(2)])
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        assert "images were not decoded within the request timeout" in r.json()["error"]["message"]
+
+
+def test_memory_of_big_decodes_goes_back_to_the_system(tmp_path: Path) -> None:
+    """Three 3000 x 3000 decodes in a codec thread (36 MB of pixels each): glibc alone keeps ~50 MB of them."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    script = textwrap.dedent("""
+        import io
+        from concurrent.futures import ThreadPoolExecutor
+        from PIL import Image
+        from service.server import decoding
+
+        def rss_mb():
+            return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1]) / 1024
+
+        buf = io.BytesIO()
+        Image.new("RGB", (3000, 3000)).save(buf, "PNG")
+        before = rss_mb()
+        with ThreadPoolExecutor(1) as pool:
+            for _ in range(3):
+                pool.submit(decoding._decode, 0, buf.getvalue(), 9_000_000, 32, "crop", 10**9).result()
+            print(rss_mb() - before)
+    """)
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 20, out.stdout  # MB still held after the decodes

@@ -1,0 +1,161 @@
+"""A hostile client against a live server, on raw sockets: hang-ups mid-upload, slow bodies, odd paths and
+methods; and an unexpected error, which must still be answered as JSON with the request id."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving
+
+from service.server.app import build_app
+
+BODY_TIMEOUT_S = 1.0
+BOUNDARY = "hostile"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+PART_HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
+             "Content-Type: image/jpeg\r\n\r\n").encode()
+# (path, content type, declared length, the first bytes of the body)
+UPLOADS = {
+    "raw": ("/encode", "image/jpeg", 100_000, b"\xff\xd8" + b"\x00" * 998),
+    "multipart": ("/encode", MULTIPART, 100_000, PART_HEAD + b"\x00" * 1000),
+    "decode": ("/decode", "application/json", 50_000, b'{"tokens": [' + b"1, " * 330),
+}
+
+
+@pytest.fixture(scope="module")
+def live(tiny_artifact: Path) -> Iterator[tuple[str, object]]:
+    app = build_app(make_settings(tiny_artifact, body_timeout_s=BODY_TIMEOUT_S))
+    with serving(app) as url:
+        yield url, app
+
+
+def requests_total(url: str, endpoint: str, status: int) -> float:
+    pattern = re.compile(rf'^titok_requests_total{{endpoint="{endpoint}",status="{status}"}} (\S+)$', re.M)
+    found = pattern.search(httpx.get(f"{url}/metrics").text)
+    return float(found.group(1)) if found else 0.0
+
+
+def access_record(caplog: pytest.LogCaptureFixture, rid: str) -> logging.LogRecord | None:
+    found = [r for r in caplog.records if r.name == "titok.access" and r.request["request_id"] == rid]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("kind", UPLOADS)
+def test_a_hang_up_mid_upload_is_a_499_logged_once_without_a_traceback(
+        live: tuple[str, object], caplog: pytest.LogCaptureFixture, kind: str) -> None:
+    url, _ = live
+    path, ctype, length, body = UPLOADS[kind]
+    before = requests_total(url, path, 499), requests_total(url, path, 500)
+    rid = f"hang-up-{kind}"
+    with caplog.at_level(logging.INFO):
+        open_request(url, path, ctype, length, body, rid).close()  # 1,000 of the declared bytes, then gone
+        deadline = time.monotonic() + 30
+        while access_record(caplog, rid) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    record = access_record(caplog, rid)
+    assert record is not None and record.request["status"] == 499
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert (requests_total(url, path, 499), requests_total(url, path, 500)) == (before[0] + 1, before[1])
+    assert httpx.post(f"{url}/decode", json={"tokens": [1] * 8}, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize("kind", UPLOADS)
+def test_a_body_that_stalls_gets_a_408_and_the_connection_is_closed(live: tuple[str, object], kind: str) -> None:
+    url, _ = live
+    path, ctype, length, body = UPLOADS[kind]
+    sock = open_request(url, path, ctype, length, body[:10], f"slow-{kind}")  # 10 bytes, then nothing
+    t0 = time.monotonic()
+    with sock:
+        status, headers, answer = read_answer(sock)  # returns only because the server closes the connection
+    assert status == 408 and headers["connection"] == "close" and headers["x-request-id"] == f"slow-{kind}"
+    error = httpx.Response(status, content=answer).json()["error"]
+    assert error["code"] == "body_timeout" and "TITOK_BODY_TIMEOUT_S" in error["message"]
+    assert time.monotonic() - t0 < 30
+    assert httpx.post(f"{url}/decode", json={"tokens": [1] * 8}, timeout=60).status_code == 200
+
+
+def test_a_trickling_body_is_cut_at_the_deadline_not_kept_alive_by_each_byte(live: tuple[str, object]) -> None:
+    url, _ = live
+    sock = open_request(url, "/encode", "image/png", 1000, b"\x89PNG", "trickle")
+    with sock:
+        sock.settimeout(0.25)
+        answer = b""
+        for _ in range(200):  # one byte every 0.25 s: never idle for long, but never done (50 s if not cut)
+            try:
+                answer = sock.recv(65536)
+                break
+            except TimeoutError:
+                sock.sendall(b"\x00")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_request_id(
+        tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from service.core import codec
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(codec, "parse_tokens", broken)
+    app = build_app(make_settings(tiny_artifact), engine=FakeEngine())
+    with TestClient(app) as c, caplog.at_level(logging.INFO):  # the default client re-raises what escapes the app
+        r = c.post("/decode", json={"tokens": [1] * 8}, headers={"X-Request-ID": "bug-1"})
+        assert r.status_code == 500 and r.headers["x-request-id"] == "bug-1"
+        assert r.json()["error"] == {"code": "internal_error", "request_id": "bug-1",
+                                     "message": "internal error; see the server log for this request id"}
+        assert 'titok_requests_total{endpoint="/decode",status="500"} 1.0' in c.get("/metrics").text
+        assert c.get("/healthz").status_code == 200
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and tracebacks[0].request["request_id"] == "bug-1"
+    assert access_record(caplog, "bug-1").request["status"] == 500
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/encode/"), ("POST", "/decode/"), ("GET", "/healthz/"),
+                                          ("GET", "/redoc")])
+def test_no_redirects_a_trailing_slash_is_a_404(live: tuple[str, object], method: str, path: str) -> None:
+    url, _ = live
+    r = httpx.request(method, f"{url}{path}", headers={"Host": "evil.example"})
+    assert r.status_code == 404 and "location" not in r.headers
+    assert r.json()["error"]["code"] == "not_found"
+
+
+def test_head_on_health_and_readiness(live: tuple[str, object]) -> None:
+    url, app = live
+    for path in ("/healthz", "/readyz"):
+        r = httpx.head(f"{url}{path}")
+        assert r.status_code == 200 and r.content == b"" and r.headers["x-request-id"]
+
+
+def test_docs_load_every_asset_from_the_service(live: tuple[str, object]) -> None:
+    url, _ = live
+    page = httpx.get(f"{url}/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert len(assets) == 3 and "://" not in page  # nothing from a CDN
+    types = {httpx.get(f"{url}{a}").headers["content-type"].split(";")[0] for a in assets}
+    assert types == {"text/javascript", "text/css", "image/png"}
+    js = next(a for a in assets if a.endswith(".js"))
+    assert "SwaggerUIBundle" in httpx.get(f"{url}{js}").text
+
+
+def test_a_hang_up_while_a_draining_server_reads_the_body_is_a_499(
+        tiny_artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = build_app(make_settings(tiny_artifact), engine=FakeEngine())
+    with serving(app) as url, caplog.at_level(logging.INFO):
+        app.state.service.start_draining()
+        open_request(url, "/encode", "image/png", 5000, b"\x89PNG", "gone-while-draining").close()
+        with open_request(url, "/encode", "image/png", 4, b"\x89PNG", "stays") as sock:
+            status, headers, _ = read_answer(sock)
+        assert status == 503 and headers["connection"] == "close"
+        deadline = time.monotonic() + 30
+        while access_record(caplog, "gone-while-draining") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert access_record(caplog, "gone-while-draining").request["status"] == 499
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

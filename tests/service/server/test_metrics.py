@@ -1,0 +1,62 @@
+"""Known traffic in, scraped values out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sample_images import all_formats
+from service_helpers import make_settings
+
+from service.server.app import build_app
+from service.server.metrics import Metrics, batch_buckets
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def test_scraped_values_match_the_traffic_sent(tiny_artifact: Path) -> None:
+    png = all_formats()["png"]
+    with TestClient(build_app(make_settings(tiny_artifact, max_batch_size=8))) as c:
+        for n in (1, 2, 3):  # 6 images in 3 requests: each request's items form one batch
+            files = [("images", (f"{i}.png", png, "image/png")) for i in range(n)]
+            assert c.post("/encode", files=files).status_code == 200
+        assert c.post("/decode", json={"tokens": [0] * 8}).status_code == 200
+        assert c.post("/decode", json={"tokens": [[0] * 8] * 3}).status_code == 200
+        assert c.post("/decode", json={"tokens": [0] * 7}).status_code == 422
+        assert c.get("/nope").status_code == 404
+        m = scrape(c)
+
+    def get(name: str, **labels: str) -> float:
+        return m[(name, tuple(sorted(labels.items())))]
+
+    assert get("titok_items_processed_total", op="encode") == 6
+    assert get("titok_items_processed_total", op="decode") == 4
+    assert get("titok_batch_size_count", op="encode") == 3
+    assert get("titok_batch_size_sum", op="encode") == 6
+    assert get("titok_batch_size_count", op="decode") == 2
+    assert get("titok_batch_size_bucket", op="decode", le="1.0") == 1
+    assert get("titok_model_compute_seconds_count", op="decode") == 2
+    assert get("titok_queue_wait_seconds_count", op="encode") == 6
+    assert get("titok_requests_total", endpoint="/encode", status="200") == 3
+    assert get("titok_requests_total", endpoint="/decode", status="200") == 2
+    assert get("titok_requests_total", endpoint="/decode", status="422") == 1
+    assert get("titok_requests_total", endpoint="other", status="404") == 1
+    assert get("titok_request_duration_seconds_count", endpoint="/encode") == 3
+    assert get("titok_queue_depth") == 0
+    assert get("titok_ready") == 1
+    info = [k for k in m if k[0] == "titok_model_info"]
+    assert info and ("name", "test-tiny") in info[0][1]
+
+
+def test_every_metric_has_the_prefix_and_the_batch_buckets_end_at_the_max() -> None:
+    metrics = Metrics(max_batch_size=48)
+    names = [f.name for f in metrics.registry.collect()]
+    assert names and all(n.startswith("titok_") for n in names)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_buckets(1) == (1,)
