@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .server.auth import parse_keys
+from .keys import parse_keys
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"
 

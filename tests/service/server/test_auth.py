@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_helpers import FakeEngine, make_settings, serving
 
+from service.keys import key_id, parse_keys
 from service.server.app import build_app
-from service.server.auth import key_id, parse_keys
 from service.server.middleware import LogFormatter
 from service.settings import Settings
 
