@@ -49,7 +49,8 @@ class Status(BaseModel):
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the listed error statuses, all with the JSON error body."""
     text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy)",
-            404: "No such route", 409: "The tokens were made by another model (content hash)",
+            404: "No such route", 408: "The request body did not arrive within TITOK_BODY_TIMEOUT_S",
+            409: "The tokens were made by another model (content hash)",
             413: "Body, image count, image pixels or the request's pixels over the limit",
             415: "Unsupported content type", 422: "Invalid parameters, token ids or array dtype/shape",
             499: "The client closed the connection", 500: "The model failed on this batch",

@@ -159,6 +159,7 @@ def test_the_openapi_document_lists_the_npy_formats_and_the_409(client: TestClie
     assert NPY in encode["requestBody"]["content"] and NPY in encode["responses"]["200"]["content"]
     assert NPY in decode["requestBody"]["content"] and NPY in decode["responses"]["200"]["content"]
     assert "409" in decode["responses"] and "X-Model-Hash" in encode["responses"]["200"]["headers"]
+    assert all({"408", "413", "499", "503", "504"} <= set(op["responses"]) for op in (encode, decode))  # body timeout
     assert any(p["name"] == "quality" for p in encode["parameters"])
     assert json.dumps(decode["requestBody"]).count("content_hash") >= 1
 
