@@ -7,6 +7,7 @@ service's own /info, /encode and /decode. app.py includes this router only when 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from ...core import codec
 from ...errors import EmptyBody, PayloadTooLarge
+from .. import decoding
 from ..middleware import too_large
 
 _HERE = Path(__file__).parent
@@ -68,9 +70,10 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     if not body:
         raise EmptyBody("the body is empty: send one image as the raw body")
 
-    def work() -> bytes:
-        pixels = codec.load_image(body, svc.engine.image_size, resize, s.max_image_pixels)  # (S, S, 3) uint8
-        return codec.encode_png(pixels, s.png_compress_level)
-
-    png = await asyncio.get_running_loop().run_in_executor(svc.codec_pool, work)
+    # Through the same fair queue, pixel budget and deadline as /encode: the page's door is no way around them.
+    (pixels,) = await decoding.decode_images(
+        svc.decode_queue, [body], svc.engine.image_size, resize, max_image_pixels=s.max_image_pixels,
+        max_request_pixels=s.max_request_pixels, deadline=time.monotonic() + s.request_timeout_s)  # (S, S, 3)
+    png = await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
+                                                           s.png_compress_level)
     return Response(png, media_type="image/png")

@@ -107,3 +107,16 @@ def test_model_input_survives_a_client_that_hangs_up_half_way(tiny_artifact: Pat
         assert 'status="500"' not in counted
         r = httpx.post(f"{url}/ui/input", content=png, timeout=30)
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (32, 32)
+
+
+def test_model_input_keeps_to_the_request_pixel_budget(tiny_artifact: Path) -> None:
+    """The page's door decodes through /encode's fair queue and budget, so it is no way around them."""
+    with TestClient(build_app(make_settings(tiny_artifact, max_request_pixels=10_000)),
+                    raise_server_exceptions=False) as c:
+        r = c.post("/ui/input", content=header_only_png(200, 200))  # 40,000 pixels: refused from the header
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels", r.text
+        assert "TITOK_MAX_REQUEST_PIXELS" in r.json()["error"]["message"]
+        small = io.BytesIO()
+        Image.new("RGB", (90, 90), (200, 30, 30)).save(small, "PNG")
+        ok = c.post("/ui/input", content=small.getvalue())
+        assert ok.status_code == 200 and Image.open(io.BytesIO(ok.content)).size == (32, 32)
