@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
@@ -51,7 +53,20 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     if not server.started:  # start-up failed (e.g. warm-up ran out of memory, port in use)
         sys.stderr.write("titok serve: the server did not start; see the log above\n")
         return 1
-    return 0
+    _exit_drained()
+
+
+def _exit_drained() -> NoReturn:
+    """Exit 0 at once: the queue is drained and the lifespan has shut down, so nothing is left to run.
+
+    The interpreter's own teardown (unloading torch, collecting its objects) took 0.8 s after uvicorn's
+    "Finished" on an idle 2-core machine and 6 s with clients still knocking; an orchestrator's kill timer
+    counts it, so it is skipped once the logs are flushed.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
