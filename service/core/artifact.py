@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,21 @@ def to_compute_dtype(module: Any, dtype: str) -> Any:
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """meta.json alone (the module is loaded on the CPU and dropped)."""
+    """meta.json alone, read from the artifact's zip archive without loading its weights.
+
+    A TorchScript file is a zip archive holding `ARCHIVE/extra/meta.json` beside the weights; a driver that
+    only plans work (the Ray job's) need not load a model of hundreds of MB to learn its name and sizes.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
-    extra = {META_FILE: ""}
-    _jit_load(path, "cpu", extra)
-    meta = _parse_meta(extra[META_FILE], path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{META_FILE}")), None)
+            text = archive.read(name).decode("utf-8", "replace") if name else ""
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelLoadError(f"cannot load model file {path}: not a valid TorchScript artifact ({e})") from e
+    meta = _parse_meta(text, path)
     ModelInfo.from_meta(meta, path)
     return meta
 

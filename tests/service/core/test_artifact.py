@@ -73,3 +73,17 @@ def test_a_plain_jit_load_of_an_fp16_stored_artifact_encodes_on_cpu(tmp_path: Pa
     tokens = plain.encode(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
     assert tokens.shape == (2, 8) and tokens.dtype == torch.int64
     assert plain.decode(tokens).shape == (2, 32, 32, 3)
+
+
+def test_read_meta_refuses_what_is_not_an_artifact(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a zip archive at all")
+    with pytest.raises(ModelLoadError, match="not a valid TorchScript artifact"):
+        read_meta(junk)
+    import zipfile
+
+    bare = tmp_path / "bare.pt"
+    with zipfile.ZipFile(bare, "w") as z:  # a zip, but no meta.json inside
+        z.writestr("archive/data.pkl", b"")
+    with pytest.raises(ModelLoadError, match="no readable meta.json"):
+        read_meta(bare)
