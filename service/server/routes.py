@@ -81,10 +81,14 @@ def _declared_length(request: Request) -> int:
         return 0
 
 
-async def _uploaded_images(request: Request, max_images: int, max_bytes: int) -> list[bytes]:
-    if _declared_length(request) > max_bytes:  # refuse before reading a byte of it
+def refuse_declared_over(request: Request, max_bytes: int) -> None:
+    """413 for a Content-Length over the upload limit, before a byte of the body is read."""
+    if _declared_length(request) > max_bytes:
         raise PayloadTooLarge(too_large(max_bytes))
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _uploaded_images(request: Request, max_images: int) -> list[bytes]:
+    ctype = _media_type(request)
     if ctype == "multipart/form-data":
         async with request.form(max_files=max(1000, max_images + 1)) as form:
             parts = form.getlist("images")
@@ -121,13 +125,12 @@ def _remaining(deadline: float) -> float:
 async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) -> tuple[list[Any], float, float]:
     """The request's images as uint8 (S, S, 3) arrays, its deadline (monotonic) and the seconds spent decoding."""
     s, eng = svc.settings, svc.engine
+    refuse_declared_over(request, s.max_upload_bytes)
     if _media_type(request) == NPY:
-        if _declared_length(request) > s.max_upload_bytes:
-            raise PayloadTooLarge(too_large(s.max_upload_bytes))
         images = arrays.parse_images(await request.body(), eng.image_size, s.max_images_per_request)
         request.state.items = len(images)
         return images, time.monotonic() + s.request_timeout_s, 0.0
-    blobs = await _uploaded_images(request, s.max_images_per_request, s.max_upload_bytes)
+    blobs = await _uploaded_images(request, s.max_images_per_request)
     request.state.items = len(blobs)
     deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
     t0 = time.perf_counter()
@@ -205,9 +208,8 @@ async def decode(request: Request) -> Response:
     check_model({"JSON field content_hash": parsed.content_hash,
                  f"header {MODEL_HASH}": request.headers.get(MODEL_HASH)}, eng.content_hash, eng.name)
     request.state.items = len(parsed.tokens)
-    deadline = time.monotonic() + s.request_timeout_s
     pixels, timing = await _unless_disconnected(
-        request, svc.batcher.submit_timed("decode", list(parsed.tokens), _remaining(deadline)))
+        request, svc.batcher.submit_timed("decode", list(parsed.tokens), s.request_timeout_s))
     t_codec = time.perf_counter()
     if arrays.wants_npy(request.headers.get("accept", "")):
         return Response(arrays.stack(pixels), media_type=NPY,

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from ...core import codec
-from ...errors import EmptyBody, PayloadTooLarge
+from ...errors import EmptyBody
 from .. import decoding
-from ..middleware import too_large
+from ..routes import refuse_declared_over
 
 _HERE = Path(__file__).parent
 _JS = "text/javascript; charset=utf-8"
@@ -60,12 +60,7 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     """
     svc: Any = request.app.state.service
     s = svc.settings
-    try:
-        declared = int(request.headers.get("content-length") or 0)
-    except ValueError:
-        declared = 0
-    if declared > s.max_upload_bytes:  # refuse before reading any of it
-        raise PayloadTooLarge(too_large(s.max_upload_bytes))
+    refuse_declared_over(request, s.max_upload_bytes)
     body = await request.body()  # the middleware bounds it, times it out and counts a hang-up as a 499
     if not body:
         raise EmptyBody("the body is empty: send one image as the raw body")
