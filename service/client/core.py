@@ -23,9 +23,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ..core.arrays import NPY, write_npy
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "TITOK_API_KEY"  # the client's, not a server setting
-ARRAY_TYPE = "application/x-npy"
 NPY_HEADER = 128  # bytes numpy's .npy format puts before the data (version 1, small shapes)
 PART_OVERHEAD = 256  # bytes a multipart part adds around its data (boundary, headers, file name)
 ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -128,7 +129,7 @@ class ServerInfo:
         m, limits = info["model"], info["limits"]
         # /info lists the media types each path takes; a server with the .npy formats names them for both.
         formats = info.get("formats") or {}
-        has_arrays = all(ARRAY_TYPE in formats.get(path, ()) for path in ("/encode", "/decode"))
+        has_arrays = all(NPY in formats.get(path, ()) for path in ("/encode", "/decode"))
         return cls(str(m["name"]), int(m["image_size"]), int(m["num_tokens"]), int(m["codebook_size"]),
                    int(limits["max_images_per_request"]), int(limits["max_upload_bytes"]),
                    has_arrays if arrays is None else arrays)
@@ -140,12 +141,6 @@ class Call:
 
     request: dict[str, Any]
     parse: Callable[[httpx.Response], np.ndarray]
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _load_npy(r: httpx.Response) -> np.ndarray:
@@ -212,8 +207,8 @@ def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str) -
     at once); each parses to int64 (n, K)."""
     for kind, run in _runs((_one_input(item, server) for item in images), server):
         if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
-            yield Call({"method": "POST", "url": "/encode", "content": _npy(np.stack(run)),
-                        "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}},
+            yield Call({"method": "POST", "url": "/encode", "content": write_npy(np.stack(run)),
+                        "headers": {"Content-Type": NPY, "Accept": NPY}},
                        lambda r: _load_npy(r).astype(np.int64))
         else:
             files = [("images", (name, data, "application/octet-stream")) for name, data in run]
@@ -250,8 +245,8 @@ def decode_calls(tokens: np.ndarray, server: ServerInfo) -> Iterator[Call]:
     for start in range(0, len(tokens), server.max_items):
         chunk = tokens[start:start + server.max_items]
         if server.arrays:
-            yield Call({"method": "POST", "url": "/decode", "content": _npy(chunk),
-                        "headers": {"Content-Type": ARRAY_TYPE, "Accept": ARRAY_TYPE}}, _load_npy)
+            yield Call({"method": "POST", "url": "/decode", "content": write_npy(chunk),
+                        "headers": {"Content-Type": NPY, "Accept": NPY}}, _load_npy)
         else:  # always a list of sequences, so the answer is always the JSON list of PNGs
             yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}}, _pngs_to_pixels)
 
