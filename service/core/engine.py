@@ -39,11 +39,9 @@ class Engine:
         self.meta = meta
         self.device = device
         self.dtype = dtype
-        self.name: str = str(meta["name"])
-        self.image_size: int = int(meta["image_size"])
-        self.num_tokens: int = int(meta["num_tokens"])
-        self.codebook_size: int = int(meta["codebook_size"])
-        self.content_hash: str = ModelInfo.from_meta(meta).content_hash
+        self.model_info = info = ModelInfo.from_meta(meta)  # meta.json read once, by its one owner
+        self.name, self.image_size, self.num_tokens = info.name, info.image_size, info.num_tokens
+        self.codebook_size, self.content_hash = info.codebook_size, info.content_hash
         self.torch_threads = torch_threads or os.cpu_count() or 1
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titok-model",
                                           initializer=torch.set_num_threads, initargs=(self.torch_threads,))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.artifact import ModelInfo, load_artifact
+from ..core.artifact import load_artifact
 from ..core.codec import load_image
 from ..settings import Settings
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         first_raw = raw_artifact(model, files, args.batch_size)
         engine = Engine.load(model, "cpu", torch_threads=threads)
         engine.warmup(args.batch_size)
-        info = ModelInfo.from_meta(engine.meta)
+        info = engine.model_info
         meta = job_meta(info, "crop")
         jobs = []
         for w in (int(x) for x in args.workers.split(",")):

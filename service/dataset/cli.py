@@ -94,7 +94,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 
         engine = Engine.load(settings.model_path, settings.device, settings.dtype, args.torch_threads)
         try:
-            meta = job_meta(ModelInfo.from_meta(engine.meta), args.resize)
+            meta = job_meta(engine.model_info, args.resize)
             prepare_output(args.out, meta, args.overwrite)
             summary = run_local(shards, engine, meta, opts)
         finally:
@@ -133,12 +133,11 @@ def _detokenize(args: argparse.Namespace) -> int:
 
     from ..core.codec import encode_png
     from ..core.engine import Engine
-    from .reader import load_tokens, read_dir_meta
+    from .reader import read_tokens
     from .writer import describe
 
     settings = _settings(args)
-    meta = read_dir_meta(args.directory)
-    keys, tokens = load_tokens(args.directory)
+    meta, keys, tokens = read_tokens(args.directory)
     index = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated key: its first row
     missing = [k for k in args.keys or [] if k not in index]
     if missing:
@@ -147,7 +146,7 @@ def _detokenize(args: argparse.Namespace) -> int:
     rows = [index[k] for k in args.keys] if args.keys else list(range(min(args.first, len(keys))))
     engine = Engine.load(settings.model_path, settings.device, settings.dtype)
     try:
-        served = ModelInfo.from_meta(engine.meta)
+        served = engine.model_info
         if served.content_hash != meta["content_hash"] or served.name != meta["model"]:
             raise DatasetError(f"{args.directory} holds tokens of {describe(meta)}, but --model is {served.name} "
                                f"(content hash {served.short_hash}): its codebook would decode them to noise")

@@ -130,15 +130,10 @@ class _Job:
     def take(self, i: int, decoded: list[Decoded], last: bool) -> None:
         rows = self.rows.setdefault(i, ShardRows(self.shards[i]))
         for d in decoded:
-            if d.pixels is None:
-                rows.errors.append((d.key, d.error))
-                continue
-            rows.keys.append(d.key)
-            rows.widths.append(d.width)
-            rows.heights.append(d.height)
-            rows.tokens.append(None)
-            self.waiting[i] = self.waiting.get(i, 0) + 1
-            self.batches.add(d.pixels, (i, len(rows.keys) - 1))
+            row = rows.add(d.key, d.width, d.height, d.error)  # tokens come back with the model's batch
+            if row is not None and d.pixels is not None:
+                self.waiting[i] = self.waiting.get(i, 0) + 1
+                self.batches.add(d.pixels, (i, row))
         if last:
             self.ended.add(i)
         self.progress.update(nbytes=sum(d.nbytes for d in decoded))

@@ -64,13 +64,8 @@ def _write_group(batch: dict[str, np.ndarray], out: str, meta: dict[str, Any],
     i = int(batch["shard"][0])
     rows = ShardRows(shards[i])
     for n in order:
-        if batch["error"][n]:
-            rows.errors.append((str(batch["key"][n]), str(batch["error"][n])))
-            continue
-        rows.keys.append(str(batch["key"][n]))
-        rows.widths.append(int(batch["width"][n]))
-        rows.heights.append(int(batch["height"][n]))
-        rows.tokens.append(batch["tokens"][n])
+        rows.add(str(batch["key"][n]), int(batch["width"][n]), int(batch["height"][n]), str(batch["error"][n]),
+                 batch["tokens"][n])
     write_shard(Path(out), rows, meta)
     return {"shard": np.array([i]), "rows": np.array([len(rows.keys)]), "errors": np.array([len(rows.errors)])}
 

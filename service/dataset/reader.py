@@ -20,11 +20,8 @@ def complete_shards(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.glob(f"*{PARQUET}") if p.with_name(p.name[: -len(PARQUET)] + DONE).is_file())
 
 
-def read_dir_meta(directory: str | Path) -> dict[str, Any]:
-    """The job metadata every complete shard of `directory` shares (model, content hash, sizes, resize mode).
-
-    Raises DatasetError when there is no complete shard, or when two shards come from different jobs.
-    """
+def _complete_with_meta(directory: str | Path) -> tuple[list[Path], dict[str, Any]]:
+    """The complete shards and the job metadata they all share (each footer read once)."""
     paths = complete_shards(directory)
     if not paths:
         raise DatasetError(f"{directory} holds no complete tokenized shard (*{PARQUET} with its *{DONE})")
@@ -34,7 +31,29 @@ def read_dir_meta(directory: str | Path) -> dict[str, Any]:
         if not same_job(first, other):
             raise DatasetError(f"{directory} mixes shards of different jobs: {paths[0].name} is {describe(first)}, "
                                f"{p.name} is {describe(other)}")
-    return first
+    return paths, first
+
+
+def read_dir_meta(directory: str | Path) -> dict[str, Any]:
+    """The job metadata every complete shard of `directory` shares (model, content hash, sizes, resize mode).
+
+    Raises DatasetError when there is no complete shard, or when two shards come from different jobs.
+    """
+    return _complete_with_meta(directory)[1]
+
+
+def read_tokens(directory: str | Path) -> tuple[dict[str, Any], list[str], np.ndarray]:
+    """(job metadata, keys, tokens (N, K)) of a `titok tokenize` output directory; see load_tokens."""
+    paths, meta = _complete_with_meta(directory)
+    keys: list[str] = []
+    parts: list[np.ndarray] = []
+    for path in paths:
+        table = pq.read_table(path, columns=["key", "tokens"])
+        tokens = table.column("tokens").combine_chunks()
+        k = tokens.type.list_size
+        keys += table.column("key").to_pylist()
+        parts.append(tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, k))  # (n, K)
+    return meta, keys, np.concatenate(parts)
 
 
 def load_tokens(directory: str | Path) -> tuple[list[str], np.ndarray]:
@@ -45,13 +64,5 @@ def load_tokens(directory: str | Path) -> tuple[list[str], np.ndarray]:
     in shard-name order, then row order. Refuses a directory mixing shards of different models (or resize
     modes): tokens are only meaningful with the codebook that made them. read_dir_meta(directory) names it.
     """
-    read_dir_meta(directory)
-    keys: list[str] = []
-    parts: list[np.ndarray] = []
-    for path in complete_shards(directory):
-        table = pq.read_table(path, columns=["key", "tokens"])
-        tokens = table.column("tokens").combine_chunks()
-        k = tokens.type.list_size
-        keys += table.column("key").to_pylist()
-        parts.append(tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, k))  # (n, K)
-    return keys, np.concatenate(parts)
+    _, keys, tokens = read_tokens(directory)
+    return keys, tokens

@@ -118,6 +118,17 @@ class ShardRows:
     tokens: list[np.ndarray | None] = field(default_factory=list)  # (K,) each
     errors: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
 
+    def add(self, key: str, width: int, height: int, error: str, tokens: np.ndarray | None = None) -> int | None:
+        """One image, in input order: a row (its number returned; tokens may come later) or, failed, an error."""
+        if error:
+            self.errors.append((key, error))
+            return None
+        self.keys.append(key)
+        self.widths.append(width)
+        self.heights.append(height)
+        self.tokens.append(tokens)
+        return len(self.keys) - 1
+
 
 def write_shard(out: Path, rows: ShardRows, meta: dict[str, Any]) -> None:
     """Errors file, then Parquet file, then done record, each atomically."""

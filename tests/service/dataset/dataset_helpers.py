@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from service.core.artifact import ModelInfo
 from service.core.engine import Engine
 from service.dataset.inputs import plan_shards
 from service.dataset.local import JobOptions, run_local
@@ -60,7 +59,7 @@ def tokenize(inputs: Sequence[str | Path], out: Path, engine: Engine, *, shard_s
              max_pixels: int = 50_000_000) -> Summary:
     """What `titok tokenize` does, in this process, with an engine loaded once for the whole test module."""
     shards = plan_shards([str(p) for p in inputs], shard_size, image_column)
-    meta = job_meta(ModelInfo.from_meta(engine.meta), resize)
+    meta = job_meta(engine.model_info, resize)
     prepare_output(out, meta, overwrite)
     return run_local(shards, engine, meta, JobOptions(out, resize, batch_size, workers, max_pixels))  # type: ignore[arg-type]
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from dataset_helpers import photo, rows, tokenize, write_folder, write_parquet, write_tar
 
-from service.core.artifact import ModelInfo
 from service.core.engine import Engine
 from service.dataset.inputs import plan_shards
 from service.dataset.local import JobOptions
@@ -42,7 +41,7 @@ def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact
     local = tokenize(inputs, tmp_path / "local", engine, shard_size=4)
 
     shards = plan_shards([str(p) for p in inputs], shard_size=4)
-    meta = job_meta(ModelInfo.from_meta(engine.meta), "crop")
+    meta = job_meta(engine.model_info, "crop")
     out = tmp_path / "ray"
     prepare_output(out, meta)
     summary = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out, batch_size=3), concurrency=1)
