@@ -220,7 +220,7 @@ def test_compose_scales_behind_one_balancer_and_prometheus_finds_every_replica()
 
     cfg = HAPROXY.read_text()
     assert re.search(r"^\s*server-template titok \d+-\d+ titok:8000$", cfg, re.M)
-    assert "http-check send meth GET uri /readyz" in cfg and "resolvers docker" in cfg
+    assert "http-check send meth GET uri /readyz" in cfg and "resolvers dns" in cfg and "parse-resolv-conf" in cfg
 
     scrape = yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
     sd = [c for job in scrape for c in job.get("dns_sd_configs", [])]
