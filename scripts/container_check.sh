@@ -3,6 +3,9 @@
 # debootstrap: no registry needed) and smoke-tests the container: ready, /encode (with an upload big
 # enough to be spooled to /tmp on a read-only root), /decode, non-root, HEALTHCHECK, no wheel left in the
 # image, the base contract refused with its message, and drain on SIGTERM (readiness 503, exit 0).
+# With SCALE=1 it then runs the compose scale path by hand: replicas on a podman network behind
+# deploy/haproxy/haproxy.cfg (HAProxy from Debian, on the same base), a replica added under load, another
+# drained under load, and counts the answers.
 # Not in CI: it needs root, podman, runc, debootstrap, a Debian mirror and a package index, ~4 GB of disk
 # and minutes. What the host needs is in the README ("Checking the image with podman").
 #
@@ -19,6 +22,8 @@
 #   PIP_INDEX_URL  the index the build installs the serving dependencies from (default PyPI)
 #   PORT           host port of the smoke test (default 18000)
 #   REBUILD_BASE=1 rebuild the base even if localhost/titok-base:check exists
+#   NO_CACHE=1     build the image without podman's layer cache (for the build time)
+#   SCALE=1        also the scale trial (REQUESTS requests, default 600, 8 at a time)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -108,7 +113,7 @@ podman rmi -f localhost/titok-base-notorch:check > /dev/null 2>&1 || true
 
 say "build (docker format, so the HEALTHCHECK is kept)"
 t0=$(now)
-podman build --format docker --build-arg BASE_IMAGE="$BASE" --build-arg EXTRA_CA_CERTS="$(cat "$extra_ca")" \
+podman build ${NO_CACHE:+--no-cache} --format docker --build-arg BASE_IMAGE="$BASE" --build-arg EXTRA_CA_CERTS="$(cat "$extra_ca")" \
     --build-arg PIP_INDEX_URL="${PIP_INDEX_URL:-https://pypi.org/simple}" -t "$IMAGE" "$ROOT" > "$WORK/build.log" 2>&1 || fail "podman build (see $WORK/build.log)"
 build_s=$(since "$t0")
 image_mb=$(( $(podman image inspect --format '{{.Size}}' "$IMAGE") / 1000000 ))
@@ -163,6 +168,49 @@ say "drained and exited 0, $drain_s s after SIGTERM (grace 3 s)"
 if command -v haproxy >/dev/null; then
     haproxy -c -q -f "$ROOT/deploy/haproxy/haproxy.cfg" || fail "deploy/haproxy/haproxy.cfg"
     say "deploy/haproxy/haproxy.cfg: valid for $(haproxy -v | head -1 | cut -d' ' -f1-3)"
+fi
+
+if [ "${SCALE:-0}" = 1 ]; then
+    say "scale: 2 replicas behind HAProxy on a podman network, a 3rd added and one drained under load"
+    printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends haproxy && rm -rf /var/lib/apt/lists/*\n' \
+        "$BASE" | podman build -q -t localhost/titok-haproxy:check -f - "$WORK" > /dev/null
+    net=titok-check-net
+    scale_cleanup() {
+        podman rm -f titok-check-r1 titok-check-r2 titok-check-r3 titok-check-lb > /dev/null 2>&1 || true
+        podman network rm "$net" > /dev/null 2>&1 || true
+    }
+    trap 'cleanup; scale_cleanup' EXIT
+    scale_cleanup
+    podman network create "$net" > /dev/null
+    replica() {  # one replica, found by HAProxy and Prometheus through the DNS alias `titok`
+        podman run -d --name "titok-check-r$1" --network "$net" --network-alias titok -e TITOK_TORCH_THREADS=1 \
+            -e TITOK_DRAIN_GRACE_S=5 "$IMAGE" > /dev/null 2>&1
+    }
+    encodes() {  # /encode requests a replica answered, from its own /metrics
+        podman exec "titok-check-r$1" python3 -c "import urllib.request as u; print(int(sum(float(l.split()[-1]) \
+for l in u.urlopen('http://127.0.0.1:8000/metrics').read().decode().splitlines() \
+if l.startswith('titok_requests_total{endpoint=\"/encode\"'))))"
+    }
+    up() { podman logs titok-check-lb 2>&1 | grep -c "^\[WARNING\].* is UP, reason: Layer7 check passed" || true; }
+    replica 1; replica 2
+    podman run -d --name titok-check-lb --network "$net" -p "127.0.0.1:$((PORT + 1)):8000" \
+        -v "$ROOT/deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" localhost/titok-haproxy:check \
+        haproxy -W -db -f /usr/local/etc/haproxy/haproxy.cfg > /dev/null
+    for _ in $(seq 600); do [ "$(up)" -ge 2 ] && break; sleep 0.5; done
+    [ "$(up)" -ge 2 ] || fail "HAProxy did not find 2 ready replicas (podman logs titok-check-lb)"
+    requests="${REQUESTS:-600}"
+    seq "$requests" | xargs -P 8 -I{} curl -s -o /dev/null -w '%{http_code}\n' -F "images=@$ROOT/service/assets/ui.png" \
+        "http://127.0.0.1:$((PORT + 1))/encode" > "$WORK/scale-codes.txt" &
+    load=$!
+    sleep 2; replica 3
+    for _ in $(seq 600); do [ "$(up)" -ge 3 ] && break; sleep 0.5; done
+    podman kill --signal TERM titok-check-r1 > /dev/null
+    [ "$(podman wait titok-check-r1)" = 0 ] || fail "replica 1 did not exit 0 after SIGTERM"
+    wait "$load"
+    r1=$(podman logs titok-check-r1 2>&1 | grep -c '"/encode"' || true)
+    say "answers through the balancer: $(sort "$WORK/scale-codes.txt" | uniq -c | awk '{printf "%s x %s  ", $1, $2}')"
+    say "/encode per replica: r1 $r1 (drained), r2 $(encodes 2), r3 $(encodes 3) (added under load)"
+    [ "$(encodes 3)" -gt 0 ] || fail "the replica added under load got no traffic"
 fi
 printf 'OK  build %s s  image %s MB (base %s MB)  ready %s s  drain %s s\n' \
     "$build_s" "$image_mb" "$base_mb" "$ready_s" "$drain_s"
