@@ -4,8 +4,9 @@
 # enough to be spooled to /tmp on a read-only root), /decode, non-root, HEALTHCHECK, no wheel left in the
 # image, the base contract refused with its message, and drain on SIGTERM (readiness 503, exit 0).
 # With SCALE=1 it then runs the compose scale path by hand: replicas on a podman network behind
-# deploy/haproxy/haproxy.cfg (HAProxy from Debian, on the same base), a replica added under load, another
-# drained under load, and counts the answers.
+# deploy/haproxy/haproxy.cfg, scraped by Prometheus with deploy/prometheus/prometheus.yml (HAProxy and
+# Prometheus from Debian, on the same base), a replica added under load, another drained under load; it
+# counts the answers, the replicas Prometheus found, and runs every query of the Grafana dashboard.
 # Not in CI: it needs root, podman, runc, debootstrap, a Debian mirror and a package index, ~4 GB of disk
 # and minutes. What the host needs is in the README ("Checking the image with podman").
 #
@@ -172,11 +173,13 @@ fi
 
 if [ "${SCALE:-0}" = 1 ]; then
     say "scale: 2 replicas behind HAProxy on a podman network, a 3rd added and one drained under load"
-    printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends haproxy && rm -rf /var/lib/apt/lists/*\n' \
-        "$BASE" | podman build -q -t localhost/titok-haproxy:check -f - "$WORK" > /dev/null
+    for tool in haproxy prometheus; do
+        printf 'FROM %s\nRUN apt-get update && apt-get install -y --no-install-recommends %s && rm -rf /var/lib/apt/lists/*\n' \
+            "$BASE" "$tool" | podman build -q -t "localhost/titok-$tool:check" -f - "$WORK" > /dev/null
+    done
     net=titok-check-net
     scale_cleanup() {
-        podman rm -f titok-check-r1 titok-check-r2 titok-check-r3 titok-check-lb > /dev/null 2>&1 || true
+        podman rm -f titok-check-r1 titok-check-r2 titok-check-r3 titok-check-lb titok-check-prom > /dev/null 2>&1 || true
         podman network rm "$net" > /dev/null 2>&1 || true
     }
     trap 'cleanup; scale_cleanup' EXIT
@@ -196,6 +199,10 @@ if l.startswith('titok_requests_total{endpoint=\"/encode\"'))))"
     podman run -d --name titok-check-lb --network "$net" -p "127.0.0.1:$((PORT + 1)):8000" \
         -v "$ROOT/deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" localhost/titok-haproxy:check \
         haproxy -W -db -f /usr/local/etc/haproxy/haproxy.cfg > /dev/null
+    prom="http://127.0.0.1:$((PORT + 2))"
+    podman run -d --name titok-check-prom --network "$net" -p "127.0.0.1:$((PORT + 2)):9090" \
+        -v "$ROOT/deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" localhost/titok-prometheus:check \
+        prometheus --config.file=/etc/prometheus/prometheus.yml --storage.tsdb.path=/tmp/prometheus > /dev/null
     for _ in $(seq 600); do [ "$(up)" -ge 2 ] && break; sleep 0.5; done
     [ "$(up)" -ge 2 ] || fail "HAProxy did not find 2 ready replicas (podman logs titok-check-lb)"
     requests="${REQUESTS:-600}"
@@ -211,6 +218,26 @@ if l.startswith('titok_requests_total{endpoint=\"/encode\"'))))"
     say "answers through the balancer: $(sort "$WORK/scale-codes.txt" | uniq -c | awk '{printf "%s x %s  ", $1, $2}')"
     say "/encode per replica: r1 $r1 (drained), r2 $(encodes 2), r3 $(encodes 3) (added under load)"
     [ "$(encodes 3)" -gt 0 ] || fail "the replica added under load got no traffic"
+    # Prometheus: the replicas it found by DNS (re-read every 15 s), then every dashboard query, with
+    # Grafana's $__rate_interval as 1m.
+    python3 - "$prom" "$ROOT/deploy/grafana/dashboards/titok.json" <<'PY' || fail "Prometheus (see above)"
+import json, sys, time, urllib.parse, urllib.request
+prom, dashboard = sys.argv[1], sys.argv[2]
+def get(path, **query):
+    return json.load(urllib.request.urlopen(f"{prom}{path}?{urllib.parse.urlencode(query)}", timeout=10))["data"]
+deadline = time.time() + 60
+while True:
+    up = sorted(t["labels"]["instance"] for t in get("/api/v1/targets")["activeTargets"] if t["health"] == "up")
+    if len(up) >= 2 or time.time() > deadline:
+        break
+    time.sleep(2)
+print(f"== Prometheus scrapes {len(up)} replicas found by DNS: {' '.join(up)}")
+assert len(up) >= 2, "Prometheus did not find the replicas"
+exprs = [t["expr"] for p in json.load(open(dashboard))["panels"] for t in p.get("targets", [])]
+for expr in exprs:
+    result = get("/api/v1/query", query=expr.replace("$__rate_interval", "1m"))["result"]
+    print(f"   {len(result):2d} series  {expr[:110]}")
+PY
 fi
 printf 'OK  build %s s  image %s MB (base %s MB)  ready %s s  drain %s s\n' \
     "$build_s" "$image_mb" "$base_mb" "$ready_s" "$drain_s"
