@@ -2,7 +2,8 @@
 # Builds the service image with podman on a local Debian base (python3 + pip + torch CPU, made with
 # debootstrap: no registry needed) and smoke-tests the container: ready, /encode (with an upload big
 # enough to be spooled to /tmp on a read-only root), /decode, non-root, HEALTHCHECK, no wheel left in the
-# image, the base contract refused with its message, and drain on SIGTERM (readiness 503, exit 0).
+# image, the base contract refused with its message, drain on SIGTERM (readiness 503, exit 0), and
+# `titok tokenize` as the Kubernetes Job runs it (read-only root, a data volume).
 # With SCALE=1 it then runs the compose scale path by hand: replicas on a podman network behind
 # deploy/haproxy/haproxy.cfg, scraped by Prometheus with deploy/prometheus/prometheus.yml (HAProxy and
 # Prometheus from Debian, on the same base), a replica added under load, another drained under load; it
@@ -165,6 +166,16 @@ exit_code=$(podman wait "$NAME")
 drain_s=$(since "$t0")
 [ "$exit_code" = 0 ] || { podman logs "$NAME" | tail -20; fail "exit code $exit_code after SIGTERM"; }
 say "drained and exited 0, $drain_s s after SIGTERM (grace 3 s)"
+
+say "tokenize as the Kubernetes Job runs it: read-only root, a data volume, uid 10001"
+rm -rf "$WORK/data" && mkdir -p "$WORK/data/images"
+cp "$ROOT"/service/assets/*.png "$ROOT"/model/assets/*.png "$WORK/data/images/"
+chown -R 10001:10001 "$WORK/data"
+podman run --rm --read-only --tmpfs /tmp -v "$WORK/data:/data" "$IMAGE" \
+    titok tokenize /data/images --out /data/tokens --device cpu --workers 1 > "$WORK/tokenize.log" 2>&1 \
+    || fail "titok tokenize (see $WORK/tokenize.log)"
+ls "$WORK"/data/tokens/*.done.json > /dev/null 2>&1 || fail "titok tokenize wrote no complete shard"
+say "$(grep -E '^images tokenized|^shards written' "$WORK/tokenize.log" | tr -s ' ' | paste -sd ';')"
 
 if command -v haproxy >/dev/null; then
     haproxy -c -q -f "$ROOT/deploy/haproxy/haproxy.cfg" || fail "deploy/haproxy/haproxy.cfg"

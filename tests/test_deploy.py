@@ -116,6 +116,7 @@ def test_manifests_refer_to_each_other_consistently() -> None:
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
     target = docs[("HorizontalPodAutoscaler", "titok")]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) in docs
+    assert "replicas" not in deployment["spec"], "re-applying the Deployment would reset the HPA's count"
     for ref in container["envFrom"]:
         assert ("ConfigMap", ref["configMapRef"]["name"]) in docs
     probes = [container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")]
