@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_GPU = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())  # the GPU override
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SERVICE = "titok"  # the compose service that runs the tokenizer
 
@@ -169,33 +170,36 @@ def readme_table(heading: str) -> list[list[str]]:
 # ---------------------------------------------------------------- docker compose
 
 
-def test_compose_service_reserves_a_gpu() -> None:
-    devices = COMPOSE["services"][SERVICE]["deploy"]["resources"]["reservations"]["devices"]
+def test_compose_gpu_override_reserves_a_gpu() -> None:
+    devices = COMPOSE_GPU["services"][SERVICE]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] and d.get("count") for d in devices)
 
 
 def test_compose_healthchecks_readyz() -> None:
-    test = COMPOSE["services"][SERVICE]["healthcheck"]["test"]
-    assert test[0] in ("CMD", "CMD-SHELL")
-    assert any("/readyz" in part for part in test)
+    # The image's HEALTHCHECK applies unless compose replaces it; any replacement must ask /readyz too.
+    test = COMPOSE["services"][SERVICE].get("healthcheck", {}).get("test")
+    assert test is None or (test[0] in ("CMD", "CMD-SHELL") and any("/readyz" in part for part in test))
+    assert any(keyword == "HEALTHCHECK" and "/readyz" in args for keyword, args in final_stage())
 
 
 def test_compose_mounts_a_model_volume_and_selects_the_device() -> None:
     service = COMPOSE["services"][SERVICE]
     assert any(container == "/models" for _, container in bind_mounts(service))
-    assert service["environment"]["TITOK_DEVICE"] == "auto"
+    assert service["environment"]["TITOK_DEVICE"] == "${TITOK_DEVICE:-auto}"  # auto unless the shell says
+    assert COMPOSE_GPU["services"][SERVICE]["environment"]["TITOK_DEVICE"] == "cuda"
     # The example for a custom model points into that volume.
     assert re.search(r"#\s*TITOK_MODEL_PATH:\s*/models/\S+\.pt", (ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_builds_this_dockerfile_and_publishes_its_port() -> None:
+def test_compose_builds_this_dockerfile_and_exposes_its_port_to_the_balancer() -> None:
     service = COMPOSE["services"][SERVICE]
     build = service["build"]
     context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
     dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
     assert (context / dockerfile).resolve() == ROOT / "Dockerfile"
-    container_ports = {int(str(p).split(":")[-1]) for p in service["ports"]}
-    assert container_ports == {exposed_port()}
+    # No host port on the replicas (--scale); the balancer publishes the service's port.
+    assert {int(p) for p in service["expose"]} == {exposed_port()} and "ports" not in service
+    assert {int(str(p).split(":")[-1]) for p in COMPOSE["services"]["lb"]["ports"]} == {exposed_port()}
 
 
 def test_every_file_the_compose_file_mounts_exists() -> None:
@@ -275,6 +279,16 @@ def test_every_dashboard_metric_and_label_exists_in_the_service() -> None:
                 assert label in catalogue[name][1], f"{name} has no label {label!r} (in {expr!r})"
 
 
+def test_every_metric_named_in_deploy_files_exists() -> None:
+    """Kubernetes (HPA, Prometheus adapter), compose and the dashboard name only series the service exposes."""
+    catalogue = metric_catalogue()
+    named = {(p.relative_to(ROOT).as_posix(), m) for p in deploy_files()
+             for m in re.findall(r"\btitok_[a-z0-9_]+", p.read_text())}
+    assert {m for _, m in named} >= {"titok_queue_depth", "titok_ready", "titok_requests_total"}
+    unknown = sorted((path, m) for path, m in named if m not in catalogue)
+    assert not unknown, f"not metrics of service/server/metrics.py: {unknown}"
+
+
 def test_readme_lists_every_metric() -> None:
     documented = {row[0].strip("`") for row in readme_table("Metrics")}
     families = {name for name, _ in metric_catalogue().values()}
@@ -307,8 +321,10 @@ def test_dockerfile_runs_one_non_root_serving_process() -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0")
     cmd = exec_form(next(args for keyword, args in reversed(stage) if keyword == "CMD"))
     assert cmd[:2] == ["titok", "serve"]
-    assert cmd[cmd.index("--port") + 1] == str(exposed_port())
-    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    # Host and port as settings, so TITOK_PORT (compose, Kubernetes) is not overridden by the command line.
+    env = dict(re.findall(r"(TITOK_\w+)=(\S+)", " ".join(args for keyword, args in stage if keyword == "ENV")))
+    assert "--port" not in cmd and env["TITOK_PORT"] == str(exposed_port())
+    assert "--host" not in cmd and env["TITOK_HOST"] == "0.0.0.0"
     # One worker: the batching queue lives in one process.
     assert "--workers" not in cmd or cmd[cmd.index("--workers") + 1] == "1"
     assert not [k for k, _ in stage if k == "ENTRYPOINT"]
@@ -317,15 +333,20 @@ def test_dockerfile_runs_one_non_root_serving_process() -> None:
 def test_dockerfile_healthcheck_asks_readyz_without_curl() -> None:
     checks = [args for keyword, args in final_stage() if keyword == "HEALTHCHECK"]
     assert len(checks) == 1
-    assert "/readyz" in checks[0] and f":{exposed_port()}/" in checks[0]
-    assert "curl" not in checks[0] and "python" in checks[0]
+    assert "/readyz" in checks[0] and "TITOK_PORT" in checks[0]
+    # python3: a Debian or Ubuntu base has no `python`; the base contract guarantees python3.
+    assert "curl" not in checks[0] and exec_form(checks[0].split("CMD", 1)[1].strip())[0] == "python3"
 
 
 def test_dockerfile_installs_only_serving_dependencies() -> None:
     installs = [args for keyword, args in dockerfile_instructions() if keyword == "RUN" and "pip install" in args]
     assert installs
     for args in installs:
-        assert "[dev]" not in args and "[train]" not in args and "torch" not in args, args
+        assert "[dev]" not in args and "[train]" not in args, args
+        # torch only as a constraint to the base's own build, never a requirement installed here
+        words = args.split("pip install", 1)[1].split(";", 1)[0].split()
+        assert words[words.index("--constraint") + 1] == "/tmp/keep-torch.txt", args
+        assert not [w for w in words if re.match(r"[\"']?torch\b", w)], args
 
 
 def test_every_file_the_dockerfile_copies_exists_and_reaches_the_build() -> None:
@@ -344,10 +365,16 @@ def test_dockerignore_keeps_bulky_and_private_things_out() -> None:
         assert dockerignored(path, patterns), path
 
 
+def deploy_files() -> list[Path]:
+    """Every file that deploys the service: the Dockerfile, the compose files, deploy/ (Kubernetes too)."""
+    return [ROOT / "Dockerfile", *sorted(ROOT.glob("docker-compose*.yml")),
+            *sorted(p for p in (ROOT / "deploy").rglob("*") if p.is_file())]
+
+
 def test_settings_named_in_deploy_files_exist() -> None:
     fields = {name.upper() for name in Settings.model_fields}
-    for path in ("Dockerfile", "docker-compose.yml", "README.md"):
-        for name in re.findall(r"\bTITOK_([A-Z0-9_]+)", (ROOT / path).read_text()):
+    for path in [*deploy_files(), ROOT / "README.md"]:
+        for name in re.findall(r"\bTITOK_([A-Z0-9_]+)", path.read_text()):
             if f"TITOK_{name}" == API_KEY_ENV:  # the client library's variable, not the server's
                 continue
             assert name in fields, f"{path} names TITOK_{name}, which is not a setting in service/settings.py"
@@ -413,11 +440,11 @@ def test_readme_links_resolve() -> None:
         assert (ROOT / target).is_file(), f"README links to {target}, which does not exist"
 
 
-def test_readme_yaml_examples_parse() -> None:
-    blocks = re.findall(r"^```yaml\n(.*?)^```", README, flags=re.S | re.M)
+def test_readme_yaml_and_toml_examples_parse() -> None:
+    blocks = re.findall(r"^```(yaml|toml)\n(.*?)^```", README, flags=re.S | re.M)
     assert blocks
-    for block in blocks:
-        assert yaml.safe_load(block)
+    for language, block in blocks:
+        assert yaml.safe_load(block) if language == "yaml" else tomllib.loads(block)
 
 
 # ---------------------------------------------------------------- CI and pyproject
