@@ -35,6 +35,9 @@ class TiTokConfig:
     # upsampled: a linear autoencoder alongside the ViTs, which learns in a few hundred steps what
     # attention takes thousands to route, while the ViTs learn the rest.
     lowfreq_size: int = 0
+    # Tail token drop (One-D-Piece): trained so that every prefix of the K tokens decodes. Training decodes
+    # a random prefix each step; an exported model with it accepts any 1 <= k <= K tokens in `decode`.
+    tail_drop: bool = False
     # Training-only knobs that belong to the model (they shape the checkpoint's behaviour)
     dead_code_steps: int = 200  # a code unused for this many steps is re-seeded
     # Which architecture family: "titok" (ours) or "reference" (published TiTok layouts, see reference.py)

@@ -41,7 +41,7 @@ def load_codec(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     from .export import ExportedTokenizer, load_checkpoint_model
 
     model, cfg, ckpt, _ = load_checkpoint_model(args.checkpoint, use_ema=not args.raw_weights)
-    wrapper = ExportedTokenizer(model.eval(), cfg.image_size, cfg.num_tokens, cfg.codebook_size)
+    wrapper = ExportedTokenizer(model.eval(), cfg.image_size, cfg.num_tokens, cfg.codebook_size, cfg.tail_drop)
     meta = {"name": Path(args.checkpoint).parent.name, "image_size": cfg.image_size, "num_tokens": cfg.num_tokens,
             "codebook_size": cfg.codebook_size, "step": ckpt.get("step")}
     return wrapper.encode, wrapper.decode, meta
