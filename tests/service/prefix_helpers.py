@@ -83,3 +83,17 @@ def psnr_by_k(engine: object, image: np.ndarray) -> list[float]:
     tokens = engine.run("encode", image[None])  # type: ignore[attr-defined]
     return [float(psnr(engine.run("decode", tokens[:, :k]), image[None])[0])  # type: ignore[attr-defined]
             for k in range(1, K + 1)]
+
+
+@pytest.fixture(scope="session")
+def tiny_prefix_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight TiTok of tests/conftest.py, exported with tail drop: a real prefix-decodable artifact."""
+    from model.config import get_preset
+    from model.export import export_model
+    from model.tokenizer import TiTok
+
+    cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
+                     dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8, tail_drop=True)
+    path = tmp_path_factory.mktemp("artifact") / "tiny-prefix.pt"
+    export_model(TiTok(cfg), cfg, path, {"name": "test-tiny-prefix"})
+    return path

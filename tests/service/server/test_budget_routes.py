@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from prefix_helpers import K, banded_images, prefix_artifact, psnr_by_k  # noqa: F401  (prefix_artifact: fixture)
+from prefix_helpers import (  # noqa: F401  (prefix_artifact, tiny_prefix_artifact: fixtures)
+    K,
+    banded_images,
+    prefix_artifact,
+    psnr_by_k,
+    tiny_prefix_artifact,
+)
 from service_helpers import make_settings
 
 from service.core.arrays import NPY, read_npy, write_npy
 from service.core.budgets import MAX_TARGET_PSNR, max_search_decodes
-from service.core.engine import Engine
+from service.core.engine import Engine, psnr
 from service.server.app import build_app
 
 with warnings.catch_warnings():
@@ -238,3 +244,26 @@ def test_a_fixed_length_model_refuses_short_sequences_saying_why(client: TestCli
     assert "exactly 8" in r.json()["error"]["message"] and "not prefix-decodable" in r.json()["error"]["message"]
     r = client.post("/decode", content=write_npy(np.zeros((1, 3), np.int64)), headers={"Content-Type": NPY})
     assert r.status_code == 422 and "exactly 8" in r.json()["error"]["message"]
+
+
+def test_a_real_exported_prefix_model_end_to_end(tiny_prefix_artifact: Path) -> None:  # noqa: F811
+    # Random weights: PSNR need not rise with k, so the answer is checked for consistency, not minimality.
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    eng = Engine.load(tiny_prefix_artifact, "cpu")
+    try:
+        assert eng.prefix_decodable
+        full = eng.run("encode", images)
+        with TestClient(build_app(make_settings(tiny_prefix_artifact)), raise_server_exceptions=False) as c:
+            assert encode(c, images, num_tokens=3).json()["tokens"] == full[:, :3].tolist()
+            target = float(np.median(psnr(eng.run("decode", full), images)))
+            body = encode(c, images, target_psnr=target).json()
+            for i, k in enumerate(body["num_tokens"]):
+                measured = float(psnr(eng.run("decode", full[i:i + 1, :k]), images[i:i + 1])[0])
+                assert body["tokens"][i] == full[i, :k].tolist()
+                assert body["psnr"][i] == pytest.approx(measured, abs=1e-3)
+                assert body["reached"][i] == (measured >= target)
+                assert body["reached"][i] or k == K
+            r = c.post("/decode", json={"tokens": [full[0, :1].tolist(), full[1].tolist()]})
+            assert r.status_code == 200 and len(r.json()["images"]) == 2
+    finally:
+        eng.close()
