@@ -147,3 +147,31 @@ def search_target(decode: Callable[[np.ndarray], np.ndarray], images: np.ndarray
             for i, p in zip(rows, psnr(pixels, images[rows]), strict=True):
                 search.record(i, k, float(p))
     return search
+
+
+@dataclass(frozen=True)
+class BudgetedTokens:
+    """A batch encoded under a budget: tokens[i] int64 (k_i,); psnr float64 (B,) dB at k_i and reached bool (B,)
+    with a target (else None)."""
+
+    tokens: list[np.ndarray]
+    psnr: np.ndarray | None = None
+    reached: np.ndarray | None = None
+
+
+def encode_with_budget(run: Callable[[str, np.ndarray], np.ndarray], images: np.ndarray,
+                       budget: Budget) -> BudgetedTokens:
+    """Encode uint8 (B, S, S, 3) under `budget` with a synchronous engine call `run(op, batch)` (Engine.run).
+
+    No budget: all K tokens; num_tokens=k: the first k; target_psnr: the roundtrip (tokens and PSNR at K in one
+    call), then search_target's prefix decodes, each round's equal lengths in one call.
+    """
+    if budget.target_psnr is not None:
+        records = run("roundtrip", images)
+        search = search_target(lambda t: run("decode", t), images, np.ascontiguousarray(records["tokens"]),
+                               records["psnr"], budget.target_psnr)
+        return BudgetedTokens([records["tokens"][i, :k] for i, k in enumerate(search.num_tokens)], search.psnr,
+                              search.reached)
+    tokens = run("encode", images)
+    k = budget.num_tokens or tokens.shape[1]
+    return BudgetedTokens(list(tokens[:, :k]))
