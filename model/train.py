@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import PRESETS, TiTokConfig, get_preset
 from .data import RandomCrops, load_center_crops, load_images
-from .quality import psnr, thumbnail_baseline, to_uint8
+from .quality import prefix_lengths, psnr, thumbnail_baseline, to_uint8
 from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
 from .tokenizer import TiTok
 
@@ -126,12 +126,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         skip = p.ndim < 2 or any(s in name for s in ("embed", "token", "ln_", "norm"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def prefix_lengths(num_tokens: int) -> list[int]:
-    """The prefix lengths evaluated for an ordered tokenizer: 1, 2, 4, ... and K itself."""
-    lengths = [1 << i for i in range(num_tokens.bit_length()) if 1 << i < num_tokens]
-    return lengths + [num_tokens]
 
 
 @torch.no_grad()
