@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import PRESETS, TiTokConfig, get_preset
 from .data import RandomCrops, load_center_crops, load_images
-from .quality import psnr, thumbnail_baseline, to_uint8
+from .quality import prefix_lengths, psnr, thumbnail_baseline, to_uint8
 from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
 from .tokenizer import TiTok
 
@@ -56,6 +56,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tail-drop", action="store_true",
                    help="train for ordered tokens: each step decodes a random prefix of the K tokens, its length "
                         "uniform in 1..K (One-D-Piece's tail token drop); stored in the config")
+    p.add_argument("--prefix-dist", choices=("uniform", "mixed"), default="uniform",
+                   help="with --tail-drop, how each step's prefix length k is drawn: uniform in 1..K (One-D-Piece's "
+                        "rule), or mixed: half the steps uniform in 1..K, half a power of two 1, 2, 4, ..., K (the "
+                        "lengths evaluated; it trains the shortest prefixes and the full length far more often)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="autocast dtype of the forward pass; auto: bf16 on CUDA, and on CPU whichever a short "
                         "measurement at start finds faster")
@@ -122,12 +126,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         skip = p.ndim < 2 or any(s in name for s in ("embed", "token", "ln_", "norm"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def prefix_lengths(num_tokens: int) -> list[int]:
-    """The prefix lengths evaluated for an ordered tokenizer: 1, 2, 4, ... and K itself."""
-    lengths = [1 << i for i in range(num_tokens.bit_length()) if 1 << i < num_tokens]
-    return lengths + [num_tokens]
 
 
 @torch.no_grad()
@@ -237,7 +235,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             "rng": {"torch": mine["torch"], "torch_ranks": [r["torch"] for r in ranks],
                     "crops": [r["crops"] for r in ranks]},
             "training": {"data": [str(p) for p in args.data], "images": report.loaded, "steps": step,
-                         "tail_drop": cfg.tail_drop, "precision": precision, "init": args.init,
+                         "tail_drop": cfg.tail_drop, "prefix_dist": args.prefix_dist if cfg.tail_drop else None,
+                         "precision": precision, "init": args.init,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world},
         }, ckpt_path)
@@ -270,7 +269,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             x = crops.sample(args.batch_size).to(device, non_blocking=True)
             # Tail drop: one prefix length for the whole step, uniform in 1..K, drawn from the checkpointed
             # torch RNG (so a resume draws the same lengths); the same on every rank (same seed and draws).
-            prefix = int(torch.randint(1, cfg.num_tokens + 1, ())) if cfg.tail_drop else 0
+            prefix = draw_prefix(cfg.num_tokens, args.prefix_dist) if cfg.tail_drop else 0
             with autocast:
                 recon, idx, vq_loss, z = ddp_model(x, prefix)
             recon = recon.float()
@@ -338,6 +337,18 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     return model
 
 
+def draw_prefix(num_tokens: int, dist: str = "uniform") -> int:
+    """One step's tail-drop prefix length k in 1..K, from the (checkpointed) global torch RNG.
+
+    uniform: k uniform in 1..K. mixed: with probability 1/2 uniform in 1..K, else uniform over the powers of two
+    below K and K itself (1, 2, 4, ..., K).
+    """
+    if dist == "mixed" and int(torch.randint(0, 2, ())) == 1:
+        lengths = prefix_lengths(num_tokens)
+        return lengths[int(torch.randint(0, len(lengths), ()))]
+    return int(torch.randint(1, num_tokens + 1, ()))
+
+
 def init_from(model: nn.Module, path: str | Path) -> int:
     """Copy weights from a checkpoint (its EMA if it has one) or an exported artifact into `model`.
 
@@ -374,9 +385,9 @@ def choose_precision(wanted: str, model: TiTok, cfg: TiTokConfig, batch_size: in
     """The autocast precision to train in: ("fp32" or "bf16", measured images/s by precision).
 
     "auto" is bf16 on CUDA; on CPU it times `steps` forward+backward passes of a copy of the model on a fixed
-    random batch in each precision (after one warm-up pass) and takes the faster: bf16 autocast is several times
-    faster where the CPU has bf16 matrix units (AMX) and far slower where it has not. The measurement leaves the
-    model, its gradients and the global RNG untouched.
+    random batch in each precision, alternating them (so a change of load on a shared machine hits both), after
+    one warm-up pass each, and takes the faster: bf16 autocast is several times faster where the CPU has bf16
+    matrix units (AMX) and far slower where it has not. The model, its gradients and the global RNG are untouched.
     """
     if wanted != "auto":
         return wanted, {}
@@ -388,17 +399,18 @@ def choose_precision(wanted: str, model: TiTok, cfg: TiTokConfig, batch_size: in
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, 3, cfg.image_size, cfg.image_size, generator=g).to(device)
     rng = torch.get_rng_state()
-    speeds: dict[str, float] = {}
-    for name in ("fp32", "bf16"):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
-            for i in range(steps + 1):
-                if i == 1:
-                    t0 = time.perf_counter()
+    seconds = {"fp32": 0.0, "bf16": 0.0}
+    for i in range(steps + 1):
+        for name in seconds:
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
                 recon, _, vq_loss, _ = probe(x)
-                (F.mse_loss(recon.float(), x) + vq_loss).backward()
-                probe.zero_grad(set_to_none=True)
-        speeds[name] = steps * batch_size / (time.perf_counter() - t0)
+            (F.mse_loss(recon.float(), x) + vq_loss).backward()
+            probe.zero_grad(set_to_none=True)
+            if i > 0:  # the first round warms up
+                seconds[name] += time.perf_counter() - t0
     torch.set_rng_state(rng)
+    speeds = {name: steps * batch_size / s for name, s in seconds.items()}
     return max(speeds, key=lambda k: speeds[k]), speeds
 
 
