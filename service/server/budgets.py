@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -21,7 +21,6 @@ from ..core.engine import psnr
 from ..errors import InvalidBudget
 from .batcher import Timing
 
-T = TypeVar("T")
 BUDGET_PARAMS = ("num_tokens", "target_psnr")
 # OpenAPI text of the two query parameters; openapi.tighten_budgets fills in K or drops them for a fixed-length model
 BUDGET_PARAMETERS = [
