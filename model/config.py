@@ -35,6 +35,9 @@ class TiTokConfig:
     # upsampled: a linear autoencoder alongside the ViTs, which learns in a few hundred steps what
     # attention takes thousands to route, while the ViTs learn the rest.
     lowfreq_size: int = 0
+    # Tail token drop (One-D-Piece): trained so that every prefix of the K tokens decodes. Training decodes
+    # a random prefix each step; an exported model with it accepts any 1 <= k <= K tokens in `decode`.
+    tail_drop: bool = False
     # Training-only knobs that belong to the model (they shape the checkpoint's behaviour)
     dead_code_steps: int = 200  # a code unused for this many steps is re-seeded
     # Which architecture family: "titok" (ours) or "reference" (published TiTok layouts, see reference.py)
@@ -105,8 +108,12 @@ REFERENCE_VIT_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
-def _reference(enc: str, dec: str, tokens: int, codebook: int, code_dim: int, legacy: bool) -> dict[str, Any]:
-    """A published bytedance/1d-tokenizer model (arch="reference", loads its checkpoints; 256 px, patch 16)."""
+def _reference(enc: str, dec: str, tokens: int, codebook: int, code_dim: int, legacy: bool,
+               tail_drop: bool = False) -> dict[str, Any]:
+    """A published bytedance/1d-tokenizer model (arch="reference", loads its checkpoints; 256 px, patch 16).
+
+    tail_drop: a One-D-Piece model (turingmotors/One-D-Piece): the same layout, trained so every prefix decodes.
+    """
     enc_width, enc_depth, enc_heads = REFERENCE_VIT_SIZES[enc]
     dec_width, dec_depth, dec_heads = REFERENCE_VIT_SIZES[dec]
     return dict(
@@ -115,6 +122,7 @@ def _reference(enc: str, dec: str, tokens: int, codebook: int, code_dim: int, le
         dec_width=dec_width, dec_depth=dec_depth, dec_heads=dec_heads,
         codebook_size=codebook, code_dim=code_dim, l2_norm_codes=legacy,
         legacy=legacy, pixel_head="maskgit" if legacy else "pixels", stem="patch", head="linear",
+        tail_drop=tail_drop,
     )
 
 
@@ -140,6 +148,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "titok-bl-64-vq8k": _reference("base", "large", 64, 8192, 64, legacy=False),
     "titok-bl-128-vq8k": _reference("base", "large", 128, 8192, 64, legacy=False),
     "titok-sl-256-vq8k": _reference("small", "large", 256, 8192, 64, legacy=False),
+    # One-D-Piece (turingmotors/One-D-Piece): TiTok's original layout at 256 tokens, trained with tail token
+    # drop, so that the first k of the 256 tokens decode for every k (hub: turing-motors/One-D-Piece-*-256).
+    "one-d-piece-s-256": _reference("small", "small", 256, 4096, 12, legacy=True, tail_drop=True),
+    "one-d-piece-b-256": _reference("base", "base", 256, 4096, 12, legacy=True, tail_drop=True),
+    "one-d-piece-l-256": _reference("large", "large", 256, 4096, 12, legacy=True, tail_drop=True),
 }
 
 

@@ -1,10 +1,15 @@
-"""`titok convert`: a published TiTok checkpoint (bytedance/1d-tokenizer) -> our served TorchScript artifact.
+"""`titok convert`: a published TiTok checkpoint (bytedance/1d-tokenizer) or One-D-Piece checkpoint
+(turingmotors/One-D-Piece) -> our served TorchScript artifact.
 
 Accepted checkpoints hold tensors only and are read without unpickling arbitrary objects:
 - a plain state dict `.bin` / `.pt` (fun-research/TiTok `tokenizer_titok_l32.bin`, ...), read with
   `torch.load(weights_only=True)`;
-- a Hugging Face `model.safetensors` (yucornetto/tokenizer_titok_*), whose `config.json` beside it
-  (or given by --config) is cross-checked against the preset.
+- a Hugging Face `model.safetensors` (yucornetto/tokenizer_titok_*, turing-motors/One-D-Piece-*-256), or a
+  `pytorch_model.bin`, whose `config.json` beside it (or given by --config) is cross-checked against the preset.
+
+One-D-Piece is TiTok's original layout trained with tail token drop: its config.json says
+`model.type: one_d_piece`, its presets (`one-d-piece-*`) have `tail_drop`, and its artifacts are prefix-decodable
+(`decode` takes the first k of the 256 tokens). A config of one family with a preset of the other is refused.
 
 Every key and shape is checked against the preset's model before anything is loaded; all the
 problems are reported at once in one ValueError.
@@ -27,6 +32,8 @@ from .export import export_model
 from .tokenizer import build_model
 
 SOURCE = "bytedance/1d-tokenizer"
+ONE_D_PIECE_SOURCE = "turingmotors/One-D-Piece"
+ONE_D_PIECE_TYPE = "one_d_piece"  # config.json's model.type for One-D-Piece checkpoints
 MAX_LISTED = 25  # per category in the error message; the count is always given
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,8 @@ def find_config_json(checkpoint: Path, config: Path | None) -> Path | None:
             raise ValueError(f"config not found: {config}")
         return config
     beside = checkpoint.with_name("config.json")
+    if checkpoint.name == "pytorch_model.bin" and beside.is_file():  # the hub's other weights file name
+        return beside
     if checkpoint.suffix == ".safetensors":
         if not beside.is_file():
             raise ValueError(f"{checkpoint.name} needs its config.json: none beside it; pass --config FILE")
@@ -69,6 +78,13 @@ def check_reference_config(reference: Mapping[str, Any], cfg: TiTokConfig) -> No
     vq = model.get("vq_model") if isinstance(model, Mapping) else None
     if not isinstance(vq, Mapping) or "num_latent_tokens" not in vq:
         raise ValueError("config.json has no model.vq_model section: not a bytedance/1d-tokenizer TiTok config")
+    family = model.get("type", "titok")  # TiTok's own configs name no type
+    if family == ONE_D_PIECE_TYPE and not cfg.tail_drop:
+        raise ValueError(f"config.json says model.type {ONE_D_PIECE_TYPE!r} (a One-D-Piece checkpoint), but the "
+                         f"preset is a TiTok model: expected one of {', '.join(one_d_piece_presets())}")
+    if family != ONE_D_PIECE_TYPE and cfg.tail_drop:
+        raise ValueError(f"config.json says model.type {family!r} (a TiTok checkpoint), but the preset is a "
+                         f"One-D-Piece model, which expects model.type {ONE_D_PIECE_TYPE!r}; choose a titok-* preset")
     mode = vq.get("quantize_mode", "vq")
     if mode != "vq":
         raise ValueError(f"config.json describes a {mode!r} tokenizer; only the VQ models can be converted "
@@ -178,7 +194,12 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
     try:
         check_state_dict(tensors, _layout(model))
     except ValueError as exc:
-        raise ValueError(_matching_preset_first(exc, preset, lambda c: _fits(tensors, c))) from None
+        message = _matching_preset_first(exc, preset, lambda c: _fits(tensors, c))
+        if config_path is not None:  # the config fitted the preset: the tensors belong to another model
+            family = "One-D-Piece" if cfg.tail_drop else "TiTok"
+            message = (f"{config_path.name} describes a {family} model ({cfg.num_tokens} latent tokens, preset "
+                       f"{preset}), but the tensors are not its: {message}")
+        raise ValueError(message) from None
     progress(f"loading {len(tensors)} tensors ({sum(t.numel() for t in tensors.values()):,} parameters)")
     model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
     model.eval().requires_grad_(False)
@@ -186,7 +207,7 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
     meta = {
         "name": preset or f"titok-reference-{cfg.num_tokens}tok",
         "preset": preset,
-        "source": SOURCE,
+        "source": ONE_D_PIECE_SOURCE if cfg.tail_drop else SOURCE,
         "source_checkpoint": checkpoint.name,
         "source_config": config_path.name if config_path is not None else None,
     }
@@ -194,14 +215,20 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
 
 
 def reference_presets() -> list[str]:
+    """The presets `titok convert` loads checkpoints into (published TiTok and One-D-Piece layouts)."""
     return [name for name, fields in PRESETS.items() if fields.get("arch") == "reference"]
 
 
+def one_d_piece_presets() -> list[str]:
+    return [name for name in reference_presets() if PRESETS[name].get("tail_drop")]
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Convert a published TiTok checkpoint (bytedance/1d-tokenizer) into the TorchScript "
-                          "artifact the service loads.")
+    parser.description = ("Convert a published TiTok checkpoint (bytedance/1d-tokenizer) or One-D-Piece checkpoint "
+                          "(turingmotors/One-D-Piece) into the TorchScript artifact the service loads.")
     parser.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT",
-                        help="a .bin state dict, or a model.safetensors with its config.json beside it")
+                        help="a .bin state dict, or a model.safetensors (or pytorch_model.bin) with its config.json "
+                             "beside it")
     parser.add_argument("--preset", required=True, choices=reference_presets(), help="the checkpoint's model")
     parser.add_argument("--config", default=None, metavar="CONFIG_JSON",
                         help="the checkpoint's config.json, if not beside it (cross-checked against the preset)")

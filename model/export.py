@@ -2,7 +2,10 @@
 
 Contract (what the service relies on):
     encode(images: uint8[B, H, W, 3]) -> int64[B, K]
-    decode(tokens: int64[B, K]) -> uint8[B, H, W, 3]
+    decode(tokens: int64[B, k]) -> uint8[B, H, W, 3]
+where k = K, or any 1 <= k <= K when meta.json says `prefix_decodable: true` (a model trained with tail
+drop: the first k tokens of an encoding decode to a coarser picture; all rows of one call have the same k).
+A model not trained for prefixes refuses k != K, saying so.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from .tokenizer import build_model
 class ExportedTokenizer(nn.Module):
     """uint8 pixels <-> int64 tokens around any model with encode_indices / decode_indices."""
 
-    def __init__(self, model: nn.Module, image_size: int, num_tokens: int, codebook_size: int) -> None:
+    def __init__(self, model: nn.Module, image_size: int, num_tokens: int, codebook_size: int,
+                 prefix_decodable: bool = False) -> None:
         super().__init__()
         self.model = model
         self.image_size = image_size
         self.num_tokens = num_tokens
         self.codebook_size = codebook_size
+        self.prefix_decodable = prefix_decodable
         # The compute dtype for pixels: born in the weights' dtype, so that a plain torch.jit.load of an
         # fp16-stored artifact casts its inputs to fp16 by itself; follows the module through .float() / .to().
         weights_dtype = next(model.parameters()).dtype
@@ -52,9 +57,27 @@ class ExportedTokenizer(nn.Module):
 
     @torch.jit.export
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """int64 (B, K) with ids in [0, codebook_size) -> uint8 (B, H, W, 3)."""
-        if tokens.dim() != 2 or tokens.shape[1] != self.num_tokens:
-            raise ValueError("decode expects int64 tokens of shape (B, num_tokens)")
+        """int64 (B, k) with ids in [0, codebook_size) -> uint8 (B, H, W, 3).
+
+        k = K; or, for a prefix-decodable model, any 1 <= k <= K (the first k tokens of an encoding).
+        Raises ValueError for another shape, a k the model does not decode, float ids or ids out of range.
+        """
+        if tokens.dim() != 2:
+            raise ValueError("decode expects int64 tokens of shape (B, k), not " + str(tokens.dim()) + " dimensions")
+        if tokens.is_floating_point() or tokens.dtype == torch.bool or tokens.is_complex():
+            raise ValueError("decode expects integer token ids (int64), not " + str(tokens.dtype))
+        k = tokens.shape[1]
+        if self.prefix_decodable:
+            if k < 1 or k > self.num_tokens:
+                raise ValueError("decode expects a prefix of 1 to " + str(self.num_tokens) + " tokens per row, not "
+                                 + str(k))
+        elif k != self.num_tokens:
+            raise ValueError("this model was not trained to decode prefixes (no tail drop): decode expects exactly "
+                             + str(self.num_tokens) + " tokens per row, not " + str(k))
+        if tokens.numel() > 0:
+            if bool(tokens.min() < 0) or bool(tokens.max() >= self.codebook_size):
+                raise ValueError("decode expects token ids in [0, " + str(self.codebook_size) + "), got ids from "
+                                 + str(int(tokens.min())) + " to " + str(int(tokens.max())))
         x = self.model.decode_indices(tokens.long())  # (B, 3, H, W) float
         return (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
@@ -63,7 +86,7 @@ class ExportedTokenizer(nn.Module):
 
 
 def script(model: nn.Module, cfg: TiTokConfig) -> torch.jit.ScriptModule:
-    wrapper = ExportedTokenizer(model.eval(), cfg.image_size, cfg.num_tokens, cfg.codebook_size)
+    wrapper = ExportedTokenizer(model.eval(), cfg.image_size, cfg.num_tokens, cfg.codebook_size, cfg.tail_drop)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
         return torch.jit.script(wrapper)
@@ -79,22 +102,32 @@ def state_hash(model: nn.Module) -> str:
 
 def check_artifact(scripted: torch.jit.ScriptModule, model: nn.Module, cfg: TiTokConfig,
                    images: torch.Tensor | None = None) -> dict[str, float]:
-    """The scripted artifact must give the eager model's tokens and pixels within 1/255."""
+    """The scripted artifact must give the eager model's tokens and pixels within 1/255.
+
+    For a prefix-decodable model (cfg.tail_drop) the pixels are checked at k = 1, K/2 and K; otherwise at K.
+    Returns {"max_pixel_diff": largest difference over the lengths checked, "prefix_lengths": those lengths}.
+    """
     if images is None:
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (2, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g)
     with torch.no_grad():
         x = images.permute(0, 3, 1, 2).float() / 255.0
         eager_tokens = model.encode_indices(x)
-        eager_pixels = to_uint8(model.decode_indices(eager_tokens))
         tokens = scripted.encode(images)
-        pixels = scripted.decode(tokens).permute(0, 3, 1, 2).float()
-    if not torch.equal(tokens, eager_tokens):
-        raise RuntimeError("export check failed: the artifact's tokens differ from the eager model's")
-    max_diff = float((pixels - eager_pixels).abs().max())
-    if max_diff > 1.0:
-        raise RuntimeError(f"export check failed: pixels differ by {max_diff:.0f}/255 (allowed 1/255)")
-    return {"max_pixel_diff": max_diff}
+        if not torch.equal(tokens, eager_tokens):
+            raise RuntimeError("export check failed: the artifact's tokens differ from the eager model's")
+        k_full = cfg.num_tokens
+        lengths = sorted({1, max(1, k_full // 2), k_full}) if cfg.tail_drop else [k_full]
+        max_diff = 0.0
+        for k in lengths:
+            eager_pixels = to_uint8(model.decode_indices(eager_tokens[:, :k]))
+            pixels = scripted.decode(tokens[:, :k]).permute(0, 3, 1, 2).float()
+            diff = float((pixels - eager_pixels).abs().max())
+            if diff > 1.0:
+                raise RuntimeError(f"export check failed: pixels from the first {k} tokens differ by {diff:.0f}/255 "
+                                   "(allowed 1/255)")
+            max_diff = max(max_diff, diff)
+    return {"max_pixel_diff": max_diff, "prefix_lengths": lengths}
 
 
 def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict[str, Any] | None = None,
@@ -112,6 +145,8 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
         "image_size": cfg.image_size,
         "num_tokens": cfg.num_tokens,
         "codebook_size": cfg.codebook_size,
+        # decode takes any first k <= K tokens (trained with tail drop); false: exactly K
+        "prefix_decodable": bool(cfg.tail_drop),
         "config": cfg.to_dict(),
         "content_hash": state_hash(model),
         "torch_version": torch.__version__,

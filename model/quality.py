@@ -60,3 +60,9 @@ def thumbnail_baseline(x01: torch.Tensor, bits: float) -> torch.Tensor:
     thumb = to_uint8(F.interpolate(x01, size=(side, side), mode="area"))  # stored as uint8
     up = F.interpolate(thumb / 255.0, size=x01.shape[-2:], mode="bicubic", align_corners=False)
     return to_uint8(up)
+
+
+def prefix_lengths(num_tokens: int) -> list[int]:
+    """The prefix lengths an ordered (prefix-decodable) tokenizer is evaluated at: 1, 2, 4, ... below K, and K."""
+    lengths = [1 << i for i in range(num_tokens.bit_length()) if 1 << i < num_tokens]
+    return lengths + [num_tokens]

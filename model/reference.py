@@ -330,9 +330,13 @@ class ReferenceTiTok(nn.Module):
 
     @torch.jit.export
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, K) int64 -> (B, 3, H, W) float, nominally [0, 1] (unclamped)."""
-        b = indices.shape[0]
-        q = self.quantize.lookup(indices.reshape(-1)).view(b, self.num_tokens, self.code_dim)  # (B, K, C)
+        """(B, k) int64, the first k <= K tokens -> (B, 3, H, W) float, nominally [0, 1] (unclamped).
+
+        A prefix decodes as One-D-Piece's `decode_tokens(tokens, length=k)`: the decoder runs on
+        [class token, mask tokens, k latents] with the first k latent position embeddings.
+        """
+        b, k = indices.shape[0], indices.shape[1]
+        q = self.quantize.lookup(indices.reshape(-1)).view(b, k, self.code_dim)  # (B, k, C)
         return self.decode_codes(q)
 
 

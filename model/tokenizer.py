@@ -126,13 +126,19 @@ class Decoder(nn.Module):
             self.refine = nn.Sequential(nn.Identity())
         self.image_size = cfg.image_size
         self.lowfreq_size = cfg.lowfreq_size
+        self.num_tokens = cfg.num_tokens
         self.lowfreq = nn.Linear(cfg.num_tokens * cfg.code_dim, 3 * cfg.lowfreq_size**2) if cfg.lowfreq_size \
             else nn.Identity()
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes: (B, K, code_dim) -> (B, 3, H, W) in [-1, 1] (unclamped)."""
-        b = codes.shape[0]
-        lat = self.embed(codes) + self.latent_pos_embed  # (B, K, W)
+        """codes: (B, k, code_dim), the first k <= K codes -> (B, 3, H, W) in [-1, 1] (unclamped).
+
+        A prefix (k < K) is decoded as it is: the transformer sees N mask tokens and k latents (the first k
+        latent position embeddings), and the low-frequency path reads the k codes through the first k * code_dim
+        columns of its linear map (the absent codes contribute nothing). With k = K this is the full decode.
+        """
+        b, k = codes.shape[0], codes.shape[1]
+        lat = self.embed(codes) + self.latent_pos_embed[:k]  # (B, k, W)
         masks = (self.mask_token + self.pos_embed).expand(b, -1, -1)  # (B, N, W)
         h = self.ln_pre(torch.cat([masks, lat], dim=1))
         for blk in self.blocks:
@@ -143,7 +149,9 @@ class Decoder(nn.Module):
         out = self.refine(img)
         if self.lowfreq_size > 0:
             s = self.lowfreq_size
-            small = self.lowfreq(codes.flatten(1)).view(b, 3, s, s)
+            flat = codes.flatten(1)  # (B, k*D); the linear map's remaining columns meet absent codes
+            flat = F.pad(flat, [0, (self.num_tokens - k) * codes.shape[2]])  # (B, K*D), zero past the prefix
+            small = self.lowfreq(flat).view(b, 3, s, s)
             out = out + F.interpolate(small, size=(self.image_size, self.image_size), mode="bicubic",
                                       align_corners=False)
         return out
@@ -164,10 +172,17 @@ class TiTok(nn.Module):
         self.decoder = Decoder(cfg)
         self.apply(_init_weights)
 
-    def forward(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x01: (B, 3, H, W) in [0, 1] -> recon in [0, 1] (unclamped), indices (B, K), vq loss, z (B, K, D)."""
+    def forward(self, x01: torch.Tensor, prefix: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x01: (B, 3, H, W) in [0, 1] -> recon in [0, 1] (unclamped), indices (B, K), vq loss, z (B, K, D).
+
+        prefix: decode only the first `prefix` of the K quantized tokens (tail drop, 1 <= prefix <= K);
+        0 decodes all K. The encoder, the quantizer and its loss always see all K tokens.
+        """
         z = self.encoder(x01 * 2.0 - 1.0)
         q, idx, vq_loss = self.quantize(z)
+        if prefix > 0:
+            q = q[:, :prefix]
         recon = self.decoder(q) * 0.5 + 0.5
         return recon, idx, vq_loss, z
 
@@ -180,7 +195,11 @@ class TiTok(nn.Module):
 
     @torch.jit.export
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, K) int64 -> (B, 3, H, W) float, nominally [0, 1] (unclamped)."""
+        """(B, k) int64, the first k <= K tokens -> (B, 3, H, W) float, nominally [0, 1] (unclamped).
+
+        Any 1 <= k <= K decodes; only a model trained with tail drop gives useful pictures for k < K
+        (ExportedTokenizer refuses k != K for the others).
+        """
         q = self.quantize.lookup(indices)  # (B, K, D) fp32
         dtype = self.decoder.embed.weight.dtype
         return self.decoder(q.to(dtype)).float() * 0.5 + 0.5

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import PRESETS, TiTokConfig, get_preset
 from .data import RandomCrops, load_center_crops, load_images
-from .quality import psnr, thumbnail_baseline, to_uint8
+from .quality import prefix_lengths, psnr, thumbnail_baseline, to_uint8
 from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
 from .tokenizer import TiTok
 
@@ -53,6 +53,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "(default 2.5 x image size)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from RUNDIR/checkpoint.pt")
+    p.add_argument("--tail-drop", action="store_true",
+                   help="train for ordered tokens: each step decodes a random prefix of the K tokens, its length "
+                        "uniform in 1..K (One-D-Piece's tail token drop); stored in the config")
+    p.add_argument("--prefix-dist", choices=("uniform", "mixed"), default="uniform",
+                   help="with --tail-drop, how each step's prefix length k is drawn: uniform in 1..K (One-D-Piece's "
+                        "rule), or mixed: half the steps uniform in 1..K, half a power of two 1, 2, 4, ..., K (the "
+                        "lengths evaluated; it trains the shortest prefixes and the full length far more often)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="autocast dtype of the forward pass; auto: bf16 on CUDA, and on CPU whichever a short "
+                        "measurement at start finds faster")
+    p.add_argument("--init", metavar="FILE",
+                   help="start from the weights of a checkpoint or artifact (not a resume: fresh optimizer and "
+                        "schedule); tensors whose token count differs are copied over their common prefix")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set num_tokens=64 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
@@ -116,12 +129,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def evaluate_heldout(model: TiTok, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+def evaluate_heldout(model: TiTok, images: torch.Tensor) -> tuple[float, torch.Tensor, dict[int, float]]:
+    """Held-out PSNR at all K tokens, the reconstructions (N, 3, H, W), and PSNR by prefix length (tail drop)."""
     was = model.training
     model.eval()
-    recon = model.decode_indices(model.encode_indices(images))
+    tokens = model.encode_indices(images)
+    recon = model.decode_indices(tokens)
+    by_k: dict[int, float] = {}
+    if model.cfg.tail_drop:
+        for k in prefix_lengths(model.cfg.num_tokens):
+            r = recon if k == model.cfg.num_tokens else model.decode_indices(tokens[:, :k])
+            by_k[k] = float(psnr(to_uint8(r), to_uint8(images)).mean())
     model.train(was)
-    return float(psnr(to_uint8(recon), to_uint8(images)).mean()), recon
+    return float(psnr(to_uint8(recon), to_uint8(images)).mean()), recon, by_k
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,10 +167,17 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = TiTokConfig.from_dict(ckpt["config"])
     else:
-        cfg = get_preset(args.preset, **parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        if args.tail_drop:
+            overrides["tail_drop"] = True
+        cfg = get_preset(args.preset, **overrides)
 
     torch.manual_seed(args.seed)
     model = TiTok(cfg).to(device)
+    if args.init and ckpt is None:
+        copied = init_from(model, args.init)
+        if d.master:
+            log.info(f"initialised {copied} of {len(model.state_dict())} tensors from {args.init}")
     ema: dict[str, torch.Tensor] | None = None
     if args.ema > 0:
         ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
@@ -208,6 +235,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             "rng": {"torch": mine["torch"], "torch_ranks": [r["torch"] for r in ranks],
                     "crops": [r["crops"] for r in ranks]},
             "training": {"data": [str(p) for p in args.data], "images": report.loaded, "steps": step,
+                         "tail_drop": cfg.tail_drop, "prefix_dist": args.prefix_dist if cfg.tail_drop else None,
+                         "precision": precision, "init": args.init,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world},
         }, ckpt_path)
@@ -223,7 +252,13 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         from tqdm import tqdm
 
         bar = tqdm(total=args.steps, initial=step, dynamic_ncols=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision, speeds = choose_precision(args.precision, model, cfg, args.batch_size, device)
+    if d.master:
+        measured = ", ".join(f"{k} {v:.1f} images/s" for k, v in speeds.items())
+        log.info(f"precision {precision}" + (f" (measured: {measured})" if speeds else ""))
+        append_jsonl(out / "metrics.jsonl", {"kind": "precision", "step": step, "precision": precision,
+                                             "images_per_s": speeds})
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     t_start, t_log, seen_log = time.time(), time.time(), 0
     model.train()
     in_step = True  # until the loop ends cleanly, ranks may be at different steps: no collectives in `finally`
@@ -232,8 +267,11 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args)
             x = crops.sample(args.batch_size).to(device, non_blocking=True)
+            # Tail drop: one prefix length for the whole step, uniform in 1..K, drawn from the checkpointed
+            # torch RNG (so a resume draws the same lengths); the same on every rank (same seed and draws).
+            prefix = draw_prefix(cfg.num_tokens, args.prefix_dist) if cfg.tail_drop else 0
             with autocast:
-                recon, idx, vq_loss, z = ddp_model(x)
+                recon, idx, vq_loss, z = ddp_model(x, prefix)
             recon = recon.float()
             mse = F.mse_loss(recon, x)
             rec = mse + args.l1_weight * F.l1_loss(recon, x) if args.l1_weight else mse
@@ -262,7 +300,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                 t_log, seen_log = time.time(), 0
                 append_jsonl(out / "metrics.jsonl", {
                     "kind": "train", "step": step, "loss": loss.item(), "recon": rec.item(), "vq": vq_loss.item(),
-                    "psnr": train_psnr, "usage": usage, "lr": lr_at(step - 1, args), "grad_norm": grad_norm.item(),
+                    "psnr": train_psnr, "prefix": prefix or cfg.num_tokens, "usage": usage,
+                    "lr": lr_at(step - 1, args), "grad_norm": grad_norm.item(),
                     "images_per_s": ips, "reseeded": reseeded, "time_s": elapsed_before + time.time() - t_start})
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{train_psnr:.2f}", usage=f"{usage:.0%}",
@@ -298,6 +337,83 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     return model
 
 
+def draw_prefix(num_tokens: int, dist: str = "uniform") -> int:
+    """One step's tail-drop prefix length k in 1..K, from the (checkpointed) global torch RNG.
+
+    uniform: k uniform in 1..K. mixed: with probability 1/2 uniform in 1..K, else uniform over the powers of two
+    below K and K itself (1, 2, 4, ..., K).
+    """
+    if dist == "mixed" and int(torch.randint(0, 2, ())) == 1:
+        lengths = prefix_lengths(num_tokens)
+        return lengths[int(torch.randint(0, len(lengths), ()))]
+    return int(torch.randint(1, num_tokens + 1, ()))
+
+
+def init_from(model: nn.Module, path: str | Path) -> int:
+    """Copy weights from a checkpoint (its EMA if it has one) or an exported artifact into `model`.
+
+    A tensor of the same name and rank is copied over the region both shapes share, so a model with more
+    tokens than the source starts with the source's tokens first (the latent tokens, their position
+    embeddings and the low-frequency maps are all token-major); the rest keeps its initialisation.
+    Returns the number of tensors copied (fully or in part).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"--init: no file at {path}")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        source = ckpt.get("ema") or ckpt["model"]
+    except Exception:  # not a checkpoint: an exported TorchScript artifact
+        from service.core.artifact import load_artifact
+
+        module, _ = load_artifact(path)
+        source = {k.removeprefix("model."): v for k, v in module.state_dict().items()}
+    copied = 0
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            src = source.get(name)
+            if src is None or src.dim() != t.dim():
+                continue
+            region = tuple(slice(0, min(a, b)) for a, b in zip(t.shape, src.shape, strict=True))
+            t[region] = src[region].to(t.dtype)
+            copied += 1
+    return copied
+
+
+def choose_precision(wanted: str, model: TiTok, cfg: TiTokConfig, batch_size: int,
+                     device: torch.device, steps: int = 3) -> tuple[str, dict[str, float]]:
+    """The autocast precision to train in: ("fp32" or "bf16", measured images/s by precision).
+
+    "auto" is bf16 on CUDA; on CPU it times `steps` forward+backward passes of a copy of the model on a fixed
+    random batch in each precision, alternating them (so a change of load on a shared machine hits both), after
+    one warm-up pass each, and takes the faster: bf16 autocast is several times faster where the CPU has bf16
+    matrix units (AMX) and far slower where it has not. The model, its gradients and the global RNG are untouched.
+    """
+    if wanted != "auto":
+        return wanted, {}
+    if device.type == "cuda":
+        return "bf16", {}
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, cfg.image_size, cfg.image_size, generator=g).to(device)
+    rng = torch.get_rng_state()
+    seconds = {"fp32": 0.0, "bf16": 0.0}
+    for i in range(steps + 1):
+        for name in seconds:
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
+                recon, _, vq_loss, _ = probe(x)
+            (F.mse_loss(recon.float(), x) + vq_loss).backward()
+            probe.zero_grad(set_to_none=True)
+            if i > 0:  # the first round warms up
+                seconds[name] += time.perf_counter() - t0
+    torch.set_rng_state(rng)
+    speeds = {name: steps * batch_size / s for name, s in seconds.items()}
+    return max(speeds, key=lambda k: speeds[k]), speeds
+
+
 def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     """True on every rank when it is true on any: a SIGTERM or a time limit seen by one rank stops them all at
     the same step (a rank that stopped alone would leave the others waiting in the next all-reduce)."""
@@ -322,8 +438,12 @@ def _eval_and_plot(model: TiTok, ema: dict[str, torch.Tensor] | None, heldout: t
     if ema is not None:
         eval_model = TiTok(model.cfg).to(heldout.device)
         eval_model.load_state_dict(ema)
-    value, recon = evaluate_heldout(eval_model, heldout)
-    append_jsonl(out / "metrics.jsonl", {"kind": "eval", "step": step, "psnr": value, "baseline_psnr": baseline})
+    value, recon, by_k = evaluate_heldout(eval_model, heldout)
+    row: dict[str, Any] = {"kind": "eval", "step": step, "psnr": value, "baseline_psnr": baseline}
+    if by_k:
+        row["psnr_by_prefix"] = {str(k): v for k, v in by_k.items()}
+        log.info("  by prefix length: " + ", ".join(f"{k}: {v:.2f}" for k, v in by_k.items()))
+    append_jsonl(out / "metrics.jsonl", row)
     save_grid([heldout, recon], out / "reconstructions.png")
     plot_curves(read_jsonl(out / "metrics.jsonl"), out / "curves.png", baseline)
     log.info(f"step {step}: held-out PSNR {value:.2f} dB (equal-bits thumbnail {baseline:.2f} dB)")

@@ -42,6 +42,8 @@ COMMANDS: dict[str, Command] = {
     "export": Command("export a checkpoint to the TorchScript file the service loads", "model.export"),
     "tokenize": Command("tokenize a dataset into Parquet shards of tokens", "service.dataset.cli:tokenize_main"),
     "bench-tokenize": Command("benchmark titok tokenize against the raw artifact", "service.dataset.bench:main"),
+    "bench-budgets": Command("benchmark /decode against k and the target-PSNR encode",
+                             "service.bench.bench_budgets:main"),
     "detokenize": Command("decode rows of a tokenized directory to PNGs", "service.dataset.cli:detokenize_main"),
     "convert": Command("convert a published TiTok checkpoint to a servable file", "model.convert"),
     "data": Command(

@@ -44,6 +44,18 @@ class InvalidArray(ServiceError):
     status, code = 422, "invalid_array"
 
 
+class InvalidBudget(ServiceError):
+    """A token budget (num_tokens, target_psnr) outside its range, or both at once."""
+
+    status, code = 422, "invalid_budget"
+
+
+class NotPrefixDecodable(ServiceError):
+    """A token budget or a prefix of tokens sent to a model that decodes exactly K tokens."""
+
+    status, code = 422, "not_prefix_decodable"
+
+
 class ModelMismatch(ServiceError):
     status, code = 409, "model_mismatch"
 
@@ -76,6 +88,10 @@ class TooManyImages(ServiceError):
 
 class ImageTooLarge(ServiceError):
     status, code = 413, "image_too_large"
+
+
+class NotAcceptable(ServiceError):
+    status, code = 406, "not_acceptable"
 
 
 class UnsupportedMediaType(ServiceError):

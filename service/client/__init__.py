@@ -10,7 +10,7 @@ array formats where the server has them, retry a 503 honouring Retry-After, and 
 """
 
 from .aio import AsyncTitokClient
-from .core import Retry, TitokError
+from .core import Retry, TargetTokens, TitokError
 from .sync import TitokClient
 
-__all__ = ["AsyncTitokClient", "Retry", "TitokClient", "TitokError"]
+__all__ = ["AsyncTitokClient", "Retry", "TargetTokens", "TitokClient", "TitokError"]

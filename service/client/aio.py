@@ -17,15 +17,16 @@ from .core import (
     ImageLike,
     Retry,
     ServerInfo,
+    TargetTokens,
     TitokError,
+    any_decode_calls,
     as_image_list,
-    as_token_array,
     auth_headers,
-    decode_calls,
     encode_calls,
+    joined_encoded,
     joined_images,
-    joined_tokens,
     next_wait,
+    token_sequences,
     with_request_id,
 )
 
@@ -64,15 +65,25 @@ class AsyncTitokClient:
             self._server = ServerInfo.from_info(await self.info(), self._arrays)
         return self._server
 
-    async def encode(self, images: ImageLike | Sequence[ImageLike], resize: str = "crop") -> np.ndarray:
-        """Paths, bytes, PIL images or uint8 arrays -> int64 (N, K) token ids, in order."""
+    async def encode(self, images: ImageLike | Sequence[ImageLike], resize: str = "crop", *,
+                     num_tokens: int | None = None, target_psnr: float | None = None) -> np.ndarray | TargetTokens:
+        """Paths, bytes, PIL images or uint8 arrays -> int64 (N, K) token ids, in order.
+
+        A prefix-decodable model (info()["model"]["prefix_decodable"]) also takes a budget: `num_tokens=k` gives
+        int64 (N, k), each image's first k tokens; `target_psnr=dB` gives a TargetTokens, each image's fewest
+        tokens whose reconstruction reaches dB. Another model refuses either with TitokError not_prefix_decodable.
+        """
         server = await self.server()
-        return joined_tokens(await self._run_all(encode_calls(as_image_list(images), server, resize)), server)
+        calls = encode_calls(as_image_list(images), server, resize, num_tokens, target_psnr)
+        return joined_encoded(await self._run_all(calls), server, num_tokens, target_psnr)
 
     async def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
-        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`."""
+        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`. A prefix-decodable
+        model takes (N, k) for any 1 <= k <= K too, or sequences of different lengths (a list of them, or the
+        TargetTokens that encode(target_psnr=) gave)."""
         server = await self.server()
-        return joined_images(await self._run_all(decode_calls(as_token_array(tokens), server)), server, as_array)
+        return joined_images(await self._run_all(any_decode_calls(token_sequences(tokens), server)), server,
+                             as_array)
 
     async def _run_all(self, calls: Iterator[Call]) -> list[np.ndarray]:
         """The calls' results in order, `concurrency` requests in flight; the next call (and its files) is made

@@ -202,18 +202,94 @@ def _runs(kinds: Iterable[tuple[str, Any]], server: ServerInfo) -> Iterator[tupl
         yield kind, run
 
 
-def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str) -> Iterator[Call]:
+def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str, num_tokens: int | None = None,
+                 target_psnr: float | None = None) -> Iterator[Call]:
     """Requests for `images`, in order, each made when asked for (files are read one request ahead, not all
-    at once); each parses to int64 (n, K)."""
+    at once); each parses to int64 (n, K), (n, k) with `num_tokens`, or a TargetTokens with `target_psnr`
+    (whose answer is always JSON: one .npy cannot hold sequences of different lengths)."""
+    budget = {name: v for name, v in (("num_tokens", num_tokens), ("target_psnr", target_psnr)) if v is not None}
+    accept = "application/json" if target_psnr is not None else NPY
+    parse_json: Callable[[httpx.Response], Any] = (TargetTokens.from_answer if target_psnr is not None
+                                                   else lambda r: np.asarray(r.json()["tokens"], dtype=np.int64))
     for kind, run in _runs((_one_input(item, server) for item in images), server):
         if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
-            yield Call({"method": "POST", "url": "/encode", "content": write_npy(np.stack(run)),
-                        "headers": {"Content-Type": NPY, "Accept": NPY}},
-                       lambda r: _load_npy(r).astype(np.int64))
+            yield Call({"method": "POST", "url": "/encode", "content": write_npy(np.stack(run)), "params": budget,
+                        "headers": {"Content-Type": NPY, "Accept": accept}},
+                       parse_json if target_psnr is not None else lambda r: _load_npy(r).astype(np.int64))
         else:
             files = [("images", (name, data, "application/octet-stream")) for name, data in run]
-            yield Call({"method": "POST", "url": "/encode", "params": {"resize": resize}, "files": files},
-                       lambda r: np.asarray(r.json()["tokens"], dtype=np.int64))
+            yield Call({"method": "POST", "url": "/encode", "params": {"resize": resize, **budget}, "files": files},
+                       parse_json)
+
+
+@dataclass(frozen=True)
+class TargetTokens:
+    """The answer of `encode(..., target_psnr=dB)`: each image's fewest tokens reaching the target.
+
+    tokens: N int64 arrays (k_i,), each the first k_i tokens of the image's encoding (what `decode` takes back);
+    num_tokens: int64 (N,) the k_i; psnr: float64 (N,) dB at k_i; reached: bool (N,), False where the image
+    missed the target with all K tokens (it then has K).
+    """
+
+    tokens: list[np.ndarray]
+    num_tokens: np.ndarray
+    psnr: np.ndarray
+    reached: np.ndarray
+
+    @classmethod
+    def from_answer(cls, r: httpx.Response) -> TargetTokens:
+        body = r.json()
+        return cls([np.asarray(t, dtype=np.int64) for t in body["tokens"]], np.asarray(body["num_tokens"], np.int64),
+                   np.asarray(body["psnr"], np.float64), np.asarray(body["reached"], bool))
+
+    @classmethod
+    def joined(cls, parts: list[TargetTokens]) -> TargetTokens:
+        return cls([t for p in parts for t in p.tokens],
+                   np.concatenate([p.num_tokens for p in parts]) if parts else np.empty(0, np.int64),
+                   np.concatenate([p.psnr for p in parts]) if parts else np.empty(0, np.float64),
+                   np.concatenate([p.reached for p in parts]) if parts else np.empty(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def joined_encoded(parts: list[Any], server: ServerInfo, num_tokens: int | None,
+                   target_psnr: float | None) -> np.ndarray | TargetTokens:
+    """The pieces of one encode() put back together: (N, K), (N, k), or one TargetTokens."""
+    if target_psnr is not None:
+        return TargetTokens.joined(parts)
+    if not parts:
+        return np.empty((0, num_tokens or server.num_tokens), np.int64)
+    return np.concatenate(parts)
+
+
+def token_sequences(tokens: Any) -> np.ndarray | list[np.ndarray]:
+    """decode()'s input: (N, k) or (k,) integers -> int64 (N, k) as as_token_array does; a list of sequences of
+    different lengths (a prefix-decodable model's, e.g. TargetTokens.tokens) or a TargetTokens -> N int64
+    arrays (k_i,), sent as JSON lists. The lengths and ids the server checks."""
+    if isinstance(tokens, TargetTokens):
+        tokens = tokens.tokens
+    if isinstance(tokens, list | tuple) and tokens and all(isinstance(t, list | tuple | np.ndarray) for t in tokens):
+        lengths = {len(t) for t in tokens}
+        if len(lengths) > 1:
+            seqs = [np.asarray(t) for t in tokens]
+            for i, a in enumerate(seqs):
+                if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+                    raise ValueError(f"tokens[{i}] must be a flat sequence of integers, not {a.dtype} {a.shape}")
+            return [a.astype(np.int64) for a in seqs]
+    return as_token_array(tokens)
+
+
+def ragged_decode_calls(sequences: list[np.ndarray], server: ServerInfo) -> Iterator[Call]:
+    """Requests for sequences of different lengths (JSON lists), in order; each parses to uint8 (n, S, S, 3)."""
+    for start in range(0, len(sequences), server.max_items):
+        chunk = [s.tolist() for s in sequences[start:start + server.max_items]]
+        yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk}}, _pngs_to_pixels)
+
+
+def any_decode_calls(tokens: np.ndarray | list[np.ndarray], server: ServerInfo) -> Iterator[Call]:
+    """decode_calls for an (N, k) array, ragged_decode_calls for a list of sequences."""
+    return ragged_decode_calls(tokens, server) if isinstance(tokens, list) else decode_calls(tokens, server)
 
 
 def as_token_array(tokens: Any) -> np.ndarray:
@@ -255,10 +331,6 @@ def with_request_id(call: Call) -> dict[str, Any]:
     """The call's request with an X-Request-ID of its own, the same on every retry (one ID in the server log)."""
     headers = {**call.request.get("headers", {}), "X-Request-ID": uuid.uuid4().hex}
     return {**call.request, "headers": headers}
-
-
-def joined_tokens(parts: list[np.ndarray], server: ServerInfo) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.empty((0, server.num_tokens), np.int64)
 
 
 def joined_images(parts: list[np.ndarray], server: ServerInfo, as_array: bool) -> np.ndarray | list[Image.Image]:

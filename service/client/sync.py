@@ -17,15 +17,16 @@ from .core import (
     ImageLike,
     Retry,
     ServerInfo,
+    TargetTokens,
     TitokError,
+    any_decode_calls,
     as_image_list,
-    as_token_array,
     auth_headers,
-    decode_calls,
     encode_calls,
+    joined_encoded,
     joined_images,
-    joined_tokens,
     next_wait,
+    token_sequences,
     with_request_id,
 )
 
@@ -63,15 +64,24 @@ class TitokClient:
             self._server = ServerInfo.from_info(self.info(), self._arrays)
         return self._server
 
-    def encode(self, images: ImageLike | Sequence[ImageLike], resize: str = "crop") -> np.ndarray:
-        """Paths, bytes, PIL images or uint8 arrays -> int64 (N, K) token ids, in order."""
+    def encode(self, images: ImageLike | Sequence[ImageLike], resize: str = "crop", *,
+               num_tokens: int | None = None, target_psnr: float | None = None) -> np.ndarray | TargetTokens:
+        """Paths, bytes, PIL images or uint8 arrays -> int64 (N, K) token ids, in order.
+
+        A prefix-decodable model (info()["model"]["prefix_decodable"]) also takes a budget: `num_tokens=k` gives
+        int64 (N, k), each image's first k tokens; `target_psnr=dB` gives a TargetTokens, each image's fewest
+        tokens whose reconstruction reaches dB. Another model refuses either with TitokError not_prefix_decodable.
+        """
         server = self.server
-        return joined_tokens([self._run(c) for c in encode_calls(as_image_list(images), server, resize)], server)
+        calls = encode_calls(as_image_list(images), server, resize, num_tokens, target_psnr)
+        return joined_encoded([self._run(c) for c in calls], server, num_tokens, target_psnr)
 
     def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
-        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`."""
+        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`. A prefix-decodable
+        model takes (N, k) for any 1 <= k <= K too, or sequences of different lengths (a list of them, or the
+        TargetTokens that encode(target_psnr=) gave)."""
         server = self.server
-        parts = [self._run(c) for c in decode_calls(as_token_array(tokens), server)]
+        parts = [self._run(c) for c in any_decode_calls(token_sequences(tokens), server)]
         return joined_images(parts, server, as_array)
 
     def _run(self, call: Call) -> np.ndarray:

@@ -88,15 +88,24 @@ def parse_images(body: bytes, image_size: int, max_images: int) -> list[np.ndarr
     return [np.ascontiguousarray(img) for img in a]
 
 
-def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int) -> np.ndarray:
-    """A .npy of token ids (B, K) of any integer dtype -> int64 (B, K), every id in [0, codebook_size)."""
+def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int, *,
+                 prefix: bool = False) -> np.ndarray:
+    """A .npy of token ids (B, K) of any integer dtype -> int64 (B, K), every id in [0, codebook_size).
+
+    prefix: the model is prefix-decodable, so (B, k) for any 1 <= k <= K is taken too (one k for all rows;
+    sequences of different lengths travel as JSON lists).
+    """
     a = read_npy(body)
-    want = f"integer token ids of shape (B, {num_tokens})"
+    want = f"integer token ids of shape (B, {'k' if prefix else num_tokens})" + (
+        f" with 1 <= k <= {num_tokens}" if prefix else "")
     if a.dtype.kind not in "iu":
         raise InvalidArray(f"the tokens array has dtype {a.dtype}; send {want}")
     if a.ndim != 2:
         raise InvalidArray(f"the tokens array has rank {a.ndim} (shape {a.shape}); send {want}")
-    if a.shape[1] != num_tokens:
+    if prefix and not 1 <= a.shape[1] <= num_tokens:
+        raise InvalidArray(f"the tokens array has shape {a.shape}; the model takes 1 to {num_tokens} tokens per "
+                           "sequence (a prefix of an encoding)")
+    if not prefix and a.shape[1] != num_tokens:
         raise InvalidArray(f"the tokens array has shape {a.shape}; the model takes exactly {num_tokens} tokens "
                            "per sequence")
     _check_batch(a.shape, max_sequences, "token sequences")

@@ -6,6 +6,7 @@ nothing else opens an artifact by hand. The service never imports the training c
 Contract of the TorchScript module:
     encode(images: uint8[B, H, W, 3]) -> int64[B, K]
     decode(tokens: int64[B, K]) -> uint8[B, H, W, 3]
+    (meta.json `prefix_decodable: true`: decode also takes int64[B, k] for any 1 <= k <= K, one k per call)
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class ModelInfo:
             raise ModelLoadError(f"model file {path}: {META_FILE} lacks {', '.join(missing)}")
         return cls(str(meta["name"]), int(meta["image_size"]), int(meta["num_tokens"]), int(meta["codebook_size"]),
                    str(meta.get("content_hash") or ""), meta)
+
+    @property
+    def prefix_decodable(self) -> bool:
+        """meta.json's `prefix_decodable`: decode takes any first 1 <= k <= K tokens (absent: false)."""
+        return self.meta.get("prefix_decodable") is True
 
     @property
     def short_hash(self) -> str:

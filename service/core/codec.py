@@ -108,13 +108,17 @@ def token_body_limit(num_tokens: int, max_sequences: int) -> int:
 
 
 class TokenRequest(NamedTuple):
-    tokens: np.ndarray  # int64 (N, K)
+    tokens: np.ndarray | list[np.ndarray]  # int64 (N, K); with prefix=True and mixed lengths, N int64 (k_i,)
     nested: bool  # whether the list was nested (the answer is then JSON, not one PNG)
     content_hash: str | None  # the model the caller says made the tokens
 
 
-def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int) -> TokenRequest:
-    """{"tokens": [K ints] or [[K ints], ...], "content_hash"?: str} -> TokenRequest."""
+def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int, *,
+                 prefix: bool = False) -> TokenRequest:
+    """{"tokens": [K ints] or [[K ints], ...], "content_hash"?: str} -> TokenRequest.
+
+    prefix: the model is prefix-decodable, so every sequence may hold any 1 <= k <= K tokens (each its own k).
+    """
     if not body.strip():
         raise MalformedJSON('the body is empty; send {"tokens": [...]}')
     try:
@@ -143,8 +147,12 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
         where = f"tokens[{i}]" if nested else "tokens"
         if not isinstance(seq, list):
             raise InvalidTokens(f"{where} is {_json_type(seq)}; every sequence must be a list of integers")
-        if len(seq) != num_tokens:
-            raise InvalidTokens(f"{where} has {len(seq)} tokens; the model takes exactly {num_tokens}")
+        if prefix and not 1 <= len(seq) <= num_tokens:
+            raise InvalidTokens(f"{where} has {len(seq)} tokens; the model takes 1 to {num_tokens} (a prefix of "
+                                "an encoding)")
+        if not prefix and len(seq) != num_tokens:
+            raise InvalidTokens(f"{where} has {len(seq)} tokens; the model takes exactly {num_tokens} (it is not "
+                                "prefix-decodable, so shorter sequences cannot be decoded)")
         for j, t in enumerate(seq):
             if type(t) is float and t.is_integer():  # JSON has one number type: 4.0 is 4 (so says JSON Schema)
                 t = seq[j] = int(t)
@@ -153,6 +161,8 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
             if not 0 <= t < codebook_size:
                 shown = str(t) if len(str(t)) <= 40 else f"{str(t)[:20]}... ({len(str(t))} digits)"
                 raise InvalidTokens(f"{where}[{j}] is {shown}; token ids must be in [0, {codebook_size})")
+    if len({len(seq) for seq in sequences}) > 1:  # ragged: a prefix model's sequences of their own lengths
+        return TokenRequest([np.asarray(seq, dtype=np.int64) for seq in sequences], nested, content_hash)
     return TokenRequest(np.asarray(sequences, dtype=np.int64), nested, content_hash)
 
 

@@ -42,6 +42,7 @@ class Engine:
         self.model_info = info = ModelInfo.from_meta(meta)  # meta.json read once, by its one owner
         self.name, self.image_size, self.num_tokens = info.name, info.image_size, info.num_tokens
         self.codebook_size, self.content_hash = info.codebook_size, info.content_hash
+        self.prefix_decodable = info.prefix_decodable  # decode takes any first 1 <= k <= K tokens
         self.torch_threads = torch_threads or os.cpu_count() or 1
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titok-model",
                                           initializer=torch.set_num_threads, initargs=(self.torch_threads,))
@@ -55,7 +56,8 @@ class Engine:
     def submit(self, op: Op, batch: np.ndarray) -> Future[np.ndarray]:
         """Queue one batch on the model thread.
 
-        encode: uint8 (B, H, W, 3) -> int64 (B, K); decode: int64 (B, K) -> uint8 (B, H, W, 3);
+        encode: uint8 (B, H, W, 3) -> int64 (B, K); decode: int64 (B, K) -> uint8 (B, H, W, 3), or int64 (B, k)
+        for any 1 <= k <= K when the model is prefix_decodable;
         roundtrip: uint8 (B, H, W, 3) -> (B,) records of roundtrip_dtype (encode, then decode in the same call).
         """
         return self._thread.submit(self._call, op, batch)
@@ -87,7 +89,8 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "image_size": self.image_size, "num_tokens": self.num_tokens,
-                "codebook_size": self.codebook_size, "content_hash": self.content_hash, "device": self.device,
+                "codebook_size": self.codebook_size, "content_hash": self.content_hash,
+                "prefix_decodable": self.prefix_decodable, "device": self.device,
                 "dtype": self.dtype, "torch_threads": self.torch_threads,
                 "meta": {k: v for k, v in self.meta.items() if k not in (*REQUIRED_META, "content_hash")}}
 

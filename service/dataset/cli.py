@@ -58,12 +58,31 @@ def tokenize_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, help="larger images are skipped as errors, checked before "
                    f"decoding (default: TITOK_MAX_IMAGE_PIXELS, {_DEFAULTS['max_image_pixels'].default})")
     p.add_argument("--overwrite", action="store_true", help="delete shards of another model in --out")
+    group = p.add_argument_group("token budget (prefix-decodable models; one of the two)")
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument("--num-tokens", type=int, metavar="K",
+                        help="keep each image's first K tokens (1 to the model's number of tokens)")
+    budget.add_argument("--target-psnr", type=float, metavar="DB",
+                        help="keep, per image, the fewest tokens whose reconstruction reaches DB (0 < DB <= 100); "
+                             "rows get their own lengths (a list column) with num_tokens, psnr and reached columns")
     ray = p.add_argument_group("Ray Data (pip install 'titok-service[ray]')")
     ray.add_argument("--ray", action="store_true", help="run on Ray Data instead of this machine's processes")
     ray.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local instance)")
     ray.add_argument("--concurrency", type=int, default=1, help="tokenizer actors (default: %(default)s)")
     ray.add_argument("--num-gpus", type=float, help="GPUs per actor (default: 1 with --device cuda, else 0)")
     return p
+
+
+def _budget(args: argparse.Namespace, info: ModelInfo) -> typing.Any:
+    """--num-tokens / --target-psnr checked against the model, as /encode checks them."""
+    from ..core.budgets import check_budget
+    from ..errors import ServiceError
+
+    try:
+        return check_budget(args.num_tokens, args.target_psnr, info.num_tokens, info.prefix_decodable, info.name)
+    except ServiceError as e:
+        raise DatasetError(e.message.replace("num_tokens", "--num-tokens").replace("target_psnr", "--target-psnr")) \
+            from None
 
 
 def _tokenize(args: argparse.Namespace) -> int:
@@ -78,12 +97,14 @@ def _tokenize(args: argparse.Namespace) -> int:
     shards = plan_shards(args.inputs, args.shard_size, args.image_column)  # every input checked before any work
     from .local import JobOptions
 
-    opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels)
     if args.ray:
         from ..core.artifact import read_meta
         from .on_ray import run_ray
 
-        meta = job_meta(ModelInfo.from_meta(read_meta(settings.model_path)), args.resize)
+        info = ModelInfo.from_meta(read_meta(settings.model_path))
+        budget = _budget(args, info)
+        opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels, budget=budget)
+        meta = job_meta(info, args.resize, budget)
         prepare_output(args.out, meta, args.overwrite)
         gpus = args.num_gpus if args.num_gpus is not None else (1.0 if settings.device == "cuda" else 0.0)
         summary = run_ray(shards, settings.model_path, settings.device, settings.dtype, meta, opts, args.ray_address,
@@ -94,7 +115,9 @@ def _tokenize(args: argparse.Namespace) -> int:
 
         engine = Engine.load(settings.model_path, settings.device, settings.dtype, args.torch_threads)
         try:
-            meta = job_meta(engine.model_info, args.resize)
+            budget = _budget(args, engine.model_info)
+            opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels, budget=budget)
+            meta = job_meta(engine.model_info, args.resize, budget)
             prepare_output(args.out, meta, args.overwrite)
             summary = run_local(shards, engine, meta, opts)
         finally:
@@ -133,11 +156,11 @@ def _detokenize(args: argparse.Namespace) -> int:
 
     from ..core.codec import encode_png
     from ..core.engine import Engine
-    from .reader import read_tokens
+    from .reader import read_ragged
     from .writer import describe
 
     settings = _settings(args)
-    meta, keys, tokens = read_tokens(args.directory)
+    meta, keys, ids, offsets = read_ragged(args.directory)  # any row length: --num-tokens / --target-psnr too
     index = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated key: its first row
     missing = [k for k in args.keys or [] if k not in index]
     if missing:
@@ -150,7 +173,13 @@ def _detokenize(args: argparse.Namespace) -> int:
         if served.content_hash != meta["content_hash"] or served.name != meta["model"]:
             raise DatasetError(f"{args.directory} holds tokens of {describe(meta)}, but --model is {served.name} "
                                f"(content hash {served.short_hash}): its codebook would decode them to noise")
-        pixels = engine.run("decode", tokens[rows].astype(np.int64))  # (n, K) -> (n, S, S, 3)
+        by_length: dict[int, list[int]] = {}  # a prefix model decodes one length per call
+        for n, i in enumerate(rows):
+            by_length.setdefault(int(offsets[i + 1] - offsets[i]), []).append(n)
+        pixels = np.empty((len(rows), served.image_size, served.image_size, 3), np.uint8)
+        for group in by_length.values():
+            tokens = np.stack([ids[offsets[rows[n]]:offsets[rows[n] + 1]] for n in group]).astype(np.int64)
+            pixels[group] = engine.run("decode", tokens)  # (n, k) -> (n, S, S, 3)
     finally:
         engine.close()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,14 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..core.budgets import Budget, BudgetedTokens, encode_with_budget
 from ..core.codec import Resize
 from ..core.engine import Engine
 from .decode import Decoded, decode_records, exit_with_parent
@@ -39,6 +40,7 @@ class JobOptions:
     workers: int = os.cpu_count() or 1  # decoding processes; 0 decodes in the main process
     max_pixels: int = 50_000_000
     chunk: int = 16  # images per decoding task: large enough to amortise the pickling, small enough to keep order
+    budget: Budget = Budget()  # num_tokens / target_psnr (prefix-decodable models); unset: all K tokens
 
 
 class _Inline(Executor):
@@ -82,12 +84,17 @@ def _buffer(engine: Engine, rows: int) -> np.ndarray:
 class _Batches:
     """Two (B, S, S, 3) buffers: one on the model while the other fills; tokens go to `deliver`."""
 
-    def __init__(self, engine: Engine, batch_size: int, deliver: Callable[[list[Owner], np.ndarray], None]) -> None:
-        self.engine, self.deliver = engine, deliver
+    def __init__(self, engine: Engine, batch_size: int, deliver: Callable[[list[Owner], Any], None],
+                 budget: Budget | None = None) -> None:
+        budget = budget or Budget()
+        self.engine, self.deliver, self.budget = engine, deliver, budget
+        # A budget takes several model calls per batch (a target's prefix decodes): one thread runs them in turn,
+        # so that decoding goes on meanwhile, as it does while a plain batch is on the model thread.
+        self.budgeted = ThreadPoolExecutor(1, thread_name_prefix="titok-budget") if budget.is_set else None
         self.buffers = [_buffer(engine, batch_size) for _ in range(2)]
         self.current, self.filled = 0, 0
         self.owners: list[Owner] = []
-        self.in_flight: tuple[Future[np.ndarray], list[Owner]] | None = None
+        self.in_flight: tuple[Future[Any], list[Owner]] | None = None
 
     def add(self, pixels: np.ndarray, owner: Owner) -> None:
         self.buffers[self.current][self.filled] = pixels
@@ -102,7 +109,11 @@ class _Batches:
             return
         self.wait()
         batch = self.buffers[self.current][: self.filled]  # (n, S, S, 3) -> tokens (n, K)
-        self.in_flight = (self.engine.submit("encode", batch), self.owners)
+        if self.budgeted is not None:  # -> BudgetedTokens
+            self.in_flight = (self.budgeted.submit(encode_with_budget, self.engine.run, batch, self.budget),
+                              self.owners)
+        else:
+            self.in_flight = (self.engine.submit("encode", batch), self.owners)
         self.current, self.filled, self.owners = 1 - self.current, 0, []
 
     def wait(self) -> None:
@@ -115,6 +126,10 @@ class _Batches:
         self.submit()
         self.wait()
 
+    def close(self) -> None:
+        if self.budgeted is not None:
+            self.budgeted.shutdown(wait=True)
+
 
 class _Job:
     def __init__(self, shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: JobOptions,
@@ -124,7 +139,7 @@ class _Job:
         self.waiting: dict[int, int] = {}  # images of the shard still without tokens
         self.ended: set[int] = set()
         self.next_to_write = 0
-        self.batches = _Batches(engine, opts.batch_size, self.deliver)
+        self.batches = _Batches(engine, opts.batch_size, self.deliver, opts.budget)
         self.progress = Progress(sum(s.size_bytes for s in shards), len(shards))
 
     def take(self, i: int, decoded: list[Decoded], last: bool) -> None:
@@ -139,9 +154,13 @@ class _Job:
         self.progress.update(nbytes=sum(d.nbytes for d in decoded))
         self.write_finished()
 
-    def deliver(self, owners: list[Owner], tokens: np.ndarray) -> None:
-        for (i, row), t in zip(owners, tokens, strict=True):  # tokens: (n, K)
+    def deliver(self, owners: list[Owner], result: np.ndarray | BudgetedTokens) -> None:
+        scored = isinstance(result, BudgetedTokens) and result.psnr is not None
+        tokens = result.tokens if isinstance(result, BudgetedTokens) else result  # (n, K) or n (k_i,)
+        for n, ((i, row), t) in enumerate(zip(owners, tokens, strict=True)):
             self.rows[i].tokens[row] = t
+            if scored:
+                self.rows[i].quality[row] = (float(result.psnr[n]), bool(result.reached[n]))  # type: ignore[union-attr,index]
             self.waiting[i] -= 1
         self.progress.update(images=len(owners))
 
@@ -182,6 +201,7 @@ def run_local(shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: J
         job.write_finished()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        job.batches.close()
         job.progress.close()
     summary.seconds = time.perf_counter() - start
     return summary

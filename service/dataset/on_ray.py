@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.budgets import Budget, encode_with_budget
 from ..core.codec import Resize
 from ..core.engine import Engine
 from .decode import decode_records
@@ -44,17 +45,30 @@ def _read_and_decode(item: dict[str, Any], size: int, resize: Resize, max_pixels
 
 
 class Tokenizer:
-    """A Ray Data actor: loads the artifact once, then encodes batches of decoded images."""
+    """A Ray Data actor: loads the artifact once, then encodes batches of decoded images.
 
-    def __init__(self, model: str, device: str, dtype: str) -> None:
+    Under a budget ({"num_tokens": k} or {"target_psnr": dB}, as in the job's metadata) the rows still carry
+    K token slots (Ray batches are rectangular), with each row's length in `num_tokens` and, for a target,
+    its `psnr` and `reached`; _write_group keeps the first num_tokens of each.
+    """
+
+    def __init__(self, model: str, device: str, dtype: str, budget: dict[str, float] | None = None) -> None:
         self.engine = Engine.load(model, device, dtype)
+        self.budget = Budget(**(budget or {}))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""
-        tokens = np.zeros((len(ok), self.engine.num_tokens), np.int64)  # (n, K); failed rows stay 0, unused
+        n, K = len(ok), self.engine.num_tokens  # noqa: N806
+        tokens = np.zeros((n, K), np.int64)  # (n, K); failed rows stay 0, unused
+        lengths, psnr, reached = np.full(n, K, np.int32), np.zeros(n, np.float32), np.zeros(n, bool)
         if ok.any():
-            tokens[ok] = self.engine.run("encode", np.ascontiguousarray(batch["pixels"][ok]))  # (m, S, S, 3)
-        return {**{k: v for k, v in batch.items() if k != "pixels"}, "tokens": tokens}
+            done = encode_with_budget(self.engine.run, np.ascontiguousarray(batch["pixels"][ok]), self.budget)
+            for row, t in zip(np.flatnonzero(ok), done.tokens, strict=True):
+                tokens[row, :len(t)], lengths[row] = t, len(t)
+            if done.psnr is not None:
+                psnr[ok], reached[ok] = done.psnr, done.reached
+        return {**{k: v for k, v in batch.items() if k != "pixels"}, "tokens": tokens, "num_tokens": lengths,
+                "psnr": psnr, "reached": reached}
 
 
 def _write_group(batch: dict[str, np.ndarray], out: str, meta: dict[str, Any],
@@ -64,8 +78,10 @@ def _write_group(batch: dict[str, np.ndarray], out: str, meta: dict[str, Any],
     i = int(batch["shard"][0])
     rows = ShardRows(shards[i])
     for n in order:
-        rows.add(str(batch["key"][n]), int(batch["width"][n]), int(batch["height"][n]), str(batch["error"][n]),
-                 batch["tokens"][n])
+        row = rows.add(str(batch["key"][n]), int(batch["width"][n]), int(batch["height"][n]), str(batch["error"][n]),
+                       batch["tokens"][n][:int(batch["num_tokens"][n])])
+        if row is not None and "target_psnr" in (meta.get("budget") or {}):
+            rows.quality[row] = (float(batch["psnr"][n]), bool(batch["reached"][n]))
     write_shard(Path(out), rows, meta)
     return {"shard": np.array([i]), "rows": np.array([len(rows.keys)]), "errors": np.array([len(rows.errors)])}
 
@@ -87,7 +103,8 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.flat_map(_read_and_decode, fn_kwargs={"size": int(meta["image_size"]), "resize": opts.resize,
                                                       "max_pixels": opts.max_pixels})
-        ds = ds.map_batches(Tokenizer, fn_constructor_kwargs={"model": str(model), "device": device, "dtype": dtype},
+        ds = ds.map_batches(Tokenizer, fn_constructor_kwargs={"model": str(model), "device": device, "dtype": dtype,
+                                                              "budget": meta.get("budget")},
                             batch_size=opts.batch_size, batch_format="numpy", concurrency=concurrency,
                             num_gpus=num_gpus)
         results = ds.groupby("shard").map_groups(_write_group, batch_format="numpy", fn_kwargs={

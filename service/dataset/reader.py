@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .inputs import DatasetError
-from .writer import DONE, PARQUET, describe, same_job, shard_meta
+from .writer import DONE, PARQUET, describe, is_ragged, same_job, shard_meta
 
 
 def complete_shards(directory: str | Path) -> list[Path]:
@@ -45,6 +45,9 @@ def read_dir_meta(directory: str | Path) -> dict[str, Any]:
 def read_tokens(directory: str | Path) -> tuple[dict[str, Any], list[str], np.ndarray]:
     """(job metadata, keys, tokens (N, K)) of a `titok tokenize` output directory; see load_tokens."""
     paths, meta = _complete_with_meta(directory)
+    if is_ragged(meta):
+        raise DatasetError(f"{directory} holds tokens of different lengths per row ({describe(meta)}); load them "
+                           "with load_ragged_tokens (flat ids and offsets)")
     keys: list[str] = []
     parts: list[np.ndarray] = []
     for path in paths:
@@ -63,6 +66,38 @@ def load_tokens(directory: str | Path) -> tuple[list[str], np.ndarray]:
     folder, or the Parquet key), tokens is (N, K) of the smallest unsigned type holding the codebook,
     in shard-name order, then row order. Refuses a directory mixing shards of different models (or resize
     modes): tokens are only meaningful with the codebook that made them. read_dir_meta(directory) names it.
+    A `--num-tokens k` directory gives (N, k); a `--target-psnr` one is refused: see load_ragged_tokens.
     """
     _, keys, tokens = read_tokens(directory)
     return keys, tokens
+
+
+def read_ragged(directory: str | Path) -> tuple[dict[str, Any], list[str], np.ndarray, np.ndarray]:
+    """(job metadata, keys, flat ids (M,), offsets int64 (N + 1,)) of any tokenized directory; see
+    load_ragged_tokens."""
+    paths, meta = _complete_with_meta(directory)
+    keys: list[str] = []
+    flats: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    for path in paths:
+        table = pq.read_table(path, columns=["key", "tokens"])
+        tokens = table.column("tokens").combine_chunks()  # fixed-size or variable-length lists
+        keys += table.column("key").to_pylist()
+        flats.append(tokens.flatten().to_numpy(zero_copy_only=False))
+        lengths.append(tokens.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64))
+    flat = np.concatenate(flats) if flats else np.empty(0, np.dtype(meta["token_dtype"]))
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+    return meta, keys, flat, offsets
+
+
+def load_ragged_tokens(directory: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Load every complete shard of a tokenized directory whose rows may differ in length (`--target-psnr`).
+
+    Returns (keys, ids, offsets): row i's tokens are ids[offsets[i]:offsets[i + 1]], the first tokens of its
+    encoding (what a prefix-decodable model decodes); ids is (M,) of the smallest unsigned type holding the
+    codebook, offsets int64 (N + 1,) with offsets[0] = 0 and offsets[-1] = M (Arrow's own list layout).
+    Works for fixed-length directories too (offsets step by K). Each row's psnr and reached columns, and the
+    policy in read_dir_meta(directory)["budget"], are in the same Parquet files.
+    """
+    _, keys, ids, offsets = read_ragged(directory)
+    return keys, ids, offsets

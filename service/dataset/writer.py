@@ -3,7 +3,12 @@
 For a shard NAME the output directory holds:
     NAME.parquet       one row per image: key, tokens (fixed-size list of the smallest unsigned type that
                        holds the codebook), source, width, height; the file's metadata (key b"titok")
-                       names the model, its content hash, image size, tokens, codebook size and resize mode
+                       names the model, its content hash, image size, tokens, codebook size and resize mode,
+                       and the token budget when one was given (`budget`: {"num_tokens": k} or
+                       {"target_psnr": dB}). num_tokens=k: tokens is a fixed-size list of k. target_psnr:
+                       tokens is a variable-length list (list<uint16> for a 4096 codebook), with the columns
+                       num_tokens (int32, the row's length), psnr (float32, dB at that length) and reached
+                       (bool, false where the image kept all K tokens without reaching the target)
     NAME.errors.jsonl  only when some images failed: {"key", "reason"} per line
     NAME.done.json     written last: the shard is complete (rows, errors, the input's fingerprint)
 
@@ -27,24 +32,43 @@ from .inputs import DatasetError, Shard
 
 if TYPE_CHECKING:  # the artifact module imports torch, which the decoding workers never need
     from ..core.artifact import ModelInfo
+    from ..core.budgets import Budget
 
 META_KEY = b"titok"
 FORMAT_VERSION = 1
 PARQUET, DONE, ERRORS, TMP = ".parquet", ".done.json", ".errors.jsonl", ".tmp"
 # Everything the tokens depend on: shards that differ in any of these cannot share a directory.
-IDENTITY = ("model", "content_hash", "image_size", "num_tokens", "codebook_size", "resize")
+# A directory written without a budget has no "budget" key, as before budgets existed.
+IDENTITY = ("model", "content_hash", "image_size", "num_tokens", "codebook_size", "resize", "budget")
 
 
-def job_meta(info: ModelInfo, resize: str) -> dict[str, Any]:
-    return {"model": info.name, "content_hash": info.content_hash, "image_size": info.image_size,
+def job_meta(info: ModelInfo, resize: str, budget: Budget | None = None) -> dict[str, Any]:
+    meta = {"model": info.name, "content_hash": info.content_hash, "image_size": info.image_size,
             "num_tokens": info.num_tokens, "codebook_size": info.codebook_size,
             "token_dtype": info.token_dtype.name, "resize": resize, "format_version": FORMAT_VERSION}
+    if budget is not None and budget.num_tokens is not None:
+        meta["budget"] = {"num_tokens": budget.num_tokens}
+    elif budget is not None and budget.target_psnr is not None:
+        meta["budget"] = {"target_psnr": budget.target_psnr}
+    return meta
 
 
 def describe(meta: dict[str, Any]) -> str:
     """A job's identity in words, for error messages."""
+    budget = meta.get("budget")
+    policy = ", ".join(f"{k}={v:g}" for k, v in budget.items()) if isinstance(budget, dict) else "all tokens"
     return (f"model {meta.get('model')} (content hash {str(meta.get('content_hash'))[:12]}), "
-            f"{meta.get('image_size')} px, {meta.get('num_tokens')} tokens, resize {meta.get('resize')}")
+            f"{meta.get('image_size')} px, {meta.get('num_tokens')} tokens, resize {meta.get('resize')}, {policy}")
+
+
+def is_ragged(meta: dict[str, Any]) -> bool:
+    """Whether the job's rows have tokens of their own lengths (a target_psnr budget)."""
+    return "target_psnr" in (meta.get("budget") or {})
+
+
+def row_tokens(meta: dict[str, Any]) -> int:
+    """The tokens per row of a fixed-length job: num_tokens=k's k, else the model's K."""
+    return int((meta.get("budget") or {}).get("num_tokens") or meta["num_tokens"])
 
 
 def same_job(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -117,6 +141,7 @@ class ShardRows:
     heights: list[int] = field(default_factory=list)
     tokens: list[np.ndarray | None] = field(default_factory=list)  # (K,) each
     errors: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    quality: dict[int, tuple[float, bool]] = field(default_factory=dict)  # target_psnr: row -> (psnr, reached)
 
     def add(self, key: str, width: int, height: int, error: str, tokens: np.ndarray | None = None) -> int | None:
         """One image, in input order: a row (its number returned; tokens may come later) or, failed, an error."""
@@ -132,7 +157,7 @@ class ShardRows:
 
 def write_shard(out: Path, rows: ShardRows, meta: dict[str, Any]) -> None:
     """Errors file, then Parquet file, then done record, each atomically."""
-    name, k = rows.shard.name, int(meta["num_tokens"])
+    name, k = rows.shard.name, row_tokens(meta)
     (out / f"{name}{DONE}").unlink(missing_ok=True)  # a redo: the old record must not vouch for the new file
     errors_path = out / f"{name}{ERRORS}"
     if rows.errors:
@@ -141,14 +166,22 @@ def write_shard(out: Path, rows: ShardRows, meta: dict[str, Any]) -> None:
     else:
         errors_path.unlink(missing_ok=True)
     dtype = np.dtype(meta["token_dtype"])
-    flat = np.asarray(rows.tokens, dtype=dtype).reshape(-1)  # (N * K,)
-    table = pa.table({
-        "key": pa.array(rows.keys, pa.string()),
-        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.from_numpy_dtype(dtype)), k),
-        "source": pa.array([rows.shard.source] * len(rows.keys), pa.string()),
-        "width": pa.array(rows.widths, pa.int32()),
-        "height": pa.array(rows.heights, pa.int32()),
-    }).replace_schema_metadata({META_KEY: json.dumps(meta)})
+    columns = {"key": pa.array(rows.keys, pa.string())}
+    if is_ragged(meta):
+        lengths = np.array([len(t) for t in rows.tokens], np.int32)  # type: ignore[arg-type]
+        flat = np.concatenate([*rows.tokens, np.empty(0, dtype)]).astype(dtype)  # type: ignore[list-item]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        columns["tokens"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.from_numpy_dtype(dtype)))
+    else:
+        flat = np.asarray(rows.tokens, dtype=dtype).reshape(-1)  # (N * K,)
+        columns["tokens"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.from_numpy_dtype(dtype)), k)
+    columns.update(source=pa.array([rows.shard.source] * len(rows.keys), pa.string()),
+                   width=pa.array(rows.widths, pa.int32()), height=pa.array(rows.heights, pa.int32()))
+    if is_ragged(meta):
+        columns.update(num_tokens=pa.array(lengths, pa.int32()),
+                       psnr=pa.array([rows.quality[i][0] for i in range(len(rows.keys))], pa.float32()),
+                       reached=pa.array([rows.quality[i][1] for i in range(len(rows.keys))], pa.bool_()))
+    table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta)})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     _write_atomic(out / f"{name}{PARQUET}", sink.getvalue().to_pybytes())

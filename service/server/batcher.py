@@ -4,6 +4,11 @@ A batch closes when it holds `max_batch_size` items or when its oldest item has 
 `max_batch_delay_ms`; while the model is busy the queue fills by itself. Items past their deadline
 are dropped before compute, items whose request was cancelled are skipped, and a model error fails
 only its own batch.
+
+Items are grouped by shape: one queue per (op, item shape), so a batch never mixes token sequences of
+different lengths (a prefix-decodable model decodes any 1 <= k <= K tokens, one k per call) and nothing
+is padded. The worker always serves the queue whose oldest item is the oldest of all: a rare length is
+never starved behind a common one, it waits at most for the batches of the items queued before it.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ class Batcher:
         self.metrics = metrics or Metrics(max_batch_size)
         self.clock = clock
         self.retry_after_s = retry_after_s
-        self._queues: dict[str, deque[_Item]] = {op: deque() for op in OPS}
+        self._queues: dict[tuple[str, tuple[int, ...]], deque[_Item]] = {}  # (op, item shape) -> its items
         self._wake = asyncio.Event()
         self._stopping = False
         self._flushing = False
@@ -116,12 +121,13 @@ class Batcher:
         now = self.clock()
         futures = []
         queued = []
-        q = self._queues[op]
         for data in items:
             fut: asyncio.Future[np.ndarray] = loop.create_future()
-            queued.append(_Item(data, fut, now, now + timeout))
+            item = _Item(data, fut, now, now + timeout)
+            queued.append(item)
             futures.append(fut)
-        q.extend(queued)
+            # never removed once made: the worker may hold a reference; at most one per op and token length
+            self._queues.setdefault((op, data.shape), deque()).append(item)
         self.metrics.queue_depth.set(self.depth)
         self._wake.set()
         try:
@@ -145,20 +151,24 @@ class Batcher:
                 q.extend(live)
         self.metrics.queue_depth.set(self.depth)
 
-    def _oldest_op(self) -> str | None:
-        heads = [(q[0].enqueued, op) for op, q in self._queues.items() if q]
-        return min(heads)[1] if heads else None
+    def _oldest_queue(self) -> tuple[str, tuple[int, ...]] | None:
+        """The queue whose head waited longest (ties: the one that was filled first)."""
+        best: tuple[str, tuple[int, ...]] | None = None
+        for key, q in self._queues.items():  # dicts keep insertion order: ties go to the older queue
+            if q and (best is None or q[0].enqueued < self._queues[best][0].enqueued):
+                best = key
+        return best
 
     async def _run(self) -> None:
         while True:
-            op = self._oldest_op()
-            if op is None:
+            key = self._oldest_queue()
+            if key is None:
                 if self._stopping:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            q = self._queues[op]
+            op, q = key[0], self._queues[key]
             # Wait for the batch to fill, at most until the oldest item's delay has passed.
             while len(q) < self.max_batch_size and not (self._stopping or self._flushing):
                 remaining = q[0].enqueued + self.max_delay - self.clock()
@@ -210,6 +220,9 @@ class Batcher:
             self.metrics.model_compute.labels(op).observe(run.seconds)
             self.metrics.batch_size.labels(op).observe(len(batch))
         self.metrics.items_processed.labels(op).inc(len(batch))
+        if op == "decode":
+            for _ in batch:
+                self.metrics.decode_tokens.observe(data.shape[1])
         for item, result in zip(batch, out, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

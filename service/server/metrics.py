@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # sequence lengths: K is 32..256 for TiTok-like models
+
 
 def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
     """1, 2, 4, ... up to the max batch size (which is always a bucket edge)."""
@@ -33,6 +35,11 @@ class Metrics:
                                     buckets=batch_buckets(max_batch_size), registry=r)
         self.model_compute = Histogram("titok_model_compute_seconds", "Model time per batch.", ["op"],
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.encode_tokens = Histogram("titok_encode_tokens_per_image", "Tokens returned per encoded image "
+                                       "(K, or fewer under num_tokens / target_psnr).", buckets=TOKEN_BUCKETS,
+                                       registry=r)
+        self.decode_tokens = Histogram("titok_decode_tokens_per_item", "Tokens per decoded sequence (its length).",
+                                       buckets=TOKEN_BUCKETS, registry=r)
         self.queue_depth = Gauge("titok_queue_depth", "Items waiting in the queue.", registry=r)
         self.items_processed = Counter("titok_items_processed", "Items (images or token sequences) computed.",
                                        ["op"], registry=r)

@@ -22,15 +22,18 @@ SECURITY_SCHEMES = {
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
-def token_ids(num_tokens: int, codebook_size: int) -> dict[str, Any]:
-    """One sequence: exactly K ids in [0, codebook_size)."""
-    return {"type": "array", "minItems": num_tokens, "maxItems": num_tokens,
+def token_ids(num_tokens: int, codebook_size: int, prefix: bool = False) -> dict[str, Any]:
+    """One sequence: exactly K ids in [0, codebook_size); with `prefix` (a prefix-decodable model) 1 to K."""
+    return {"type": "array", "minItems": 1 if prefix else num_tokens, "maxItems": num_tokens,
             "items": {"type": "integer", "minimum": 0, "maximum": codebook_size - 1}}
 
 
-def tighten(schema: dict[str, Any], num_tokens: int, codebook_size: int, max_items: int) -> None:
-    """Say in `schema` what the routes check: K ids in range, 1..max_items sequences or images, images required."""
-    one = token_ids(num_tokens, codebook_size)
+def tighten(schema: dict[str, Any], num_tokens: int, codebook_size: int, max_items: int,
+            prefix: bool = False) -> None:
+    """Say in `schema` what the routes check: K ids in range (1..K for a prefix-decodable model), 1..max_items
+    sequences or images, images required, and the token budgets' bounds (or their absence)."""
+    one = token_ids(num_tokens, codebook_size, prefix)
+    tighten_budgets(schema, num_tokens, prefix)
     paths = schema["paths"]
     decode_json = paths["/decode"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     decode_json["properties"]["tokens"] = {
@@ -42,6 +45,22 @@ def tighten(schema: dict[str, Any], num_tokens: int, codebook_size: int, max_ite
     form["properties"]["images"].update(minItems=1, maxItems=max_items)
     encoded = schema["components"]["schemas"]["EncodeResponse"]["properties"]["tokens"]
     encoded.update(minItems=1, maxItems=max_items, items=one)
+
+
+def tighten_budgets(schema: dict[str, Any], num_tokens: int, prefix: bool) -> None:
+    """/encode's num_tokens gets its maximum K; a model that is not prefix-decodable takes neither budget, so
+    both parameters leave its schema (the route refuses them with 422 saying why)."""
+    op = schema["paths"]["/encode"]["post"]
+    kept = []
+    for param in op.get("parameters", []):
+        if param.get("name") in ("num_tokens", "target_psnr") and param.get("in") == "query":
+            if not prefix:
+                continue
+            param = {**param, "schema": dict(param["schema"])}  # a copy: the route's declaration is shared
+            if param["name"] == "num_tokens":
+                param["schema"]["maximum"] = num_tokens
+        kept.append(param)
+    op["parameters"] = kept
 
 
 def secure(schema: dict[str, Any], open_paths: frozenset[str]) -> None:
@@ -80,7 +99,8 @@ def install(app: FastAPI, open_paths: frozenset[str] | None) -> None:
         if svc.engine is None:  # not loaded yet: the generic schema, not cached
             return schema
         eng = svc.engine
-        tighten(schema, eng.num_tokens, eng.codebook_size, svc.settings.max_images_per_request)
+        tighten(schema, eng.num_tokens, eng.codebook_size, svc.settings.max_images_per_request,
+                getattr(eng, "prefix_decodable", False))
         app.openapi_schema = schema
         return schema
 

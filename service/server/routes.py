@@ -21,12 +21,13 @@ from ..errors import (
     EmptyBody,
     InvalidImage,
     InvalidTokens,
+    NotAcceptable,
     NotReady,
     PayloadTooLarge,
     TooManyImages,
     UnsupportedMediaType,
 )
-from . import decoding, openapi
+from . import budgets, decoding, openapi
 from .answers import check_model, model_headers
 from .middleware import too_large
 from .schemas import (
@@ -143,8 +144,8 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
 @router.post("/encode", responses={200: {"model": EncodeResponse, "headers": {**TIMING_HEADERS, **PSNR_HEADER},
                                          "content": {NPY: NPY_BODY},
                                          "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
-                 **errors(400, 408, 413, 415, 422, 499, 500, 503, 504)},
-             openapi_extra={"requestBody": {"required": True, "content": {
+                 **errors(400, 406, 408, 413, 415, 422, 499, 500, 503, 504)},
+             openapi_extra={"parameters": budgets.BUDGET_PARAMETERS, "requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
                      "type": "array", "items": {"type": "string", "format": "binary"}}}}},
                  "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}})
@@ -160,11 +161,19 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
     started = time.perf_counter()
     svc = _service(request)
     eng = svc.engine
+    budget = budgets.budget_from_query(request, eng)  # before the upload is read: a bad budget costs nothing
+    if budget.target_psnr is not None and arrays.wants_npy(request.headers.get("accept", "")):
+        raise NotAcceptable(f"target_psnr gives each image its own number of tokens, which one {NPY} array "
+                            "cannot hold: ask for JSON (Accept: application/json), or use num_tokens")
     images, deadline, codec_s = await _images_to_encode(request, svc, resize)
+    if budget.is_set:
+        return await _encode_budgeted(request, svc, images, budget, quality, deadline, started, codec_s)
     op = "roundtrip" if quality else "encode"
     results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
     tokens = [r["tokens"] for r in results] if quality else results
     psnr = [round(float(r["psnr"]), 3) for r in results] if quality else None
+    for _ in tokens:
+        svc.metrics.encode_tokens.observe(eng.num_tokens)
     headers = model_headers(eng.content_hash, timing, started, codec_s)
     if arrays.wants_npy(request.headers.get("accept", "")):
         if psnr is not None:
@@ -172,6 +181,26 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
         return Response(arrays.stack(tokens, token_dtype(eng.codebook_size)), media_type=NPY, headers=headers)
     answer = EncodeResponse(model=eng.name, content_hash=eng.content_hash, num_tokens=eng.num_tokens,
                             codebook_size=eng.codebook_size, tokens=[t.tolist() for t in tokens], psnr=psnr)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
+
+
+async def _encode_budgeted(request: Request, svc: Any, images: list[Any], budget: Any, quality: bool,
+                           deadline: float, started: float, codec_s: float) -> Response:
+    """The rest of /encode under num_tokens or target_psnr (see service.server.budgets)."""
+    eng = svc.engine
+    done = await budgets.encode_with_budget(svc.batcher, svc.codec_pool, images, budget, quality,
+                                            lambda: _remaining(deadline), lambda w: _unless_disconnected(request, w))
+    for k in done.num_tokens:
+        svc.metrics.encode_tokens.observe(k)
+    headers = model_headers(eng.content_hash, done.timing, started, codec_s)
+    if arrays.wants_npy(request.headers.get("accept", "")):  # num_tokens: one length for all
+        if done.psnr is not None:
+            headers["X-PSNR"] = ", ".join(f"{p:.3f}" for p in done.psnr)
+        return Response(arrays.stack(done.tokens, token_dtype(eng.codebook_size)), media_type=NPY, headers=headers)
+    num_tokens: int | list[int] = done.num_tokens if budget.target_psnr is not None else budget.num_tokens
+    answer = EncodeResponse(model=eng.name, content_hash=eng.content_hash, num_tokens=num_tokens,
+                            codebook_size=eng.codebook_size, tokens=[t.tolist() for t in done.tokens], psnr=done.psnr,
+                            target_psnr=budget.target_psnr, reached=done.reached)
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json", headers=headers)
 
 
@@ -183,7 +212,8 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}})
 async def decode(request: Request) -> Response:
-    """Token ids -> image. `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` or a .npy of
+    """Token ids -> image (a prefix-decodable model takes 1 <= k <= K ids per sequence, each its own k; see
+    /info model.prefix_decodable). `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` or a .npy of
     tokens (B, K) returns `{"model", "image_size", "images": [base64 PNG, ...]}` in order, or a .npy of pixels
     when asked with `Accept: application/x-npy`. Tokens made by another model (`content_hash` in the JSON, or
     the X-Model-Hash header) are refused with 409."""
@@ -200,11 +230,13 @@ async def decode(request: Request) -> Response:
         raise InvalidTokens(too_long)
     request.state.body_limit = (limit, InvalidTokens(too_long))
     body = await request.body()
+    prefix = getattr(eng, "prefix_decodable", False)  # any 1 <= k <= K tokens per sequence
     if ctype == NPY:
         parsed = codec.TokenRequest(arrays.parse_tokens(body, eng.num_tokens, eng.codebook_size,
-                                                        s.max_images_per_request), True, None)
+                                                        s.max_images_per_request, prefix=prefix), True, None)
     else:
-        parsed = codec.parse_tokens(body, eng.num_tokens, eng.codebook_size, s.max_images_per_request)
+        parsed = codec.parse_tokens(body, eng.num_tokens, eng.codebook_size, s.max_images_per_request,
+                                    prefix=prefix)
     check_model({"JSON field content_hash": parsed.content_hash,
                  f"header {MODEL_HASH}": request.headers.get(MODEL_HASH)}, eng.content_hash, eng.name)
     request.state.items = len(parsed.tokens)

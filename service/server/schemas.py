@@ -22,15 +22,24 @@ class ErrorResponse(BaseModel):
 class EncodeResponse(BaseModel):
     model: str = Field(description="Name of the served model.")
     content_hash: str = Field(description="Content hash of the served model; /decode refuses tokens from another.")
-    num_tokens: int = Field(description="Tokens per image (K).")
+    num_tokens: int | list[int] = Field(description=(
+        "Tokens per image: K, or k with ?num_tokens=k; with ?target_psnr a list, each image's own count."))
     codebook_size: int = Field(description="Token ids are in [0, codebook_size).")
-    tokens: list[list[int]] = Field(description="One sequence of K token ids per image, in upload order.")
-    psnr: list[float] | None = Field(None, description="With ?quality=true: PSNR (dB) of each image's round trip.")
+    tokens: list[list[int]] = Field(description=(
+        "One sequence of token ids per image, in upload order: K of them, k with ?num_tokens=k, or each image's "
+        "own count with ?target_psnr (the first tokens of its full encoding)."))
+    psnr: list[float] | None = Field(None, description=(
+        "With ?quality=true or ?target_psnr: PSNR (dB) of each image decoded from the tokens returned."))
+    target_psnr: float | None = Field(None, description="With ?target_psnr: the target (dB), echoed.")
+    reached: list[bool] | None = Field(None, description=(
+        "With ?target_psnr: whether each image reached the target; one that did not keeps all K tokens."))
 
 
 class DecodeRequest(BaseModel):
-    tokens: list[int] | list[list[int]] = Field(
-        description="K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs).")
+    tokens: list[int] | list[list[int]] = Field(description=(
+        "K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs). A "
+        "prefix-decodable model (/info model.prefix_decodable) takes any 1 <= k <= K ids per sequence, each "
+        "sequence its own k."))
     content_hash: str | None = Field(None, description=(
         "The content hash /encode named (or a prefix of 12+ characters); another model's is refused with 409."))
 
@@ -52,6 +61,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
             404: "No such route", 408: "The request body did not arrive within TITOK_BODY_TIMEOUT_S",
             409: "The tokens were made by another model (content hash)",
             413: "Body, image count, image pixels or the request's pixels over the limit",
+            406: "The answer cannot be given in the Accept type asked for",
             415: "Unsupported content type", 422: "Invalid parameters, token ids or array dtype/shape",
             499: "The client closed the connection", 500: "The model failed on this batch",
             503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}
@@ -61,8 +71,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 # OpenAPI text of the .npy bodies and of the headers every model answer carries.
 NPY_BODY = {"schema": {"type": "string", "format": "binary", "description": (
     "A .npy file (numpy.save), never pickled. /encode: uint8 images (B, H, W, 3) at the model's size; "
-    "its answer: tokens (B, K) in the smallest unsigned type that holds the codebook. /decode: token ids (B, K) "
-    "of any integer type; its answer: uint8 pixels (B, H, W, 3).")}}
+    "its answer: tokens (B, K), or (B, k) with ?num_tokens=k, in the smallest unsigned type that holds the "
+    "codebook. /decode: token ids (B, K) of any integer type, or (B, k) with 1 <= k <= K for a prefix-decodable "
+    "model; its answer: uint8 pixels (B, H, W, 3).")}}
 TIMING_HEADERS = {name: {"description": text, "schema": {"type": "string"}} for name, text in {
     MODEL_HASH: "Content hash of the served model; send it back to /decode.",
     "X-Queue-Time-Ms": "Time the request's items waited in the queue.",

@@ -87,3 +87,66 @@ def test_artifact_runs_where_model_package_cannot_be_imported(tmp_path, micro_cf
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"tokens": [2, 16], "pixels": [2, 32, 32, 3],
                                                                "name": "standalone"}
+
+
+def test_prefix_decodable_artifact_decodes_every_prefix_like_the_eager_model(tmp_path, micro_cfg):
+    cfg = micro_cfg(tail_drop=True)
+    torch.manual_seed(0)
+    model = TiTok(cfg).eval()
+    meta = export_model(model, cfg, tmp_path / "a.pt")
+    assert meta["prefix_decodable"] is True
+    assert meta["export_check"]["prefix_lengths"] == [1, cfg.num_tokens // 2, cfg.num_tokens]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        plain = torch.jit.load(str(tmp_path / "a.pt"))  # a plain load, no project code
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    tokens = plain.encode(images)
+    assert tokens.shape == (2, cfg.num_tokens)
+    previous = None
+    for k in range(1, cfg.num_tokens + 1):
+        pixels = plain.decode(tokens[:, :k])
+        assert pixels.shape == (2, 32, 32, 3) and pixels.dtype == torch.uint8
+        with torch.no_grad():
+            eager = (model.decode_indices(tokens[:, :k]).clamp(0, 1) * 255).round().permute(0, 2, 3, 1)
+        assert (pixels.float() - eager).abs().max() <= 1
+        if previous is not None:  # each further token changes the picture (no padding that hides it)
+            assert not torch.equal(pixels, previous)
+        previous = pixels
+
+
+def test_decoding_a_prefix_differs_from_decoding_zero_padded_tokens(micro_cfg):
+    # A prefix is decoded with k latents, not as K tokens padded with code 0.
+    cfg = micro_cfg(tail_drop=True)
+    torch.manual_seed(0)
+    model = TiTok(cfg).eval()
+    tokens = torch.randint(1, cfg.codebook_size, (1, cfg.num_tokens))
+    k = cfg.num_tokens // 2
+    padded = torch.cat([tokens[:, :k], torch.zeros(1, cfg.num_tokens - k, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        assert not torch.allclose(model.decode_indices(tokens[:, :k]), model.decode_indices(padded))
+
+
+@pytest.mark.parametrize("tail_drop", [False, True])
+def test_decode_refuses_bad_tokens_naming_what_it_expects(tmp_path, micro_cfg, tail_drop):
+    cfg = micro_cfg(tail_drop=tail_drop)
+    export_model(TiTok(cfg), cfg, tmp_path / "a.pt")
+    module, meta = load_artifact(tmp_path / "a.pt")
+    assert meta["prefix_decodable"] is tail_drop
+    K = cfg.num_tokens
+    ok = torch.zeros(1, K, dtype=torch.long)
+    module.decode(ok)
+    cases = [
+        (torch.zeros(1, 0, dtype=torch.long), f"1 to {K} tokens" if tail_drop else f"exactly {K} tokens"),
+        (torch.zeros(1, K + 1, dtype=torch.long), f"1 to {K} tokens" if tail_drop else f"exactly {K} tokens"),
+        (torch.zeros(1, K), "integer token ids"),
+        (torch.full((1, K), -1, dtype=torch.long), f"token ids in [0, {cfg.codebook_size})"),
+        (torch.full((1, K), cfg.codebook_size, dtype=torch.long), f"token ids in [0, {cfg.codebook_size})"),
+        (torch.zeros(K, dtype=torch.long), "shape (B, k)"),
+    ]
+    if not tail_drop:
+        cases.append((ok[:, : K // 2], "not trained to decode prefixes"))
+    for tokens, message in cases:
+        with pytest.raises(Exception, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            module.decode(tokens)

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from model.config import TiTokConfig
 from model.data import load_images
 from model.quality import psnr, thumbnail_baseline, to_uint8
 from model.tokenizer import TiTok
+from model.train import choose_precision, draw_prefix, init_from
 from model.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,12 +64,13 @@ def test_held_out_eval_runs_once_per_eval_step_and_at_the_last_step(tmp_path, ph
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir):
+@pytest.mark.parametrize("extra", [[], ["--tail-drop", "--prefix-dist", "mixed"]], ids=["plain", "tail-drop"])
+def test_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir, extra):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(photo_dir, straight, 20)
-    train(photo_dir, split, 20, "--max-minutes", "1e-9")  # stops (and saves) after its first step
+    train(photo_dir, straight, 20, *extra)
+    train(photo_dir, split, 20, "--max-minutes", "1e-9", *extra)  # stops (and saves) after its first step
     assert torch.load(split / "checkpoint.pt", weights_only=False)["step"] == 1
-    train(photo_dir, split, 20, "--resume")
+    train(photo_dir, split, 20, "--resume", *extra)  # the prefix lengths drawn after the stop are the same
     a = torch.load(straight / "checkpoint.pt", weights_only=False)
     b = torch.load(split / "checkpoint.pt", weights_only=False)
     assert b["step"] == 20
@@ -192,3 +196,70 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, photo_d
     assert_same(*rank_weights(tmp_path))  # both ranks ended after the same step
     step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
     assert 20 <= step < 100_000
+
+
+@pytest.mark.slow
+def test_tail_drop_training_orders_the_tokens(tmp_path, photo_dir):
+    """A few hundred steps with tail drop: the first k tokens reconstruct better the larger k is."""
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 300, "--lr", "3e-3", "--ema", "0", "--tail-drop", "--precision", "fp32") == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["tail_drop"] is True and ckpt["training"]["prefix_dist"] == "uniform"
+    prefixes = [r["prefix"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if r["kind"] == "train"]
+    assert len(set(prefixes)) > 5 and min(prefixes) >= 1 and max(prefixes) <= 16  # one k per step, varied
+    model = TiTok(TiTokConfig.from_dict(ckpt["config"])).eval()
+    model.load_state_dict(ckpt["model"])
+    from model.data import center_crop
+
+    raw, _ = load_images([photo_dir], max_side=64)
+    x = torch.stack([center_crop(im, 32) for im in raw])
+    with torch.no_grad():
+        tokens = model.encode_indices(x)
+        mse = {k: float(F.mse_loss(model.decode_indices(tokens[:, :k]).clamp(0, 1), x)) for k in (1, 2, 4, 8, 16)}
+    ks = sorted(mse)
+    assert all(mse[a] > mse[b] for a, b in zip(ks, ks[1:], strict=False)), mse
+    assert mse[1] > 2 * mse[16], mse
+
+
+def test_prefix_draws_cover_one_to_k(micro_cfg):
+    torch.manual_seed(0)
+    uniform = [draw_prefix(16) for _ in range(2000)]
+    assert min(uniform) == 1 and max(uniform) == 16 and len(set(uniform)) == 16
+    mixed = [draw_prefix(16, "mixed") for _ in range(2000)]
+    assert min(mixed) == 1 and max(mixed) == 16
+    powers = sum(k in (1, 2, 4, 8, 16) for k in mixed) / len(mixed)
+    assert 0.55 < powers < 0.7  # 1/2 from the powers of two, plus 5/16 of the uniform half
+
+
+def test_precision_probe_measures_both_and_leaves_the_model_alone(micro_cfg):
+    cfg = micro_cfg()
+    torch.manual_seed(0)
+    model = TiTok(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    chosen, speeds = choose_precision("auto", model, cfg, 2, torch.device("cpu"), steps=1)
+    assert set(speeds) == {"fp32", "bf16"} and all(v > 0 for v in speeds.values())
+    assert chosen == max(speeds, key=speeds.get)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert choose_precision("fp32", model, cfg, 2, torch.device("cpu")) == ("fp32", {})
+
+
+def test_init_copies_a_shorter_models_tokens_first(tmp_path, micro_cfg):
+    small, big = micro_cfg(num_tokens=8), micro_cfg(num_tokens=16)
+    torch.manual_seed(0)
+    source = TiTok(small)
+    torch.save({"config": small.to_dict(), "model": source.state_dict(), "ema": None}, tmp_path / "c.pt")
+    target = TiTok(big)
+    fresh = target.decoder.latent_pos_embed.detach().clone()
+    assert init_from(target, tmp_path / "c.pt") == len(target.state_dict())
+    assert torch.equal(target.decoder.latent_pos_embed[:8], source.decoder.latent_pos_embed)
+    assert torch.equal(target.decoder.latent_pos_embed[8:], fresh[8:])  # the new tokens keep their initialisation
+    d = small.code_dim
+    assert torch.equal(target.decoder.lowfreq.weight[:, :8 * d], source.decoder.lowfreq.weight)
+    assert torch.equal(target.encoder.lowfreq.weight[:8 * d], source.encoder.lowfreq.weight)
+    assert torch.equal(target.quantize.embedding.weight, source.quantize.embedding.weight)
+    with pytest.raises(SystemExit, match="no file"):
+        init_from(target, tmp_path / "missing.pt")

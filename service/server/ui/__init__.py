@@ -1,4 +1,5 @@
-"""The web page at `/`: this folder's static files, and one helper route that shows the model's exact input.
+"""The web page at `/`: this folder's static files, and two helper routes: the model's exact input, and (for a
+prefix-decodable model) the PSNR of each prefix length of an image's tokens.
 
 The page (index.html, style.css and three JavaScript modules: no build step, nothing from a CDN) talks to the
 service's own /info, /encode and /decode. app.py includes this router only when TITOK_UI is true.
@@ -11,10 +12,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from ...core import codec
+from ...core.budgets import refuse_prefixes
+from ...core.engine import psnr
 from ...errors import EmptyBody
 from .. import decoding
 from ..routes import refuse_declared_over
@@ -51,13 +55,8 @@ async def asset(name: str) -> Response:
     return _file(name, _ASSETS[name])
 
 
-@router.post("/ui/input")
-async def model_input(request: Request, resize: Annotated[codec.Resize, Query()] = "crop") -> Response:
-    """One raw image body -> the uint8 (S, S, 3) array the model is given for it, as PNG.
-
-    The page compares the reconstruction with this, so its PSNR is the service's own: a browser-side resize
-    differs from Pillow's, cannot honour every format (TIFF) and handles alpha and 16-bit samples its own way.
-    """
+async def _one_image(request: Request, resize: codec.Resize) -> np.ndarray:
+    """The raw image body as the uint8 (S, S, 3) array the model is given."""
     svc: Any = request.app.state.service
     s = svc.settings
     refuse_declared_over(request, s.max_upload_bytes)
@@ -69,6 +68,48 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     (pixels,) = await decoding.decode_images(
         svc.decode_queue, [body], svc.engine.image_size, resize, max_image_pixels=s.max_image_pixels,
         max_request_pixels=s.max_request_pixels, deadline=time.monotonic() + s.request_timeout_s)  # (S, S, 3)
+    return pixels
+
+
+@router.post("/ui/input")
+async def model_input(request: Request, resize: Annotated[codec.Resize, Query()] = "crop") -> Response:
+    """One raw image body -> the uint8 (S, S, 3) array the model is given for it, as PNG.
+
+    The page compares the reconstruction with this, so its PSNR is the service's own: a browser-side resize
+    differs from Pillow's, cannot honour every format (TIFF) and handles alpha and 16-bit samples its own way.
+    """
+    svc: Any = request.app.state.service
+    s = svc.settings
+    pixels = await _one_image(request, resize)
     png = await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
                                                            s.png_compress_level)
     return Response(png, media_type="image/png")
+
+
+CURVE_POINTS = 64  # prefix lengths measured for the page's curve: every k up to 64 tokens, else 64 of them
+
+
+def curve_lengths(max_tokens: int) -> list[int]:
+    """The k at which the page's PSNR curve is measured: 1..K, or CURVE_POINTS spread over it (1 and K kept)."""
+    if max_tokens <= CURVE_POINTS:
+        return list(range(1, max_tokens + 1))
+    return sorted({int(round(x)) for x in np.linspace(1, max_tokens, CURVE_POINTS)})
+
+
+@router.post("/ui/curve")
+async def psnr_curve(request: Request, resize: Annotated[codec.Resize, Query()] = "crop") -> dict[str, Any]:
+    """One raw image body -> {"num_tokens": [k, ...], "psnr": [dB, ...]}: its reconstruction's PSNR from its first
+    k tokens, at every k of curve_lengths(K); for the page's curve. 422 for a model that is not prefix-decodable.
+
+    Costs one encode and up to CURVE_POINTS decodes of one image, through the batcher like any request."""
+    svc: Any = request.app.state.service
+    eng = svc.engine
+    if not getattr(eng, "prefix_decodable", False):
+        refuse_prefixes(eng.name, eng.num_tokens, "a PSNR curve over the number of tokens")
+    pixels = await _one_image(request, resize)
+    timeout = svc.settings.request_timeout_s
+    (tokens,) = await svc.batcher.submit("encode", [pixels], timeout)
+    lengths = curve_lengths(eng.num_tokens)
+    decoded = await svc.batcher.submit("decode", [tokens[:k] for k in lengths], timeout)
+    measured = psnr(np.stack(decoded), np.broadcast_to(pixels, (len(lengths), *pixels.shape)))
+    return {"num_tokens": lengths, "psnr": [round(float(p), 3) for p in measured]}

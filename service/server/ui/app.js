@@ -53,7 +53,7 @@ async function run(fileList) {
     return;
   }
   if (mine !== runs) return;
-  const cards = files.map((f, i) => new Card(f, answer.tokens[i], answer, resize));
+  const cards = files.map((f, i) => new Card(f, answer.tokens[i], answer, resize, Boolean(model.prefix_decodable)));
   for (const img of document.querySelectorAll("#results img")) URL.revokeObjectURL(img.src); // the old cards' blobs
   $("#results").replaceChildren(...cards.map((c) => c.el));
   await Promise.all(cards.map((c) => c.start()));

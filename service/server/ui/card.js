@@ -43,10 +43,13 @@ async function copyText(text) {
 }
 
 export class Card {
-  constructor(file, tokens, answer, resize) {
+  // prefix: the model decodes any first k tokens (/info's prefix_decodable): the slider, curve and target box show
+  constructor(file, tokens, answer, resize, prefix = false) {
     this.file = file;
     this.original = [...tokens];
     this.tokens = [...tokens];
+    this.prefix = prefix;
+    this.k = tokens.length; // the tokens used: the first k are decoded, the rest are marked unused
     this.codebook = answer.codebook_size;
     this.resize = resize;
     this.selected = 0;
@@ -69,6 +72,108 @@ export class Card {
     $(".randomise", this.el).addEventListener("click", () => this.randomise(this.selected));
     $(".reset", this.el).addEventListener("click", () => this.reset());
     $(".copy", this.el).addEventListener("click", () => this.copy());
+    if (prefix) this.wireBudget();
+  }
+
+  wireBudget() {
+    $(".budget", this.el).hidden = false;
+    const slider = $(".k", this.el);
+    slider.max = String(this.tokens.length);
+    slider.value = String(this.k);
+    slider.setAttribute("aria-valuetext", `${this.k} tokens`);
+    // Every step redraws: a coarse picture at small k, finer as k grows; older answers are dropped.
+    slider.addEventListener("input", () => this.setK(Number(slider.value)));
+    $(".target-form", this.el).addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.findTarget($(".target", this.el).value.trim());
+    });
+    this.showK();
+  }
+
+  setK(k) {
+    this.k = k;
+    $(".k", this.el).value = String(k);
+    this.showK();
+    this.drawCurve();
+    this.decode();
+  }
+
+  showK() {
+    const n = this.tokens.length;
+    $(".k-value", this.el).textContent = `${this.k} of ${n}`;
+    $(".k", this.el).setAttribute("aria-valuetext", `${this.k} tokens`);
+    $(".recon-caption", this.el).textContent = `Reconstruction from ${this.k} tokens`;
+    this.tokens.forEach((_, i) => this.paint(i));
+  }
+
+  async loadCurve() {
+    const canvas = $(".curve", this.el);
+    try {
+      const res = await api(`ui/curve?resize=${this.resize}`, { method: "POST", body: this.file,
+        headers: { "Content-Type": this.file.type || "application/octet-stream" } });
+      this.curve = await res.json(); // {num_tokens: [k...], psnr: [dB...]}
+      canvas.dataset.psnr = JSON.stringify(this.curve.psnr);
+      const p = this.curve.psnr;
+      canvas.setAttribute("aria-label", `PSNR from ${p[0].toFixed(1)} dB with ${this.curve.num_tokens[0]} token to ` +
+        `${p[p.length - 1].toFixed(1)} dB with ${this.curve.num_tokens[p.length - 1]} tokens`);
+      this.drawCurve();
+    } catch (e) {
+      this.fail(`Could not measure the PSNR curve: ${e.message}`);
+    }
+  }
+
+  // The service's figures as a polyline, k on x and dB on y; a dot at the k in use.
+  drawCurve() {
+    if (!this.curve) return;
+    const canvas = $(".curve", this.el);
+    const ctx = canvas.getContext("2d");
+    const { width: w, height: h } = canvas;
+    const ks = this.curve.num_tokens;
+    const db = this.curve.psnr;
+    const pad = 18;
+    const lo = Math.floor(Math.min(...db));
+    const hi = Math.ceil(Math.max(...db)) + (Math.max(...db) === Math.min(...db) ? 1 : 0);
+    const x = (k) => pad + ((k - 1) / Math.max(1, ks[ks.length - 1] - 1)) * (w - 2 * pad);
+    const y = (v) => h - pad - ((v - lo) / Math.max(1e-9, hi - lo)) * (h - 2 * pad);
+    ctx.clearRect(0, 0, w, h);
+    ctx.fillStyle = "#444";
+    ctx.font = "10px sans-serif";
+    ctx.fillText(`${hi} dB`, 2, pad - 6);
+    ctx.fillText(`${lo} dB`, 2, h - 4);
+    ctx.fillText(`k = ${ks[ks.length - 1]}`, w - 40, h - 4);
+    ctx.strokeStyle = "#1f5fa8";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ks.forEach((k, i) => (i ? ctx.lineTo(x(k), y(db[i])) : ctx.moveTo(x(k), y(db[i]))));
+    ctx.stroke();
+    let nearest = 0; // the measured k closest to the one in use
+    ks.forEach((k, i) => { if (Math.abs(k - this.k) < Math.abs(ks[nearest] - this.k)) nearest = i; });
+    ctx.fillStyle = "#c0392b";
+    ctx.beginPath();
+    ctx.arc(x(ks[nearest]), y(db[nearest]), 4, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+
+  // /encode?target_psnr: the service's binary search finds the fewest tokens; the slider moves there.
+  async findTarget(text) {
+    const out = $(".target-result", this.el);
+    out.textContent = "Searching…";
+    const form = new FormData();
+    form.append("images", this.file, this.file.name || "image");
+    try {
+      const q = `encode?resize=${this.resize}&target_psnr=${encodeURIComponent(text)}`;
+      const answer = await (await api(q, { method: "POST", body: form })).json();
+      const k = answer.num_tokens[0];
+      const db = answer.psnr[0].toFixed(2);
+      out.textContent = answer.reached[0] ? `${k} tokens reach ${text} dB (${db} dB)`
+        : `not reached: all ${k} tokens give ${db} dB`;
+      this.el.dataset.targetK = String(k);
+      this.fail("");
+      this.setK(k);
+    } catch (e) {
+      out.textContent = "";
+      this.fail(`Could not find the tokens for that target: ${e.message}`);
+    }
   }
 
   buildGrid() {
@@ -93,7 +198,9 @@ export class Card {
     const id = this.tokens[i];
     const cell = this.cells[i];
     cell.value = String(id);
-    cell.title = `Token ${i + 1}: ID ${id}`;
+    const unused = i >= this.k;
+    cell.title = `Token ${i + 1}: ID ${id}` + (unused ? ` (unused: beyond the first ${this.k})` : "");
+    cell.classList.toggle("unused", unused);
     cell.style.setProperty("--bg", colour(id));
     cell.classList.toggle("edited", id !== this.original[i]);
   }
@@ -153,8 +260,9 @@ export class Card {
 
   async copy() {
     try {
-      await copyText(JSON.stringify({ tokens: this.tokens })); // the body /decode takes, ready for curl
-      setStatus(`Copied the ${this.tokens.length} tokens of ${this.file.name || "the image"} as JSON.`);
+      const used = this.tokens.slice(0, this.k); // the body /decode takes, ready for curl
+      await copyText(JSON.stringify({ tokens: used }));
+      setStatus(`Copied the ${used.length} tokens of ${this.file.name || "the image"} as JSON.`);
     } catch (e) {
       this.fail(`Could not copy the tokens: ${e.message}`);
     }
@@ -167,7 +275,7 @@ export class Card {
   }
 
   start() {
-    return Promise.all([this.loadInput(), this.decode()]);
+    return Promise.all([this.loadInput(), this.decode(), ...(this.prefix ? [this.loadCurve()] : [])]);
   }
 
   async loadInput() {
@@ -194,7 +302,7 @@ export class Card {
     $(".reset", this.el).disabled = this.tokens.every((t, i) => t === this.original[i]);
     try {
       const res = await api("decode", { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ tokens: this.tokens }) });
+        body: JSON.stringify({ tokens: this.tokens.slice(0, this.k) }) });
       const blob = await res.blob();
       const pixels = await pixelsOf(blob);
       if (n !== this.decodes) return; // a newer edit is on its way

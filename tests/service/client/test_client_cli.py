@@ -52,7 +52,7 @@ def test_resize_has_help_text(capsys, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("tokens, words", [("[[]]", "takes exactly 8"),  # not "tokens is an empty list"
-                                           ("[[1, 2], [3]]", "tokens[1] has 1 tokens and tokens[0] has 2"),
+                                           ("[[1, 2], [3]]", "tokens[0] has 2 tokens; the model takes exactly 8"),
                                            ('[[1, 2, 3, 4, 5, 6, 7, 8], [1]]', "tokens[1] has 1 tokens")])
 def test_decode_names_what_is_wrong_with_the_tokens(live_url: str, tmp_path: Path, capsys, tokens: str,
                                                     words: str) -> None:

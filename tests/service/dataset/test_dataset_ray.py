@@ -54,3 +54,30 @@ def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact
     assert json.loads((out / "000.done.json").read_text())["rows"] == 3
     again = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out), concurrency=1)
     assert (again.shards_skipped, again.shards_written) == (5, 0)
+
+
+@pytest.mark.slow
+def test_ray_with_a_target_psnr_writes_the_rows_of_the_local_job(tmp_path: Path, local_ray: None) -> None:
+    from prefix_helpers import write_toy_prefix_artifact
+
+    from service.core.budgets import Budget
+    from service.dataset.local import run_local
+
+    model = write_toy_prefix_artifact(tmp_path / "toy-prefix.pt")
+    folder = write_folder(tmp_path / "pics", {f"{i}.png": photo(i) for i in range(7)} | {"bad.png": b"not a png"})
+    shards = plan_shards([str(folder)], shard_size=4)
+    budget = Budget(target_psnr=14.0)
+    prefix_engine = Engine.load(model, "cpu", torch_threads=1)
+    try:
+        meta = job_meta(prefix_engine.model_info, "crop", budget)
+        prepare_output(tmp_path / "local", meta)
+        run_local(shards, prefix_engine, meta, JobOptions(tmp_path / "local", workers=0, budget=budget))
+    finally:
+        prefix_engine.close()
+    prepare_output(tmp_path / "ray", meta)
+    run_ray(shards, model, "cpu", "float32", meta, JobOptions(tmp_path / "ray", batch_size=3, budget=budget))
+    local, on_ray = rows(tmp_path / "local"), rows(tmp_path / "ray")
+    assert on_ray.keys() == local.keys() and len(local) == 7
+    for key, row in local.items():  # psnr is float32 in both; the lengths, tokens and flags are the same
+        assert on_ray[key] == row
+    assert len({len(r["tokens"]) for r in local.values()}) > 1

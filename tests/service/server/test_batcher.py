@@ -293,3 +293,59 @@ def test_cancelled_items_do_not_hold_places_in_a_full_queue() -> None:
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+# Token sequences of different lengths (prefix-decodable models): grouped by length, the oldest head first.
+
+def seq(value: int, length: int) -> np.ndarray:
+    return np.full(length, value, np.int64)
+
+
+def test_items_of_different_lengths_never_share_a_batch_and_a_rare_length_is_not_starved() -> None:
+    async def scenario() -> None:
+        engine, clock = HeldEngine(), FakeClock()
+        batcher = make(engine, max_batch=4, clock=clock)
+        first = await hold(batcher, engine)  # length 2, value 0: the engine is busy with it
+        lengths: dict[int, int] = {}
+
+        def submit(length: int, *values: int) -> asyncio.Future:
+            lengths.update({v: length for v in values})
+            clock.now += 1  # each request a second after the one before
+            return asyncio.ensure_future(batcher.submit("decode", [seq(v, length) for v in values], timeout=30))
+
+        common_before = submit(8, 1, 2, 3, 4, 5)
+        await until(lambda: batcher.depth == 5)
+        rare = submit(3, 90)
+        await until(lambda: batcher.depth == 6)
+        common_after = [submit(8, v, v + 1, v + 2, v + 3) for v in (10, 20, 30)]  # more of the common length
+        await until(lambda: batcher.depth == 18)
+        engine.gate.set()
+        await asyncio.gather(first, common_before, rare, *common_after)
+        # One length per batch, each filled from its own queue; the rare item runs as soon as no older item
+        # waits: after the two batches that hold the 5 items queued before it, ahead of 13 newer ones.
+        assert engine.batches == [[0], [1, 2, 3, 4], [5, 10, 11, 12], [90], [13, 20, 21, 22], [23, 30, 31, 32],
+                                  [33]]
+        for batch in engine.batches[1:]:
+            assert len({lengths[v] for v in batch}) == 1
+        assert batcher.metrics.decode_tokens._sum.get() == 2 + 8 * 17 + 3  # noqa: SLF001
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_one_request_with_mixed_lengths_gets_each_result_in_its_own_place() -> None:
+    async def scenario() -> None:
+        engine = HeldEngine()
+        batcher = make(engine, max_batch=4)
+        first = await hold(batcher, engine)
+        mixed = asyncio.ensure_future(batcher.submit(
+            "decode", [seq(1, 4), seq(2, 2), seq(3, 4), seq(4, 1), seq(5, 2)], timeout=30))
+        await until(lambda: batcher.depth == 5)
+        engine.gate.set()
+        await first
+        out = await mixed
+        assert [(int(r[0]), len(r)) for r in out] == [(1, 4), (2, 2), (3, 4), (4, 1), (5, 2)]
+        assert sorted(map(sorted, engine.batches[1:])) == [[1, 3], [2, 5], [4]]  # by length, never mixed
+        await batcher.stop()
+
+    asyncio.run(scenario())

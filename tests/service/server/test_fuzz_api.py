@@ -85,3 +85,41 @@ def test_the_st_command_with_its_coverage_phase(tiny_artifact: Path, tmp_path: P
     operations = sum(1 for item in app.openapi()["paths"].values() for method in item if method != "parameters")
     assert f"Tested: {operations}" in summary and "Coverage" in summary
 
+
+
+@pytest.mark.slow
+def test_the_token_budgets_of_a_prefix_model_against_its_schema(tmp_path: Path) -> None:
+    """/encode's num_tokens and target_psnr and /decode's prefixes, generated from the bounds the schema gives
+    for a prefix-decodable model; every default check runs, as above."""
+    from hypothesis import assume
+    from prefix_helpers import K, write_toy_prefix_artifact
+
+    model = write_toy_prefix_artifact(tmp_path / "toy-prefix.pt")
+    app = build_app(make_settings(model, api_keys=(KEY,), max_queue_size=4096))
+    statuses: Counter[str] = Counter()
+    budgets: Counter[str] = Counter()
+    with serving(app) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        rejection = schema.config.checks.negative_data_rejection
+        rejection.expected_statuses = [*rejection.expected_statuses, "413"]
+        operations = [op.ok() for op in schema.get_all_operations() if op.ok().path in ("/encode", "/decode")]
+        params = {p["name"]: p for p in app.openapi()["paths"]["/encode"]["post"]["parameters"]}
+        assert params["num_tokens"]["schema"]["maximum"] == K  # the bounds the generator works from
+        for op in operations:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+                @given(case=op.as_strategy(generation_mode=mode))
+                @settings(max_examples=EXAMPLES, deadline=None, database=None,
+                          suppress_health_check=list(HealthCheck))
+                def run(case: schemathesis.Case) -> None:
+                    query = case.query or {}
+                    # The one rule the schema cannot state: not both budgets at once (a 422, tested by hand).
+                    assume(mode is not GenerationMode.POSITIVE or not {"num_tokens", "target_psnr"} <= set(query))  # noqa: B023
+                    budgets.update(name for name in ("num_tokens", "target_psnr") if name in query)
+                    r = case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"})
+                    statuses[f"{case.method} {case.path} {r.status_code}"] += 1
+
+                run()
+    print("\n".join(f"{k}: {v}" for k, v in sorted(statuses.items())), budgets)
+    assert budgets["num_tokens"] > 10 and budgets["target_psnr"] > 10
+    assert statuses["POST /encode 200"] > EXAMPLES / 4 and statuses["POST /decode 200"] > EXAMPLES / 4
