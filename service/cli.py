@@ -44,6 +44,9 @@ COMMANDS: dict[str, Command] = {
     "bench-tokenize": Command("benchmark titok tokenize against the raw artifact", "service.dataset.bench:main"),
     "detokenize": Command("decode rows of a tokenized directory to PNGs", "service.dataset.cli:detokenize_main"),
     "convert": Command("convert a published TiTok checkpoint to a servable file", "model.convert"),
+    "pull": Command("fetch a published tokenizer from the Hugging Face Hub and convert it once (cached)",
+                    "model.hub"),
+    "models": Command("list the published tokenizers known by name, with their sizes", "model.hub:models_main"),
     "data": Command(
         "build training data",
         children={"photos": Command("build the offline photo set from Debian/PyPI packages", "model.photos")},

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from model.hub import CACHE_ENV
 from service import cli, errors
 from service.client.core import API_KEY_ENV
 from service.server.metrics import Metrics
@@ -348,7 +349,7 @@ def test_settings_named_in_deploy_files_exist() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     for path in ("Dockerfile", "docker-compose.yml", "README.md"):
         for name in re.findall(r"\bTITOK_([A-Z0-9_]+)", (ROOT / path).read_text()):
-            if f"TITOK_{name}" == API_KEY_ENV:  # the client library's variable, not the server's
+            if f"TITOK_{name}" in (API_KEY_ENV, CACHE_ENV):  # the client's and the model cache's, not the server's
                 continue
             assert name in fields, f"{path} names TITOK_{name}, which is not a setting in service/settings.py"
 
@@ -363,6 +364,8 @@ def test_readme_documents_every_setting_with_its_default() -> None:
         assert row, f"README's settings table lacks TITOK_{name.upper()}"
         if isinstance(field.default, Path):
             assert field.default.relative_to(ROOT).as_posix() in row[1]
+        elif field.default == "":
+            assert row[1] == "unset", (name, row[1])
         else:  # a bool as it is written in the environment: true, false
             default = str(field.default).lower() if isinstance(field.default, bool) else field.default
             assert f"`{default}`" == row[1], (name, row[1])
@@ -378,6 +381,8 @@ def test_readme_documents_every_error_code_and_status() -> None:
     for cls in vars(errors).values():
         if isinstance(cls, type) and issubclass(cls, errors.ServiceError) and cls is not errors.ServiceError:
             assert f"`{cls.code}`" in statuses[str(cls.status)][2], f"{cls.code} ({cls.status}) not in README"
+    for code, status in errors.CORE_STATUS.items():  # the core's plain errors, as the HTTP door answers them
+        assert f"`{code}`" in statuses[str(status)][2], f"{code} ({status}) not in README"
 
 
 def test_readme_quick_start_commands() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import InvalidArray, MalformedArray, TooManyImages
+from .errors import InvalidArray, MalformedArray, TooManyImages
 
 NPY = "application/x-npy"
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -90,7 +90,14 @@ def parse_images(body: bytes, image_size: int, max_images: int) -> list[np.ndarr
 
 def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int) -> np.ndarray:
     """A .npy of token ids (B, K) of any integer dtype -> int64 (B, K), every id in [0, codebook_size)."""
-    a = read_npy(body)
+    return check_tokens(read_npy(body), num_tokens, codebook_size, max_sequences).astype(np.int64)
+
+
+def check_tokens(a: np.ndarray, num_tokens: int, codebook_size: int, max_sequences: int) -> np.ndarray:
+    """Token ids (B, K) of any integer dtype, returned as given once every id is in [0, codebook_size).
+
+    Raises InvalidArray (dtype, rank, K, an id out of range; the first bad one is named) or TooManyImages.
+    """
     want = f"integer token ids of shape (B, {num_tokens})"
     if a.dtype.kind not in "iu":
         raise InvalidArray(f"the tokens array has dtype {a.dtype}; send {want}")
@@ -104,7 +111,7 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
     if len(bad):
         i, j = (int(v) for v in bad[0])
         raise InvalidArray(f"tokens[{i}][{j}] is {int(a[i, j])}; token ids must be in [0, {codebook_size})")
-    return a.astype(np.int64)
+    return a
 
 
 def stack(arrays: Iterable[np.ndarray], dtype: np.dtype | None = None) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelLoadError
+from .errors import ModelLoadError
 
 META_FILE = "meta.json"
 REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
