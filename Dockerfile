@@ -21,8 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
 # torch comes from the base image and satisfies the package's torch requirement, so pip keeps it;
-# only the serving dependencies are added (no [dev] or [train] extras).
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# only the serving dependencies are added (the [serve] extra; no [dev] or [train]).
+RUN pip install "$(ls /wheels/*.whl)[serve]" && rm -rf /wheels
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin titok
 USER titok

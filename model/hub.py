@@ -197,6 +197,11 @@ def pull(spec: str, progress: Callable[[str], None] = log.info) -> Path:
     checkpoint whose tensors do not fit its config, a cache folder that cannot be written.
     """
     parse_name(spec)
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(f"loading {spec} by name needs huggingface_hub: pip install 'titok-service[serve]'") \
+            from None
     config_path = _download(spec, CONFIG_FILE)
     try:
         config = json.loads(config_path.read_text())

@@ -103,10 +103,11 @@ def _import(prog: str, module_name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("model", "service"):
             raise
-        # A third-party package from an optional extra (e.g. tqdm for training) is not installed.
+        # A third-party package from an optional extra (torch for serving, tqdm for training) is not installed.
+        extra = "train" if module_name.startswith("model.") and module_name != "model.hub" else "serve"
         raise SystemExit(
             f"{prog}: needs the Python package {exc.name!r}, which is not installed; "
-            "install the extras with: pip install 'titok-service[train]'"
+            f"install the extras with: pip install 'titok-service[{extra}]'"
         ) from exc
 
 

@@ -387,7 +387,7 @@ def test_readme_documents_every_error_code_and_status() -> None:
 
 def test_readme_quick_start_commands() -> None:
     lines = readme_code_lines()
-    assert "pip install torch==2.13.0 && pip install . && titok serve" in lines
+    assert "pip install torch==2.13.0 && pip install '.[serve]' && titok serve" in lines
     test_command = readme_test_command()
     assert "ruff check" in test_command and test_command.endswith("pytest")
 
@@ -444,6 +444,31 @@ def test_console_script_and_package_data_globs() -> None:
     globs = PYPROJECT["tool"]["setuptools"]["package-data"]["service"]
     assert any(fnmatch.fnmatch("models/default.pt", g) for g in globs)
     assert not any("pyyaml" in d.lower() or "pytest" in d.lower() for d in PYPROJECT["project"]["dependencies"])
+
+
+def _requirement_names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=\[;!~]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+def test_a_client_only_install_pulls_no_torch_web_framework_or_pyarrow() -> None:
+    """`pip install titok-service` / `[client]`: what the client imports, and nothing of the server's."""
+    import ast
+
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    base = _requirement_names(PYPROJECT["project"]["dependencies"])
+    assert base == _requirement_names(extras["client"]) == {"httpx", "numpy", "pillow"}
+    assert {"torch", "fastapi", "uvicorn", "pyarrow", "huggingface-hub"} <= _requirement_names(extras["serve"])
+    # Every third-party module the client's files import at module level is in the bare install.
+    imported = set()
+    for path in [*(ROOT / "service/client").glob("*.py"), ROOT / "service/core/arrays.py",
+                 ROOT / "service/core/errors.py", ROOT / "service/__init__.py"]:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"service", "__future__"}
+    assert {"PIL" if n == "pillow" else n for n in base} >= third_party
 
 
 def test_default_model_is_in_the_repository() -> None:

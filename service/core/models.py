@@ -27,7 +27,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
         from model.hub import pull  # the converter needs the model code; a plain artifact path never loads it
     except ImportError as e:
         raise ModelLoadError(f"{text} is not a file here, and loading it by name from the Hugging Face Hub needs "
-                             f"the full install ({e.name} is missing): pip install 'titok-service[hub]'") from None
+                             f"the [serve] extra ({e.name} is missing): pip install 'titok-service[serve]'") from None
     return pull(text)
 
 
