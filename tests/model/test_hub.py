@@ -273,3 +273,22 @@ def test_titok_pull_cli_answers_a_refusal_in_one_line(fake_hub: FakeHub, capsys:
     assert main(["pull", "someone/nothing_here"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("titok pull: no model repository someone/nothing_here") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_titok_tokenize_and_serve_take_a_name(fake_hub: FakeHub, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from service.__main__ import serve
+    from service.dataset import load_tokens, read_dir_meta
+    from service.dataset.cli import tokenize_main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 60, 3), 60 * i, np.uint8)).save(photos / f"{i}.png")
+    assert tokenize_main([str(photos), "--out", str(tmp_path / "tokens"), "--model", REPO, "--device", "cpu"]) == 0
+    keys, tokens = load_tokens(tmp_path / "tokens")
+    assert keys == ["0.png", "1.png"] and tokens.shape == (2, _toy().num_tokens)
+    assert read_dir_meta(tmp_path / "tokens")["model"] == TOY
+    assert serve(model="someone/nothing_here") == 2  # refused before anything listens
