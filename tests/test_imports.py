@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-WEB = ("fastapi", "starlette", "uvicorn", "service.server", "service.errors")
+PKG, MODEL = "service", "model"  # the installed import names of the package and of its model code
+WEB = ("fastapi", "starlette", "uvicorn", f"{PKG}.server", f"{PKG}.errors")
 
 
 def _loaded(module: str, statement: str = "") -> set[str]:
@@ -22,30 +23,29 @@ def _top(names: set[str], prefixes: tuple[str, ...]) -> list[str]:
     return sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes))
 
 
-@pytest.mark.parametrize("module", ["service.client", "service.dataset.reader"])
+@pytest.mark.parametrize("module", ["client", "dataset.reader"])
 def test_the_client_and_the_reader_load_neither_torch_nor_the_server(module: str) -> None:
-    loaded = _loaded(module)
-    assert _top(loaded, ("torch", "model", *WEB)) == []
+    loaded = _loaded(f"{PKG}.{module}")
+    assert _top(loaded, ("torch", MODEL, *WEB)) == []
 
 
-@pytest.mark.parametrize("module", ["service.core.codec", "service.core.arrays", "service.core.artifact",
-                                    "service.core.tokenizer", "service.core.engine"])
+@pytest.mark.parametrize("module", ["core.codec", "core.arrays", "core.artifact", "core.tokenizer", "core.engine"])
 def test_the_core_loads_no_web_framework_and_no_door(module: str) -> None:
-    loaded = _loaded(module)
-    assert _top(loaded, (*WEB, "service.client", "service.dataset", "service.bench", "model")) == []
+    loaded = _loaded(f"{PKG}.{module}")
+    assert _top(loaded, (*WEB, f"{PKG}.client", f"{PKG}.dataset", f"{PKG}.bench", MODEL)) == []
 
 
 def test_the_public_api_is_at_the_top_and_each_name_loads_only_its_own_dependencies() -> None:
-    client_only = _loaded("service", "from service import TitokClient, TitokError")
-    assert _top(client_only, ("torch", "model", "pyarrow", *WEB)) == []
-    assert _top(_loaded("service", "from service import load_tokens"), ("torch", "model", *WEB)) == []
-    loaded = _loaded("service", "from service import Tokenizer, ModelLoadError")
-    assert "torch" in loaded and _top(loaded, ("model", *WEB)) == []
+    client_only = _loaded(PKG, f"from {PKG} import TitokClient, TitokError")
+    assert _top(client_only, ("torch", MODEL, "pyarrow", *WEB)) == []
+    assert _top(_loaded(PKG, f"from {PKG} import load_tokens"), ("torch", MODEL, *WEB)) == []
+    loaded = _loaded(PKG, f"from {PKG} import Tokenizer, ModelLoadError")
+    assert "torch" in loaded and _top(loaded, (MODEL, *WEB)) == []
 
-    import service
+    import service as api
     from service.client import TitokClient
     from service.core.tokenizer import Tokenizer
     from service.dataset import load_tokens
 
-    assert (service.Tokenizer, service.TitokClient, service.load_tokens) == (Tokenizer, TitokClient, load_tokens)
-    assert set(service.__all__) == set(service._WHERE) and set(service.__all__) <= set(dir(service))  # noqa: SLF001
+    assert (api.Tokenizer, api.TitokClient, api.load_tokens) == (Tokenizer, TitokClient, load_tokens)
+    assert set(api.__all__) == set(api._WHERE) and set(api.__all__) <= set(dir(api))  # noqa: SLF001
