@@ -292,3 +292,30 @@ def test_titok_tokenize_and_serve_take_a_name(fake_hub: FakeHub, tmp_path: Path)
     assert keys == ["0.png", "1.png"] and tokens.shape == (2, _toy().num_tokens)
     assert read_dir_meta(tmp_path / "tokens")["model"] == TOY
     assert serve(model="someone/nothing_here") == 2  # refused before anything listens
+
+
+@pytest.mark.slow
+def test_two_processes_pulling_at_once_convert_once(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """Real processes, configured only by the environment (HF_ENDPOINT, HF_HUB_CACHE, TITOK_CACHE_DIR)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from model.config import PRESETS
+        PRESETS[{TOY!r}] = {{**PRESETS["titok-bl-64-vq8k"], **{SMALL!r}}}
+        from model import hub
+        print(hub.pull({REPO!r}, progress=lambda m: print(m, file=sys.stderr)))
+    """)
+    env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "TITOK_CACHE_DIR": str(tmp_path / "titok")}
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1 and _artifacts(tmp_path) == [Path(paths.pop())]
+    assert sum("converting model.safetensors" in err for _, err in outs) == 1  # the other waited, then reused
