@@ -54,7 +54,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 # The wheel is bind-mounted from the build stage, so it is in no layer of this image. torch is pinned to
-# the base's own build; only the serving dependencies are added (no [dev] or [train] extras).
+# the base's own build; only the serving dependencies are added (the [serve] extra plus EXTRAS; no [dev] or [train]).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     set -eu; \
     if [ -n "$EXTRA_CA_CERTS" ]; then \
@@ -65,7 +65,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -c 'import torch; print("torch==" + torch.__version__)' > /tmp/keep-torch.txt; \
     wheel="$(ls /wheels/*.whl)"; \
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --constraint /tmp/keep-torch.txt \
-        "${wheel}${EXTRAS:+[$EXTRAS]}"; \
+        "${wheel}[serve${EXTRAS:+,$EXTRAS}]"; \
     rm -f /tmp/ca.pem /tmp/keep-torch.txt; \
     titok --version
 

@@ -169,8 +169,12 @@ def _matching_preset_first(exc: ValueError, preset: str | None, fits: Callable[[
 
 def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path, preset: str | None = None,
                        config: str | Path | None = None, fp16_storage: bool = False,
-                       progress: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Check, load and export a reference checkpoint for `cfg` (arch="reference"); returns the artifact's meta."""
+                       progress: Callable[[str], None] = log.info,
+                       extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check, load and export a reference checkpoint for `cfg` (arch="reference"); returns the artifact's meta.
+
+    extra_meta: more fields for its meta.json (model.hub records the repository and revision it came from).
+    """
     if cfg.arch != "reference":
         raise ValueError(f"preset {preset or ''} is not a published TiTok layout (arch={cfg.arch!r}); "
                          f"choose one of: {', '.join(reference_presets())}")
@@ -210,6 +214,7 @@ def convert_checkpoint(checkpoint: str | Path, cfg: TiTokConfig, out: str | Path
         "source": ONE_D_PIECE_SOURCE if cfg.tail_drop else SOURCE,
         "source_checkpoint": checkpoint.name,
         "source_config": config_path.name if config_path is not None else None,
+        **(extra_meta or {}),
     }
     return export_model(model, cfg, out, meta, fp16_storage=fp16_storage)
 

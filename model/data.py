@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import io
 import logging
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+# The service's own codec (decoding, EXIF, RGB, resize modes) and tar reader: evaluation measures what it serves.
+from service.core import codec
+from service.core.errors import CoreError
+from service.dataset.inputs import iter_tar
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
-Image.MAX_IMAGE_PIXELS = 200_000_000  # wallpapers are large; a bomb guard still applies past this
+MAX_IMAGE_PIXELS = 200_000_000  # wallpapers are large; a bomb guard still applies past this
 
 
 @dataclass
@@ -31,7 +34,10 @@ class LoadReport:
 
 
 def iter_sources(paths: list[str | Path]) -> Iterator[tuple[str, bytes]]:
-    """(name, encoded bytes) for every image under the given folders, files and .tar shards."""
+    """(name, encoded bytes) for every image under the given folders, files and .tar shards.
+
+    A truncated tar yields what it holds, then (its name, b""): an empty image, skipped and counted.
+    """
     for root in paths:
         root = Path(root)
         if not root.exists():
@@ -39,27 +45,19 @@ def iter_sources(paths: list[str | Path]) -> Iterator[tuple[str, bytes]]:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
             if f.suffix == ".tar":
-                yield from _iter_tar(f)
-            elif f.suffix.lower() in IMAGE_EXTS:
+                for record in iter_tar(f):
+                    yield f"{f}:{record.key or record.error}", record.data or b""
+            elif f.suffix[1:].lower() in codec.IMAGE_EXTS:
                 yield str(f), f.read_bytes()
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
-    # WebDataset layout: samples are runs of members sharing a key (basename up to the first dot);
-    # every image-typed member is taken.
-    with tarfile.open(path) as tar:
-        for member in tar:
-            ext = "." + member.name.rsplit(".", 1)[-1].lower() if "." in member.name else ""
-            if member.isfile() and ext in IMAGE_EXTS:
-                data = tar.extractfile(member)
-                if data is not None:
-                    yield f"{path}:{member.name}", data.read()
-
-
 def decode_rgb(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img = ImageOps.exif_transpose(img)
-    return img.convert("RGB")
+    """Encoded bytes -> an RGB PIL image at full size, as the service decodes (EXIF, alpha on white, 16-bit)."""
+    img = Image.open(io.BytesIO(data), formats=codec.FORMATS)
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{w} x {h} pixels is over the limit of {MAX_IMAGE_PIXELS}")
+    return codec.upright_rgb(img)
 
 
 def load_images(paths: list[str | Path], max_side: int, min_side: int = 0) -> tuple[list[np.ndarray], LoadReport]:
@@ -83,25 +81,37 @@ def load_images(paths: list[str | Path], max_side: int, min_side: int = 0) -> tu
         report.loaded += 1
     if not images:
         where = ", ".join(str(p) for p in paths)
-        raise ValueError(f"no readable images (jpg, png, webp or .tar shards of them) found in {where}"
+        raise ValueError(f"no readable images ({', '.join(codec.IMAGE_EXTS)} or .tar shards of them) found in {where}"
                          + (f"; {len(report.skipped)} files skipped" if report.skipped else ""))
     return images, report
 
 
+def _chw01(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float() / 255.0  # a writable copy
+
+
 def center_crop(img: np.ndarray, size: int) -> torch.Tensor:
-    """Shorter side to `size`, centre crop: uint8 (H, W, 3) -> float (3, size, size) in [0, 1]."""
-    pil = Image.fromarray(img)
-    s = size / min(pil.size)
-    pil = pil.resize((max(size, round(pil.width * s)), max(size, round(pil.height * s))), Image.BICUBIC)
-    left, top = (pil.width - size) // 2, (pil.height - size) // 2
-    pil = pil.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    """The service's "crop" resize (service.core.codec.fit): uint8 (H, W, 3) -> float (3, size, size) in [0, 1]."""
+    return _chw01(codec.fit(img, size, "crop"))
 
 
 def load_center_crops(paths: list[str | Path], size: int) -> tuple[torch.Tensor, LoadReport]:
-    """Evaluation images: every image's centre crop at `size`, (N, 3, size, size) float in [0, 1]."""
-    images, report = load_images(paths, max_side=4 * size)
-    return torch.stack([center_crop(im, size) for im in images]), report
+    """Evaluation images, each exactly the service's model input for it (codec.load_image, resize "crop": what
+    /encode and /ui/input use), as (N, 3, size, size) float in [0, 1]. Undecodable files are skipped and counted.
+    """
+    crops: list[torch.Tensor] = []
+    report = LoadReport()
+    for name, data in iter_sources(paths):
+        try:
+            crops.append(_chw01(codec.load_image(data, size, "crop", MAX_IMAGE_PIXELS)))
+        except CoreError as e:
+            report.skipped.append(f"{name}: {e}")
+            continue
+        report.loaded += 1
+    if not crops:
+        raise ValueError(f"no readable images ({', '.join(codec.IMAGE_EXTS)} or .tar shards of them) found in "
+                         f"{', '.join(str(p) for p in paths)}")
+    return torch.stack(crops), report
 
 
 class RandomCrops:

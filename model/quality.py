@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from service.core import quality as core_quality  # the one PSNR: the service's
+
 
 def to_uint8(x01: torch.Tensor) -> torch.Tensor:
     """Float in [0, 1] -> the uint8 values a user would receive (as float tensor 0..255)."""
@@ -14,9 +16,12 @@ def to_uint8(x01: torch.Tensor) -> torch.Tensor:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB between uint8-valued tensors (B, 3, H, W) in 0..255."""
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp(min=1e-10))
+    """Per-image PSNR in dB between uint8-valued tensors (B, 3, H, W) in 0..255 -> float64 (B,) on a's device.
+
+    service.core.quality.psnr computes it, so the evaluation's figure is the service's ?quality=true one.
+    """
+    value = core_quality.psnr(a.detach().cpu().numpy(), b.detach().cpu().numpy())
+    return torch.from_numpy(value).to(a.device)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -26,17 +26,20 @@ from .settings import Settings
 log = logging.getLogger("titok.serve")
 
 
-def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> int:
-    """Run the service until SIGTERM/SIGINT; returns the process exit code."""
+def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
+          model: str | None = None) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the process exit code. `model` overrides TITOK_MODEL."""
     try:
         settings = settings or Settings()
+        if model:
+            settings = settings.model_copy(update={"model": model})
     except ValidationError as e:
         problems = "; ".join(f"TITOK_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
         sys.stderr.write(f"titok serve: invalid settings: {problems}\n")
         return 2
     configure_logging(settings.log_format)
     try:
-        engine = Engine.load(settings.model_path, settings.device, settings.dtype, settings.torch_threads)
+        engine = Engine.load(settings.model_source, settings.device, settings.dtype, settings.torch_threads)
     except ModelLoadError as e:
         sys.stderr.write(f"titok serve: {e}\n")
         return 2
@@ -74,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                                      "Settings come from TITOK_* environment variables (see service/settings.py).")
     parser.add_argument("--host", help="address to bind (default: TITOK_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: TITOK_PORT or 8000)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="a Hugging Face Hub name (owner/name[@revision], see `titok models`) or an artifact "
+                             "path (default: TITOK_MODEL, else TITOK_MODEL_PATH, else the bundled model)")
     args = parser.parse_args(argv)
-    return serve(args.host, args.port)
+    return serve(args.host, args.port, model=args.model)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ COMMANDS: dict[str, Command] = {
                              "service.bench.bench_budgets:main"),
     "detokenize": Command("decode rows of a tokenized directory to PNGs", "service.dataset.cli:detokenize_main"),
     "convert": Command("convert a published TiTok checkpoint to a servable file", "model.convert"),
+    "pull": Command("fetch a published tokenizer from the Hugging Face Hub and convert it once (cached)",
+                    "model.hub"),
+    "models": Command("list the published tokenizers known by name, with their sizes", "model.hub:models_main"),
     "data": Command(
         "build training data",
         children={"photos": Command("build the offline photo set from Debian/PyPI packages", "model.photos")},
@@ -102,10 +105,11 @@ def _import(prog: str, module_name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("model", "service"):
             raise
-        # A third-party package from an optional extra (e.g. tqdm for training) is not installed.
+        # A third-party package from an optional extra (torch for serving, tqdm for training) is not installed.
+        extra = "train" if module_name.startswith("model.") and module_name != "model.hub" else "serve"
         raise SystemExit(
             f"{prog}: needs the Python package {exc.name!r}, which is not installed; "
-            "install the extras with: pip install 'titok-service[train]'"
+            f"install the extras with: pip install 'titok-service[{extra}]'"
         ) from exc
 
 

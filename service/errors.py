@@ -1,15 +1,42 @@
-"""Errors a client can act on: each carries its HTTP status and a stable machine-readable code."""
+"""The HTTP door's errors: each carries its HTTP status and a stable machine-readable code.
+
+The core's own errors (service.core.errors: bad images, tokens, arrays) are plain exceptions; CORE_STATUS
+gives each of their codes its HTTP status, and `answer` turns either kind into (status, code, message,
+headers). No web framework here: the answer's JSON body is built in service/server/answers.py.
+"""
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+from .core.errors import (
+    CoreError,
+    ImageTooLarge,
+    InvalidArray,
+    InvalidBudget,
+    InvalidImage,
+    InvalidTokens,
+    MalformedArray,
+    MalformedJSON,
+    ModelLoadError,
+    NotPrefixDecodable,
+    TooManyImages,
+)
 
+# The core's errors, re-exported for the doors.
+__all__ = ["CoreError", "ImageTooLarge", "InvalidArray", "InvalidBudget", "InvalidImage", "InvalidTokens",
+           "MalformedArray", "MalformedJSON", "ModelLoadError", "NotPrefixDecodable", "TooManyImages"]
 
-def error_response(status: int, code: str, message: str, request_id: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one shape of every error answer, from route handlers and middleware alike."""
-    return JSONResponse({"error": {"code": code, "message": message, "request_id": request_id}}, status,
-                        headers=headers)
+# The HTTP status of each core error code.
+CORE_STATUS: dict[str, int] = {
+    InvalidImage.code: 400,
+    MalformedJSON.code: 400,
+    MalformedArray.code: 400,
+    InvalidArray.code: 422,
+    InvalidTokens.code: 422,
+    InvalidBudget.code: 422,
+    NotPrefixDecodable.code: 422,
+    TooManyImages.code: 413,
+    ImageTooLarge.code: 413,
+}
 
 
 class ServiceError(Exception):
@@ -24,36 +51,8 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
-class InvalidImage(ServiceError):
-    status, code = 400, "invalid_image"
-
-
 class EmptyBody(ServiceError):
     status, code = 400, "empty_body"
-
-
-class MalformedJSON(ServiceError):
-    status, code = 400, "malformed_json"
-
-
-class MalformedArray(ServiceError):
-    status, code = 400, "malformed_npy"
-
-
-class InvalidArray(ServiceError):
-    status, code = 422, "invalid_array"
-
-
-class InvalidBudget(ServiceError):
-    """A token budget (num_tokens, target_psnr) outside its range, or both at once."""
-
-    status, code = 422, "invalid_budget"
-
-
-class NotPrefixDecodable(ServiceError):
-    """A token budget or a prefix of tokens sent to a model that decodes exactly K tokens."""
-
-    status, code = 422, "not_prefix_decodable"
 
 
 class ModelMismatch(ServiceError):
@@ -62,10 +61,6 @@ class ModelMismatch(ServiceError):
 
 class TooManyPixels(ServiceError):
     status, code = 413, "too_many_pixels"
-
-
-class InvalidTokens(ServiceError):
-    status, code = 422, "invalid_tokens"
 
 
 class BodyTimeout(ServiceError):
@@ -80,14 +75,6 @@ class Unauthorized(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
-
-
-class TooManyImages(ServiceError):
-    status, code = 413, "too_many_images"
-
-
-class ImageTooLarge(ServiceError):
-    status, code = 413, "image_too_large"
 
 
 class NotAcceptable(ServiceError):
@@ -124,5 +111,11 @@ class ModelError(ServiceError):
     status, code = 500, "model_error"
 
 
-class ModelLoadError(Exception):
-    """The model file is missing or unusable: start-up stops with this one-line message."""
+ANSWERABLE = (ServiceError, CoreError)  # what a door catches and answers (never a 500)
+
+
+def answer(error: ServiceError | CoreError) -> tuple[int, str, str, dict[str, str]]:
+    """(HTTP status, code, message, headers) of a service or core error."""
+    if isinstance(error, ServiceError):
+        return error.status, error.code, error.message, error.headers
+    return CORE_STATUS.get(error.code, 400), error.code, error.message, {}

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TITOK_", extra="ignore", protected_namespaces=())
 
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="TorchScript artifact to serve (default: bundled model).")
+    model: str = Field("", description="Model to serve by name: a Hugging Face Hub repository (owner/name[@revision], "
+                       "fetched, converted once and cached) or an artifact path; overrides TITOK_MODEL_PATH.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Compute dtype; float16/bfloat16 (or fp16/bf16) are allowed on CUDA only.")
@@ -56,6 +58,11 @@ class Settings(BaseSettings):
     metrics_auth: bool = Field(False, description="With API keys, require a key for /metrics too.")
     host: str = Field("127.0.0.1", description="Address to bind (use 0.0.0.0 inside a container).")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+
+    @property
+    def model_source(self) -> str | Path:
+        """What to load: TITOK_MODEL when set, else TITOK_MODEL_PATH (service.core.models.resolve_model reads it)."""
+        return self.model or self.model_path
 
     @field_validator("dtype", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from model.hub import CACHE_ENV
 from service import cli, errors
 from service.client.core import API_KEY_ENV
 from service.server.metrics import Metrics
@@ -375,7 +376,7 @@ def test_settings_named_in_deploy_files_exist() -> None:
     fields = {name.upper() for name in Settings.model_fields}
     for path in [*deploy_files(), ROOT / "README.md"]:
         for name in re.findall(r"\bTITOK_([A-Z0-9_]+)", path.read_text()):
-            if f"TITOK_{name}" == API_KEY_ENV:  # the client library's variable, not the server's
+            if f"TITOK_{name}" in (API_KEY_ENV, CACHE_ENV):  # the client's and the model cache's, not the server's
                 continue
             assert name in fields, f"{path} names TITOK_{name}, which is not a setting in service/settings.py"
 
@@ -390,6 +391,8 @@ def test_readme_documents_every_setting_with_its_default() -> None:
         assert row, f"README's settings table lacks TITOK_{name.upper()}"
         if isinstance(field.default, Path):
             assert field.default.relative_to(ROOT).as_posix() in row[1]
+        elif field.default == "":
+            assert row[1] == "unset", (name, row[1])
         else:  # a bool as it is written in the environment: true, false
             default = str(field.default).lower() if isinstance(field.default, bool) else field.default
             assert f"`{default}`" == row[1], (name, row[1])
@@ -405,11 +408,13 @@ def test_readme_documents_every_error_code_and_status() -> None:
     for cls in vars(errors).values():
         if isinstance(cls, type) and issubclass(cls, errors.ServiceError) and cls is not errors.ServiceError:
             assert f"`{cls.code}`" in statuses[str(cls.status)][2], f"{cls.code} ({cls.status}) not in README"
+    for code, status in errors.CORE_STATUS.items():  # the core's plain errors, as the HTTP door answers them
+        assert f"`{code}`" in statuses[str(status)][2], f"{code} ({status}) not in README"
 
 
 def test_readme_quick_start_commands() -> None:
     lines = readme_code_lines()
-    assert "pip install torch==2.13.0 && pip install . && titok serve" in lines
+    assert "pip install torch==2.13.0 && pip install '.[serve]' && titok serve" in lines
     test_command = readme_test_command()
     assert "ruff check" in test_command and test_command.endswith("pytest")
 
@@ -466,6 +471,31 @@ def test_console_script_and_package_data_globs() -> None:
     globs = PYPROJECT["tool"]["setuptools"]["package-data"]["service"]
     assert any(fnmatch.fnmatch("models/default.pt", g) for g in globs)
     assert not any("pyyaml" in d.lower() or "pytest" in d.lower() for d in PYPROJECT["project"]["dependencies"])
+
+
+def _requirement_names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=\[;!~]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+def test_a_client_only_install_pulls_no_torch_web_framework_or_pyarrow() -> None:
+    """`pip install titok-service` / `[client]`: what the client imports, and nothing of the server's."""
+    import ast
+
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    base = _requirement_names(PYPROJECT["project"]["dependencies"])
+    assert base == _requirement_names(extras["client"]) == {"httpx", "numpy", "pillow"}
+    assert {"torch", "fastapi", "uvicorn", "pyarrow", "huggingface-hub"} <= _requirement_names(extras["serve"])
+    # Every third-party module the client's files import at module level is in the bare install.
+    imported = set()
+    for path in [*(ROOT / "service/client").glob("*.py"), ROOT / "service/core/arrays.py",
+                 ROOT / "service/core/errors.py", ROOT / "service/__init__.py"]:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"service", "titok", "__future__"}  # ours, either name
+    assert {"PIL" if n == "pillow" else n for n in base} >= third_party
 
 
 def test_default_model_is_in_the_repository() -> None:

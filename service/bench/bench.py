@@ -26,10 +26,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ..core.codec import IMAGE_EXTS
 from ..settings import Settings
 from . import bench_formats, loadgen
-
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def synthetic_photos(n: int, size: int = 320, seed: int = 0) -> list[bytes]:
@@ -48,7 +47,7 @@ def synthetic_photos(n: int, size: int = 320, seed: int = 0) -> list[bytes]:
 
 
 def load_photos(directory: Path, n: int) -> list[bytes]:
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    files = sorted(p for p in directory.rglob("*") if p.suffix[1:].lower() in IMAGE_EXTS)
     if not files:
         raise SystemExit(f"titok bench: no images under {directory}")
     return [files[i % len(files)].read_bytes() for i in range(n)]

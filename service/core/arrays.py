@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import InvalidArray, MalformedArray, TooManyImages
+from .errors import InvalidArray, MalformedArray, TooManyImages
 
 NPY = "application/x-npy"
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -95,7 +95,16 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
     prefix: the model is prefix-decodable, so (B, k) for any 1 <= k <= K is taken too (one k for all rows;
     sequences of different lengths travel as JSON lists).
     """
-    a = read_npy(body)
+    return check_tokens(read_npy(body), num_tokens, codebook_size, max_sequences, prefix=prefix).astype(np.int64)
+
+
+def check_tokens(a: np.ndarray, num_tokens: int, codebook_size: int, max_sequences: int, *,
+                 prefix: bool = False) -> np.ndarray:
+    """Token ids (B, K) of any integer dtype, returned as given once every id is in [0, codebook_size).
+
+    prefix: (B, k) for any 1 <= k <= K is taken too. Raises InvalidArray (dtype, rank, length, an id out of
+    range; the first bad one is named) or TooManyImages.
+    """
     want = f"integer token ids of shape (B, {'k' if prefix else num_tokens})" + (
         f" with 1 <= k <= {num_tokens}" if prefix else "")
     if a.dtype.kind not in "iu":
@@ -113,7 +122,7 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
     if len(bad):
         i, j = (int(v) for v in bad[0])
         raise InvalidArray(f"tokens[{i}][{j}] is {int(a[i, j])}; token ids must be in [0, {codebook_size})")
-    return a.astype(np.int64)
+    return a
 
 
 def stack(arrays: Iterable[np.ndarray], dtype: np.dtype | None = None) -> bytes:

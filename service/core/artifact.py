@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelLoadError
+from .errors import ModelLoadError
 
 META_FILE = "meta.json"
 REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
@@ -106,7 +106,8 @@ def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32")
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path} (set TITOK_MODEL_PATH to an exported artifact)")
+        raise ModelLoadError(f"model file not found: {path} (give an exported artifact, or a Hugging Face Hub name "
+                             "such as yucornetto/tokenizer_titok_l32_imagenet: see titok models)")
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if device == "cpu" and dtype != "float32":

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidBudget, NotPrefixDecodable
-from .engine import psnr
+from .errors import InvalidBudget, NotPrefixDecodable
+from .quality import psnr
 
 MAX_TARGET_PSNR = 100.0  # dB; see the module docstring
 

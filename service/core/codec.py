@@ -14,9 +14,10 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, ServiceError, TooManyImages
+from .errors import CoreError, ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, TooManyImages
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # the file names of FORMATS: the one list
 Resize = Literal["crop", "pad", "stretch"]
 _ORIENTATION = 0x0112  # the EXIF tag
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -64,7 +65,7 @@ def load_image_sized(data: bytes, size: int, resize: Resize = "crop",
         img = _to_rgb(img)
         img = _resize(img, size, resize)
         out = np.asarray(img, dtype=np.uint8)
-    except ServiceError:
+    except CoreError:
         raise
     except Exception as e:  # Pillow raises many types for truncated or corrupt data
         raise InvalidImage(f"the image could not be decoded; it may be truncated or corrupt ({e})") from None
@@ -100,6 +101,32 @@ def _resize(img: Image.Image, size: int, mode: Resize) -> Image.Image:
     canvas = Image.new("RGB", (size, size))
     canvas.paste(img.resize((nw, nh), _RESAMPLE, reducing_gap=_REDUCING_GAP), ((size - nw) // 2, (size - nh) // 2))
     return canvas
+
+
+def fit(image: Image.Image | np.ndarray, size: int, resize: Resize = "crop") -> np.ndarray:
+    """An image already in memory -> uint8 (size, size, 3), as load_image treats an upload once it is decoded.
+
+    image: a PIL image (its EXIF orientation is applied) or a uint8 array (H, W), (H, W, 3) or (H, W, 4)
+    (alpha on white). Then RGB, then the resize mode: the model's input for it, the /encode path's own steps.
+    Raises InvalidImage for another dtype or shape.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise InvalidImage(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), not {image.dtype} "
+                               f"{image.shape}")
+        if image.shape[:2] == (size, size) and image.ndim == 3 and image.shape[2] == 3:
+            return np.ascontiguousarray(image)  # already the model's input
+        if min(image.shape[:2]) == 0:
+            raise InvalidImage(f"the image array is empty (shape {image.shape})")
+        image = Image.fromarray(np.ascontiguousarray(image))
+        return np.asarray(_resize(_to_rgb(image), size, resize), dtype=np.uint8)
+    return np.asarray(_resize(upright_rgb(image), size, resize), dtype=np.uint8)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as the codec sees it before resizing: EXIF orientation applied, then RGB (alpha on white,
+    16-bit samples scaled to 8)."""
+    return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def token_body_limit(num_tokens: int, max_sequences: int) -> int:

@@ -14,20 +14,15 @@ import numpy as np
 import torch
 
 from .artifact import REQUIRED_META, ModelInfo, load_artifact, resolve_device
+from .models import resolve_model
+from .quality import psnr
 
 Op = Literal["encode", "decode", "roundtrip"]
-PSNR_FLOOR_MSE = 1e-10  # identical images: ~148 dB rather than infinity (the same floor as model.quality.psnr)
 
 
 def roundtrip_dtype(num_tokens: int) -> np.dtype:
     """One record per image of a roundtrip batch: its tokens and the PSNR of its reconstruction."""
     return np.dtype([("tokens", np.int64, (num_tokens,)), ("psnr", np.float64)])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of uint8 (B, H, W, 3) against uint8 (B, H, W, 3) -> float64 (B,)."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
-    return 10 * np.log10(255.0**2 / np.maximum(mse, PSNR_FLOOR_MSE))
 
 
 class Engine:
@@ -49,8 +44,9 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str = "float32", torch_threads: int = 0) -> Engine:
+        """An artifact path or a Hub name (owner/name[@revision], see models.resolve_model); ModelLoadError if not."""
         dev = resolve_device(device)
-        module, meta = load_artifact(path, dev, dtype)
+        module, meta = load_artifact(resolve_model(path), dev, dtype)
         return cls(module, meta, dev, dtype, torch_threads)
 
     def submit(self, op: Op, batch: np.ndarray) -> Future[np.ndarray]:

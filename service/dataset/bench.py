@@ -27,9 +27,10 @@ from ..settings import Settings
 
 def _folder(src: Path | None, repeat: int, tmp: Path) -> Path:
     """The benchmark's images as one folder: `src`'s images (or synthetic photos), `repeat` times over."""
-    from ..bench.bench import PHOTO_SUFFIXES, synthetic_photos
+    from ..bench.bench import synthetic_photos
+    from ..core.codec import IMAGE_EXTS
 
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES) if src else []
+    files = sorted(p for p in src.rglob("*") if p.suffix[1:].lower() in IMAGE_EXTS) if src else []
     if src and not files:
         raise SystemExit(f"titok bench-tokenize: no images under {src}")
     data = [p.read_bytes() for p in files] if src else synthetic_photos(256)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ..core.artifact import ModelInfo
 from ..core.codec import Resize
+from ..core.models import resolve_model
 from ..errors import ModelLoadError
 from ..settings import Settings
 from .inputs import AUTO, DatasetError
@@ -22,15 +23,18 @@ _DEFAULTS = Settings.model_fields
 
 def _settings(args: argparse.Namespace) -> Settings:
     """The service's own settings (TITOK_* from the environment), with this command's --model/--device/--dtype."""
-    given = {k: v for k, v in {"model_path": args.model, "device": args.device, "dtype": args.dtype}.items() if v}
+    given = {k: v for k, v in {"model": args.model, "device": args.device, "dtype": args.dtype}.items() if v}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as e:
         raise DatasetError("; ".join(f"--{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
+    # A Hub name is pulled once here, so that every worker (and the Ray driver's read_meta) opens a file.
+    return settings.model_copy(update={"model_path": resolve_model(settings.model_source), "model": ""})
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="artifact (default: TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="artifact path or Hugging Face Hub name (owner/name"
+                   "[@revision], see `titok models`) (default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
     p.add_argument("--device", help="auto (default, or TITOK_DEVICE), cpu or cuda")
     p.add_argument("--dtype", help="float32 (default, or TITOK_DTYPE); float16/bfloat16 on CUDA only")
 
@@ -76,11 +80,11 @@ def tokenize_parser() -> argparse.ArgumentParser:
 def _budget(args: argparse.Namespace, info: ModelInfo) -> typing.Any:
     """--num-tokens / --target-psnr checked against the model, as /encode checks them."""
     from ..core.budgets import check_budget
-    from ..errors import ServiceError
+    from ..core.errors import CoreError
 
     try:
         return check_budget(args.num_tokens, args.target_psnr, info.num_tokens, info.prefix_decodable, info.name)
-    except ServiceError as e:
+    except CoreError as e:
         raise DatasetError(e.message.replace("num_tokens", "--num-tokens").replace("target_psnr", "--target-psnr")) \
             from None
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.codec import Resize, load_image_sized
-from ..errors import ServiceError
+from ..core.errors import CoreError
 from .inputs import Record
 
 
@@ -37,7 +37,7 @@ def decode_records(records: Sequence[Record], size: int, resize: Resize, max_pix
             continue
         try:
             pixels, w, h = load_image_sized(r.data, size, resize, max_pixels)
-        except ServiceError as e:
+        except CoreError as e:
             out.append(Decoded(r.key, None, 0, 0, nbytes, e.message))
         else:
             out.append(Decoded(r.key, pixels, w, h, nbytes, ""))

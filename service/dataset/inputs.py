@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+from ..core.codec import IMAGE_EXTS
+
 AUTO = "auto"
 # img2dataset names the column after the encode format; Hugging Face datasets use "image" (a struct with bytes).
 PARQUET_IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image", "img")
@@ -197,7 +198,7 @@ def iter_records(shard: Shard) -> Iterator[Record]:
             except OSError as e:
                 yield Record(key, None, f"cannot read the file ({e.strerror or e})")
     elif shard.kind == "tar":
-        yield from _iter_tar(shard)
+        yield from iter_tar(shard.source, shard.column)
     else:
         yield from _iter_parquet(shard)
 
@@ -209,11 +210,16 @@ def _split_name(member: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def _iter_tar(shard: Shard) -> Iterator[Record]:
-    wanted = (lambda ext: ext in IMAGE_EXTS) if shard.column == AUTO else (lambda ext: ext == shard.column.lower())
+def iter_tar(source: str | Path, column: str = AUTO) -> Iterator[Record]:
+    """A WebDataset tar's images as records, streamed: each sample's first image (or its `column` extension).
+
+    The one tar reader (the dataset job's and the training data's); a truncated or corrupt archive ends with an
+    error record (key "") after the images read so far, instead of raising.
+    """
+    wanted = (lambda ext: ext in IMAGE_EXTS) if column == AUTO else (lambda ext: ext == column.lower())
     count, last_key = 0, None
     try:
-        with tarfile.open(shard.source, mode="r|*") as tar:  # streamed: one pass, no index, bounded memory
+        with tarfile.open(source, mode="r|*") as tar:  # streamed: one pass, no index, bounded memory
             for member in tar:
                 key, ext = _split_name(member.name)
                 if not member.isfile() or not wanted(ext) or key == last_key or key.rpartition("/")[2] == "":

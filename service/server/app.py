@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.engine import Engine
-from ..errors import ServiceError, error_response
+from ..errors import CoreError, ServiceError, answer
 from ..settings import Settings
 from . import openapi
 from .auth import ApiKeyAuth, describe, open_paths
@@ -25,7 +25,7 @@ from .decoding import DecodeQueue
 from .docs import add_offline_docs
 from .drain import DrainGate
 from .metrics import Metrics
-from .middleware import RequestContext
+from .middleware import RequestContext, error_response
 from .routes import router
 from .ui import page_paths as ui_page_paths
 from .ui import router as ui_router
@@ -66,7 +66,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         log.log(logging.INFO if settings.api_keys else logging.WARNING, describe(settings.api_keys,
                                                                                 settings.metrics_auth))
         eng = engine or await asyncio.to_thread(
-            Engine.load, settings.model_path, settings.device, settings.dtype, settings.torch_threads)
+            Engine.load, settings.model_source, settings.device, settings.dtype, settings.torch_threads)
         state.engine = eng
         # Half the cores by default: the codec pool and torch's threads must not fight over a small CPU.
         codec_threads = settings.codec_threads or max(1, (os.cpu_count() or 1) // 2)
@@ -123,8 +123,9 @@ def _error(request: Request, status: int, code: str, message: str,
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return _error(request, exc.status, exc.code, exc.message, exc.headers)
+    @app.exception_handler(CoreError)
+    async def service_error(request: Request, exc: ServiceError | CoreError) -> JSONResponse:
+        return _error(request, *answer(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,9 +13,10 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import Unauthorized, error_response
+from ..errors import Unauthorized
 from ..keys import key_id
 from .metrics import Metrics
+from .middleware import error_response
 
 log = logging.getLogger("titok.auth")
 REALM = 'Bearer realm="titok"'

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..core import codec
-from ..errors import DeadlineExceeded, ServiceError, TooManyPixels
+from ..errors import ANSWERABLE, DeadlineExceeded, TooManyPixels
 
 TRIM_PIXELS = 4_000_000  # decodes this big leave tens of MB of freed heap behind; smaller ones are not worth a trim
 
@@ -53,7 +53,7 @@ def _header_pixels(blobs: list[bytes], max_image_pixels: int) -> list[int]:
     for i, data in enumerate(blobs):
         try:
             counts.append(codec.pixel_count(data, max_image_pixels))
-        except ServiceError as e:
+        except ANSWERABLE as e:
             e.message = f"images[{i}]: {e.message}"
             raise
     return counts
@@ -62,7 +62,7 @@ def _header_pixels(blobs: list[bytes], max_image_pixels: int) -> list[int]:
 def _decode(i: int, data: bytes, pixels: int, size: int, resize: codec.Resize, max_pixels: int) -> np.ndarray:
     try:
         return codec.load_image(data, size, resize, max_pixels)
-    except ServiceError as e:
+    except ANSWERABLE as e:
         e.message = f"images[{i}]: {e.message}"
         raise
     finally:

@@ -18,10 +18,18 @@ import uuid
 from typing import Any
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import BodyTimeout, PayloadTooLarge, ServiceError, error_response
+from ..errors import ANSWERABLE, BodyTimeout, PayloadTooLarge, answer
 from .metrics import Metrics
+
+
+def error_response(status: int, code: str, message: str, request_id: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error answer, from route handlers and middleware alike."""
+    return JSONResponse({"error": {"code": code, "message": message, "request_id": request_id}}, status,
+                        headers=headers)
 
 access_log = logging.getLogger("titok.access")
 log = logging.getLogger("titok.app")
@@ -93,10 +101,11 @@ class RequestContext:
             await self.app(scope, limited_receive, send_with_id)
         except ClientDisconnect:  # the client hung up while its body was read: nobody to answer, not a fault
             disconnected[0] = True
-        except ServiceError as e:  # raised outside the app's handlers, e.g. by the drain gate's body read
+        except ANSWERABLE as e:  # raised outside the app's handlers, e.g. by the drain gate's body read
             if status[0] is not None:
                 raise
-            await error_response(e.status, e.code, e.message, rid, e.headers)(scope, limited_receive, send_with_id)
+            code, name, message, headers = answer(e)
+            await error_response(code, name, message, rid, headers)(scope, limited_receive, send_with_id)
         except Exception:
             if status[0] is not None:  # the answer is half sent: nothing to do but let the server cut it
                 raise

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.core.arrays import media_types, parse_images, parse_tokens, read_npy, stack, wants_npy, write_npy
-from service.errors import InvalidArray, MalformedArray, TooManyImages
+from service.errors import InvalidArray, MalformedArray, TooManyImages, answer
 
 
 def npy(a: np.ndarray, **kw) -> bytes:
@@ -61,7 +61,7 @@ def test_a_pickled_object_array_is_refused_and_never_unpickled() -> None:
 def test_broken_files_are_malformed_400s_naming_the_problem(body: bytes, words: str) -> None:
     with pytest.raises(MalformedArray, match=words) as e:
         read_npy(body)
-    assert e.value.status == 400 and e.value.code == "malformed_npy"
+    assert answer(e.value)[0] == 400 and e.value.code == "malformed_npy"
 
 
 def handmade(header: str, data: bytes = b"") -> bytes:
@@ -94,7 +94,7 @@ def test_hostile_headers_are_refused_before_any_data_is_read(header: str, words:
 def test_wrong_image_arrays_are_422s_naming_the_problem(array: np.ndarray, words: str) -> None:
     with pytest.raises(InvalidArray, match=words) as e:
         parse_images(npy(array), 8, 4)
-    assert e.value.status == 422 and e.value.code == "invalid_array"
+    assert answer(e.value)[0] == 422 and e.value.code == "invalid_array"
 
 
 @pytest.mark.parametrize(("array", "words"), [

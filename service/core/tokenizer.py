@@ -1,0 +1,138 @@
+"""`Tokenizer`: the tokenizer in-process, for a training loop or a notebook; no server, no HTTP.
+
+    from service.core.tokenizer import Tokenizer
+    tok = Tokenizer.load("yucornetto/tokenizer_titok_l32_imagenet")   # or a .pt artifact path
+    tokens = tok.encode(["a.jpg", "b.png"])        # np.ndarray int64 (2, K)
+    pixels = tok.decode(tokens)                    # np.ndarray uint8 (2, S, S, 3)
+
+Images go through the service's own codec (service.core.codec: decoding, EXIF, alpha, 16-bit, the resize
+modes), and the model runs on the service's own Engine, so the tokens are those /encode answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from . import codec
+from .arrays import check_tokens
+from .artifact import ModelInfo
+from .engine import Engine
+from .errors import ImageTooLarge, InvalidImage
+
+ImageInput = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # the service's default TITOK_MAX_IMAGE_PIXELS
+
+
+class Tokenizer:
+    """Images <-> token ids with one model, in this process.
+
+    encode: images of any size -> int64 (B, K); decode: ids (B, K) -> uint8 (B, S, S, 3). Long inputs are
+    cut into batches of `batch_size`, so memory stays bounded by one batch of decoded images.
+    """
+
+    def __init__(self, engine: Engine, resize: codec.Resize = "crop", batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.engine = engine
+        self.resize = resize
+        self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str = "auto", dtype: str = "float32", *,
+             resize: codec.Resize = "crop", batch_size: int = DEFAULT_BATCH_SIZE, torch_threads: int = 0,
+             max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Tokenizer:
+        """Load an artifact path, or a Hugging Face Hub name (`owner/name[@revision]`, see models.resolve_model).
+
+        device: auto (CUDA when present), cpu or cuda; dtype: float32, or float16/bfloat16 on CUDA.
+        Raises ModelLoadError with a one-line reason.
+        """
+        return cls(Engine.load(name_or_path, device, dtype, torch_threads), resize, batch_size,
+                   max_image_pixels)
+
+    @property
+    def info(self) -> ModelInfo:
+        """name, image_size S, num_tokens K, codebook_size, content_hash (and the whole meta.json)."""
+        return self.engine.model_info
+
+    def encode(self, images: ImageInput | Sequence[ImageInput], resize: codec.Resize | None = None) -> np.ndarray:
+        """Images -> token ids, int64 (B, K), row i for images[i].
+
+        Each image is a path (str or Path), encoded bytes, a PIL image or a uint8 array (H, W), (H, W, 3),
+        (H, W, 4) of any size; a single image is a batch of one. `resize` (crop, pad, stretch; default the
+        tokenizer's) fits it to S x S as /encode's `resize` does. A 4-D uint8 array (B, S, S, 3) is taken as it is.
+        Raises InvalidImage / ImageTooLarge (naming images[i]), FileNotFoundError for a missing path.
+        """
+        mode = resize or self.resize
+        s = self.info.image_size
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
+                raise InvalidImage(f"a batch array must be uint8 (B, {s}, {s}, 3), not {images.dtype} {images.shape}")
+            batches: Iterable[np.ndarray] = (images[i:i + self.batch_size] for i in range(0, len(images),
+                                                                                           self.batch_size))
+        else:
+            items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+            batches = self._pixel_batches(items, mode)
+        out = [self.engine.run("encode", np.ascontiguousarray(b)) for b in batches]
+        return np.concatenate(out) if out else np.empty((0, self.info.num_tokens), np.int64)
+
+    def decode(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+        """Token ids (B, K) or (K,) of any integer type -> uint8 (B, S, S, 3) (B = 1 for a single sequence).
+
+        Raises InvalidArray naming the first id outside [0, codebook_size), or a wrong shape or dtype.
+        """
+        a = np.asarray(tokens)
+        if a.ndim == 1:
+            a = a[None]
+        info = self.info
+        a = check_tokens(a, info.num_tokens, info.codebook_size, max(len(a), 1)).astype(np.int64)
+        out = [self.engine.run("decode", a[i:i + self.batch_size]) for i in range(0, len(a), self.batch_size)]
+        return np.concatenate(out)
+
+    def _pixel_batches(self, items: list[ImageInput], mode: codec.Resize) -> Iterator[np.ndarray]:
+        s = self.info.image_size
+        for start in range(0, len(items), self.batch_size):
+            batch = []
+            for i, item in enumerate(items[start:start + self.batch_size], start):
+                try:
+                    batch.append(self._pixels(item, s, mode))
+                except (InvalidImage, ImageTooLarge) as e:
+                    e.message = f"images[{i}]: {e.message}"
+                    raise
+            yield np.stack(batch)
+
+    def _pixels(self, item: ImageInput, size: int, mode: codec.Resize) -> np.ndarray:
+        if isinstance(item, str | Path):
+            item = Path(item).read_bytes()
+        if isinstance(item, bytes | bytearray | memoryview):
+            return codec.load_image(bytes(item), size, mode, self.max_image_pixels)
+        if isinstance(item, Image.Image | np.ndarray):
+            return codec.fit(item, size, mode)
+        raise InvalidImage(f"an image must be a path, bytes, a PIL image or a uint8 array, not {type(item).__name__}")
+
+    def close(self) -> None:
+        """Stop the model thread; the tokenizer cannot be used afterwards."""
+        self.engine.close()
+
+    def __enter__(self) -> Tokenizer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"Tokenizer({i.name!r}, image_size={i.image_size}, num_tokens={i.num_tokens}, "
+                f"codebook_size={i.codebook_size}, device={self.engine.device!r})")
+
+
+def _is_single(images: object) -> bool:
+    return isinstance(images, str | Path | bytes | bytearray | memoryview | Image.Image | np.ndarray)
+

@@ -1,0 +1,110 @@
+"""The in-process Tokenizer: the tokens /encode gives, for every kind of input; decode; batching; refusals."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sample_images import all_formats, save
+
+from service.core.errors import InvalidArray, InvalidImage, ModelLoadError
+from service.core.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_artifact: Path) -> Tokenizer:
+    t = Tokenizer.load(tiny_artifact, device="cpu", batch_size=3)
+    yield t
+    t.close()
+
+
+def _structured(w: int, h: int, seed: int = 0) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([(x * 255 // w + seed * 40) % 256, y * 255 // h, (x * y + seed) % 256], -1).astype(np.uint8)
+
+
+def _served(client: TestClient, blobs: list[bytes], resize: str) -> np.ndarray:
+    """/encode's tokens, one request per image (the test service takes at most 4 a request)."""
+    rows = []
+    for b in blobs:
+        r = client.post(f"/encode?resize={resize}", files=[("images", ("x", b, "application/octet-stream"))])
+        assert r.status_code == 200, r.text
+        rows += r.json()["tokens"]
+    return np.asarray(rows)
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad", "stretch"])
+def test_tokens_equal_encodes_for_paths_bytes_pil_and_arrays(tok: Tokenizer, client: TestClient, tmp_path: Path,
+                                                            resize: str) -> None:
+    formats = all_formats()
+    blobs = [formats["exif_rotated"], formats["sixteen_bit"], formats["rgba"], save(Image.fromarray(
+        _structured(97, 41)), "PNG"), save(Image.fromarray(_structured(30, 70, 1)), "JPEG")]
+    served = _served(client, blobs, resize)
+    path = tmp_path / "x.jpg"
+    path.write_bytes(blobs[0])
+    assert np.array_equal(tok.encode(blobs, resize=resize), served)
+    assert np.array_equal(tok.encode([str(path), *blobs[1:]], resize=resize), served)
+    assert np.array_equal(tok.encode(path, resize=resize), served[:1])
+    arrays = [_structured(97, 41), _structured(30, 70, 1), _structured(32, 32, 2)]  # any size, one at the model's
+    pngs = [save(Image.fromarray(a), "PNG") for a in arrays]
+    served = _served(client, pngs, resize)
+    assert np.array_equal(tok.encode(arrays, resize=resize), served)
+    assert np.array_equal(tok.encode([Image.open(io.BytesIO(p)) for p in pngs], resize=resize), served)
+    assert np.array_equal(tok.encode(arrays[0], resize=resize), served[:1])  # one image: a batch of one
+
+
+def test_encode_decode_shapes_dtypes_and_info(tok: Tokenizer, client: TestClient) -> None:
+    info = tok.info
+    assert (info.image_size, info.num_tokens, info.codebook_size) == (32, 8, 64) and info.name == "test-tiny"
+    batch = np.stack([_structured(32, 32, s) for s in range(4)])  # (B, S, S, 3) as it is
+    tokens = tok.encode(batch)
+    assert tokens.shape == (4, 8) and tokens.dtype == np.int64
+    pixels = tok.decode(tokens)
+    assert pixels.shape == (4, 32, 32, 3) and pixels.dtype == np.uint8
+    assert np.array_equal(tok.decode(tokens[0]), pixels[:1])
+    assert np.array_equal(tok.decode(tokens.astype(np.uint8)), pixels)  # any integer dtype
+    r = client.post("/decode", json={"tokens": tokens[1].tolist()})
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), pixels[1])
+
+
+def test_long_inputs_are_cut_into_batches(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = [_structured(40 + i, 36, i) for i in range(7)]
+    sizes: list[int] = []
+    real = tok.engine.run
+    monkeypatch.setattr(tok.engine, "run", lambda op, batch: sizes.append(len(batch)) or real(op, batch))
+    tokens = tok.encode(images)
+    assert sizes == [3, 3, 1]
+    whole = Tokenizer(tok.engine, batch_size=32).encode(images)
+    assert np.array_equal(tokens, whole) and sizes[3:] == [7]
+    sizes.clear()
+    tok.decode(tokens)
+    assert sizes == [3, 3, 1]
+
+
+def test_bad_input_is_named(tok: Tokenizer, tmp_path: Path) -> None:
+    good = _structured(40, 40)
+    with pytest.raises(InvalidImage, match=r"^images\[1\]: not a decodable image"):
+        tok.encode([good, b"not an image"])
+    with pytest.raises(InvalidImage, match=r"images\[0\]: an image array must be uint8"):
+        tok.encode([good.astype(np.float32)])
+    with pytest.raises(InvalidImage, match="must be a path, bytes, a PIL image or a uint8 array, not int"):
+        tok.encode([3])
+    with pytest.raises(InvalidImage, match=r"a batch array must be uint8 \(B, 32, 32, 3\)"):
+        tok.encode(np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(FileNotFoundError):
+        tok.encode([tmp_path / "missing.png"])
+    with pytest.raises(InvalidArray, match=r"tokens\[0\]\[2\] is 64; token ids must be in \[0, 64\)"):
+        tok.decode([[0, 1, 64, 0, 0, 0, 0, 0]])
+    with pytest.raises(InvalidArray, match="exactly 8 tokens"):
+        tok.decode(np.zeros((1, 7), np.int64))
+    with pytest.raises(InvalidArray, match="dtype float64"):
+        tok.decode(np.zeros((1, 8)))
+
+
+def test_load_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=f"model file not found: {tmp_path / 'nope.pt'}"):
+        Tokenizer.load(tmp_path / "nope.pt", device="cpu")
