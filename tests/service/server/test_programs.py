@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from npy_strategies import npy_files
 from PIL import Image
 
 from service.core.artifact import read_meta
@@ -167,3 +169,13 @@ def test_the_openapi_document_lists_the_npy_formats_and_the_409(client: TestClie
 def test_a_huge_hash_claim_is_refused_without_being_echoed_whole(client: TestClient) -> None:
     r = client.post("/decode", json={"tokens": [1] * 8, "content_hash": "ab" * 5000})
     assert r.status_code == 409 and len(r.json()["error"]["message"]) < 600
+
+
+@given(body=npy_files())
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_npy_header_is_answered_with_a_2xx_or_a_4xx(client: TestClient, body: bytes) -> None:
+    for path in ("/encode", "/decode"):
+        r = client.post(path, content=body, headers={"content-type": NPY, "accept": NPY})
+        assert r.status_code < 500, r.text
+        assert r.status_code < 300 or r.json()["error"]["code"] in ("malformed_npy", "invalid_array",
+                                                                      "too_many_images", "invalid_tokens")
