@@ -23,7 +23,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ..core import codec
 from ..core.arrays import NPY, write_npy
+from ..errors import InvalidImage, ServiceError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "TITOK_API_KEY"  # the client's, not a server setting
@@ -35,13 +37,13 @@ ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 class TitokError(Exception):
     """Every failure of a call: the server's error code, message and request ID, and the HTTP status.
 
-    Failures that never got an answer (the service cannot be reached) have `status` None and the code
-    `connection_error`.
+    Failures that never got an answer have `status` None: the service cannot be reached (code
+    `connection_error`), or an image was refused before sending (code `invalid_image`, as the server says).
     """
 
     def __init__(self, code: str, message: str, request_id: str | None = None, status: int | None = None) -> None:
-        super().__init__(f"{status or 'no answer'} {code}: {message}" + (f" (request {request_id})"
-                                                                         if request_id else ""))
+        where = str(status) if status else "no answer" if code == "connection_error" else "refused before sending"
+        super().__init__(f"{where} {code}: {message}" + (f" (request {request_id})" if request_id else ""))
         self.code, self.message, self.request_id, self.status = code, message, request_id, status
 
     @classmethod
@@ -147,36 +149,67 @@ def _load_npy(r: httpx.Response) -> np.ndarray:
     return np.load(io.BytesIO(r.content), allow_pickle=False)
 
 
-def _png(img: Image.Image) -> bytes:
+def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)  # lossless; level 1 is fast, size barely matters here
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)  # lossless; level 1 is fast
     return buf.getvalue()
 
 
-def _as_image(a: np.ndarray) -> Image.Image:
-    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
-        raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), not {a.dtype} {a.shape}")
-    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+def _source_bytes(img: Image.Image) -> bytes | None:
+    """The file a PIL image was opened from, while its pixels are still that file's (not loaded, first frame);
+    else None. Sending the file itself gives exactly the tokens of its path (JPEG's reduced-scale decoding
+    included)."""
+    if not getattr(img, "tile", None) or img.format not in (*codec.FORMATS, "MPO") or img.tell() != 0:
+        return None
+    if getattr(img, "filename", ""):
+        return Path(img.filename).read_bytes()
+    fp = getattr(img, "fp", None)
+    if fp is None:
+        return None
+    where = fp.tell()
+    try:
+        fp.seek(0)
+        return fp.read()
+    finally:
+        fp.seek(where)
 
 
-def _one_input(item: ImageLike, server: ServerInfo) -> tuple[str, Any]:
-    """("array", uint8 (S, S, 3)) where the server takes arrays and the image is one already; else
-    ("file", (name, bytes)) for a multipart part, decoded and resized by the server's codec."""
-    s = server.image_size
-    if isinstance(item, Image.Image):
-        if server.arrays and item.mode == "RGB" and item.size == (s, s):
-            return "array", np.asarray(item)
-        return "file", ("image.png", _png(item))
-    if isinstance(item, np.ndarray):
-        if server.arrays and item.dtype == np.uint8 and item.shape == (s, s, 3):
-            return "array", item
-        return "file", ("image.png", _png(_as_image(item)))
+def _pixels(item: Image.Image | np.ndarray, size: int, resize: str) -> np.ndarray:
+    """A PIL image (any mode) or an array of samples (any numeric dtype) -> the model's input, uint8
+    (size, size, 3), by the service's own codec (orientation, sample rule, transparency, resize)."""
+    try:
+        if isinstance(item, np.ndarray):
+            a = codec.to_uint8(item)
+            if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+                raise InvalidImage(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                                         f"not {a.shape}")
+            return codec.fit(Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a), size, resize)
+        return codec.fit(codec.upright(item), size, resize)  # type: ignore[arg-type]
+    except ServiceError as e:
+        raise TitokError(e.code, e.message) from None
+    except (OSError, ValueError, TypeError) as e:  # Pillow on an image it cannot load or convert
+        raise TitokError("invalid_image", f"the {item.mode} image cannot be read or converted: {e}") from None
+
+
+def _one_input(item: ImageLike, server: ServerInfo, resize: str) -> tuple[str, Any]:
+    """("array", uint8 (S, S, 3)) or ("file", (name, bytes)) for a multipart part.
+
+    Paths, bytes and PIL images still holding their file go as files, decoded by the server. Other PIL images
+    and arrays are brought to the model's input here, by the same codec, so that any mode or sample type
+    works: they go as arrays where the server takes them, else as a lossless PNG at the model's size.
+    """
+    if isinstance(item, Image.Image | np.ndarray):
+        data = _source_bytes(item) if isinstance(item, Image.Image) else None
+        if data is not None:
+            return "file", (Path(getattr(item, "filename", "") or "image").name, data)
+        pixels = _pixels(item, server.image_size, resize)
+        return ("array", pixels) if server.arrays else ("file", ("image.png", _png(pixels)))
     if isinstance(item, bytes | bytearray | memoryview):
         return "file", ("image", bytes(item))
     if isinstance(item, str | os.PathLike):
         path = Path(item)
         return "file", (path.name, path.read_bytes())
-    raise TypeError(f"cannot send {type(item).__name__} as an image: give paths, bytes, PIL images or uint8 arrays")
+    raise TypeError(f"cannot send {type(item).__name__} as an image: give paths, bytes, PIL images or arrays")
 
 
 def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
@@ -205,7 +238,7 @@ def _runs(kinds: Iterable[tuple[str, Any]], server: ServerInfo) -> Iterator[tupl
 def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str) -> Iterator[Call]:
     """Requests for `images`, in order, each made when asked for (files are read one request ahead, not all
     at once); each parses to int64 (n, K)."""
-    for kind, run in _runs((_one_input(item, server) for item in images), server):
+    for kind, run in _runs((_one_input(item, server, resize) for item in images), server):
         if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
             yield Call({"method": "POST", "url": "/encode", "content": write_npy(np.stack(run)),
                         "headers": {"Content-Type": NPY, "Accept": NPY}},
