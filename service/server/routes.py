@@ -52,7 +52,7 @@ def _service(request: Request, work: bool = True) -> Any:
     return svc
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it (so its queued items are skipped) if the client hangs up."""
 
     async def disconnected() -> None:
@@ -134,7 +134,7 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
     request.state.items = len(blobs)
     deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
     t0 = time.perf_counter()
-    images = await _unless_disconnected(request, decoding.decode_images(
+    images = await unless_disconnected(request, decoding.decode_images(
         svc.decode_queue, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
         max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.decode_queue.workers))
     return images, deadline, time.perf_counter() - t0
@@ -162,7 +162,7 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
     eng = svc.engine
     images, deadline, codec_s = await _images_to_encode(request, svc, resize)
     op = "roundtrip" if quality else "encode"
-    results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
+    results, timing = await unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
     tokens = [r["tokens"] for r in results] if quality else results
     psnr = [round(float(r["psnr"]), 3) for r in results] if quality else None
     headers = model_headers(eng.content_hash, timing, started, codec_s)
@@ -208,7 +208,7 @@ async def decode(request: Request) -> Response:
     check_model({"JSON field content_hash": parsed.content_hash,
                  f"header {MODEL_HASH}": request.headers.get(MODEL_HASH)}, eng.content_hash, eng.name)
     request.state.items = len(parsed.tokens)
-    pixels, timing = await _unless_disconnected(
+    pixels, timing = await unless_disconnected(
         request, svc.batcher.submit_timed("decode", list(parsed.tokens), s.request_timeout_s))
     t_codec = time.perf_counter()
     if arrays.wants_npy(request.headers.get("accept", "")):

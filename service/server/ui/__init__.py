@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from ...core import codec
 from ...errors import EmptyBody
 from .. import decoding
-from ..routes import refuse_declared_over
+from ..routes import refuse_declared_over, unless_disconnected
 
 _HERE = Path(__file__).parent
 _JS = "text/javascript; charset=utf-8"
@@ -65,10 +65,13 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     if not body:
         raise EmptyBody("the body is empty: send one image as the raw body")
 
-    # Through the same fair queue, pixel budget and deadline as /encode: the page's door is no way around them.
-    (pixels,) = await decoding.decode_images(
-        svc.decode_queue, [body], svc.engine.image_size, resize, max_image_pixels=s.max_image_pixels,
-        max_request_pixels=s.max_request_pixels, deadline=time.monotonic() + s.request_timeout_s)  # (S, S, 3)
-    png = await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
-                                                           s.png_compress_level)
-    return Response(png, media_type="image/png")
+    async def model_input_png() -> bytes:
+        # Through the same fair queue, pixel budget and deadline as /encode: the page's door is no way around them.
+        (pixels,) = await decoding.decode_images(
+            svc.decode_queue, [body], svc.engine.image_size, resize, max_image_pixels=s.max_image_pixels,
+            max_request_pixels=s.max_request_pixels, deadline=time.monotonic() + s.request_timeout_s)  # (S, S, 3)
+        return await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
+                                                                s.png_compress_level)
+
+    # A client gone while its image waits or decodes: the image is dropped (a 499), as on /encode.
+    return Response(await unless_disconnected(request, model_input_png()), media_type="image/png")
