@@ -66,6 +66,10 @@ class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class HeadersTooLarge(ServiceError):
+    status, code = 431, "headers_too_large"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 

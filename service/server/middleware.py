@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import BodyTimeout, PayloadTooLarge, ServiceError, error_response
+from ..errors import BodyTimeout, HeadersTooLarge, PayloadTooLarge, ServiceError, error_response
 from .metrics import Metrics
 
 access_log = logging.getLogger("titok.access")
@@ -37,16 +37,24 @@ def request_id_from(header: bytes | None) -> str:
     return value if _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
 
 
+def head_bytes(scope: Scope) -> int:
+    """About the size of the request's head on the wire: its request line and header lines."""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) + 1
+    return len(scope["method"]) + target + 11 + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 2
+
+
 def too_large(limit: int) -> str:
     return f"the request body is over the limit of {limit} bytes (TITOK_MAX_UPLOAD_BYTES)"
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float,
+                 max_header_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,6 +98,11 @@ class RequestContext:
             return message
 
         try:
+            head = head_bytes(scope)
+            if head > self.max_header_bytes:  # a head that arrived in one read: h11 caps only unfinished ones
+                raise HeadersTooLarge(f"the request line and headers take {head} bytes; the limit is "
+                                      f"{self.max_header_bytes} (TITOK_MAX_HEADER_BYTES)",
+                                      headers={"Connection": "close"})
             await self.app(scope, limited_receive, send_with_id)
         except ClientDisconnect:  # the client hung up while its body was read: nobody to answer, not a fault
             disconnected[0] = True

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import uvicorn
 
+from service.__main__ import uvicorn_config
 from service.settings import Settings
 
 
@@ -58,11 +59,13 @@ class FakeEngine:
 
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
-    """A real uvicorn server in a thread on a free loopback port (no signals: not the main thread)."""
+    """A real uvicorn server for a `build_app` app, in a thread on a free loopback port (no signals: not the main
+    thread)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    # The configuration `titok serve` runs (its HTTP parser and limits), without its signal handling.
+    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(6000):
