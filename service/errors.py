@@ -36,6 +36,16 @@ class MalformedJSON(ServiceError):
     status, code = 400, "malformed_json"
 
 
+class DuplicateHeader(ServiceError):
+    status, code = 400, "duplicate_header"
+
+
+class InvalidRequest(ServiceError):
+    """A query parameter or header the route does not take, or one whose value it cannot use."""
+
+    status, code = 422, "invalid_request"
+
+
 class MalformedArray(ServiceError):
     status, code = 400, "malformed_npy"
 

@@ -15,12 +15,13 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import BodyTimeout, HeadersTooLarge, PayloadTooLarge, ServiceError, error_response
+from ..errors import BodyTimeout, DuplicateHeader, HeadersTooLarge, PayloadTooLarge, ServiceError, error_response
 from .metrics import Metrics
 
 access_log = logging.getLogger("titok.access")
@@ -28,6 +29,8 @@ log = logging.getLogger("titok.app")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json",
              "/", "/ui/input")
+# Headers that carry meaning here and are not lists (RFC 9110, 5.3): sent twice, they are refused.
+SINGLE_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-model-hash", b"content-type"})
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up before its answer; never sent
 
 
@@ -98,6 +101,10 @@ class RequestContext:
             return message
 
         try:
+            counts = Counter(k for k, _ in scope["headers"] if k in SINGLE_HEADERS)
+            twice = sorted(k.decode("latin-1") for k, n in counts.items() if n > 1)
+            if twice:  # one reader would take the first, another the last: refuse rather than guess
+                raise DuplicateHeader(f"the header {', '.join(twice)} is sent more than once; send it once")
             head = head_bytes(scope)
             if head > self.max_header_bytes:  # a head that arrived in one read: h11 caps only unfinished ones
                 raise HeadersTooLarge(f"the request line and headers take {head} bytes; the limit is "

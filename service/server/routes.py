@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from ..core import arrays, codec
@@ -20,6 +20,7 @@ from ..errors import (
     Draining,
     EmptyBody,
     InvalidImage,
+    InvalidRequest,
     InvalidTokens,
     NotReady,
     PayloadTooLarge,
@@ -72,6 +73,19 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         request.app.state.service.metrics.rejections.labels("client_disconnected").inc()
         raise ClientGone("the client closed the connection before the answer was ready")
     return task.result()
+
+
+def known_query_only(request: Request) -> None:
+    """422 for a query parameter the route does not take (`/decode?quality=true` was silently ignored)."""
+    route = request.scope.get("route")
+    taken = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", [])}
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        raise InvalidRequest(f"{request.url.path} does not take the query parameter(s) {', '.join(unknown)}; "
+                             f"it takes {', '.join(sorted(taken)) or 'none'}")
+
+
+KNOWN_QUERY_ONLY = [Depends(known_query_only)]
 
 
 def _declared_length(request: Request) -> int:
@@ -147,7 +161,8 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
              openapi_extra={"requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
                      "type": "array", "items": {"type": "string", "format": "binary"}}}}},
-                 "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}})
+                 "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}},
+             dependencies=KNOWN_QUERY_ONLY)
 async def encode(request: Request, resize: Annotated[codec.Resize, Query(description=(
         "crop: shorter side to the model's size, then centre crop; pad: longer side, centred on black; "
         "stretch: both sides"))] = "crop",
@@ -181,7 +196,8 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
                                                         ".npy body; a .npy of pixels with `Accept: application/x-npy`"},
                                    **errors(400, 408, 409, 413, 415, 422, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}})
+                 "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}},
+             dependencies=KNOWN_QUERY_ONLY)
 async def decode(request: Request) -> Response:
     """Token ids -> image. `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` or a .npy of
     tokens (B, K) returns `{"model", "image_size", "images": [base64 PNG, ...]}` in order, or a .npy of pixels

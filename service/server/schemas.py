@@ -31,8 +31,9 @@ class EncodeResponse(BaseModel):
 class DecodeRequest(BaseModel):
     tokens: list[int] | list[list[int]] = Field(
         description="K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs).")
-    content_hash: str | None = Field(None, description=(
-        "The content hash /encode named (or a prefix of 12+ characters); another model's is refused with 409."))
+    content_hash: str | None = Field(None, pattern=r"^[ \t]*[0-9a-fA-F]{12,64}[ \t]*$", description=(
+        "The content hash /encode named (or a prefix of 12+ hex digits); another model's is refused with 409, "
+        "anything else with 422."))
 
 
 class DecodeManyResponse(BaseModel):

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from ...core import codec
 from ...errors import EmptyBody
 from .. import decoding
-from ..routes import refuse_declared_over, unless_disconnected
+from ..routes import KNOWN_QUERY_ONLY, refuse_declared_over, unless_disconnected
 
 _HERE = Path(__file__).parent
 _JS = "text/javascript; charset=utf-8"
@@ -51,7 +51,7 @@ async def asset(name: str) -> Response:
     return _file(name, _ASSETS[name])
 
 
-@router.post("/ui/input")
+@router.post("/ui/input", dependencies=KNOWN_QUERY_ONLY)
 async def model_input(request: Request, resize: Annotated[codec.Resize, Query()] = "crop") -> Response:
     """One raw image body -> the uint8 (S, S, 3) array the model is given for it, as PNG.
 
