@@ -85,7 +85,9 @@ class PayloadTooLarge(ServiceError):
 
 
 class TooManyImages(ServiceError):
-    status, code = 413, "too_many_images"
+    """More images or token sequences than a request may hold: a count the schema states (maxItems), so a 422."""
+
+    status, code = 422, "too_many_images"
 
 
 class ImageTooLarge(ServiceError):

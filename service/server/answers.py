@@ -39,9 +39,8 @@ def check_model(claims: dict[str, str | None], served_hash: str, served_name: st
     is an invalid request (422), whatever the served model.
     """
     for where, claim in claims.items():
-        claim = (claim or "").strip(" \t").lower()
-        if claim and not _HASH.fullmatch(claim):
-            shown = claim if len(claim) <= 80 else claim[:80] + "..."  # a hostile header is not echoed whole
+        if claim is not None and not _HASH.fullmatch(claim.strip(" \t").lower()):  # "" too
+            shown = claim if len(claim) <= 80 else claim[:80] + "..."  # a hostile claim is not echoed whole
             raise InvalidRequest(f"{where} is {shown!r}, not a content hash: send the model's hash from /encode "
                                  f"(64 hex digits) or a prefix of at least {MIN_HASH_PREFIX} of them")
     if not served_hash:  # an artifact written before fingerprints: nothing to compare with

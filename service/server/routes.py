@@ -31,6 +31,7 @@ from . import decoding, openapi
 from .answers import check_model, model_headers
 from .middleware import too_large
 from .schemas import (
+    IMAGE_FILE,
     MODEL_HASH,
     NPY_BODY,
     PSNR_HEADER,
@@ -160,8 +161,8 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
                  **errors(400, 408, 413, 415, 422, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
-                     "type": "array", "items": {"type": "string", "format": "binary"}}}}},
-                 "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}},
+                     "type": "array", "items": IMAGE_FILE}}}},
+                 "image/*": {"schema": IMAGE_FILE}, NPY: NPY_BODY}}},
              dependencies=KNOWN_QUERY_ONLY)
 async def encode(request: Request, resize: Annotated[codec.Resize, Query(description=(
         "crop: shorter side to the model's size, then centre crop; pad: longer side, centred on black; "

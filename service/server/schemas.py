@@ -52,15 +52,18 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy)",
             404: "No such route", 408: "The request body did not arrive within TITOK_BODY_TIMEOUT_S",
             409: "The tokens were made by another model (content hash)",
-            413: "Body, image count, image pixels or the request's pixels over the limit",
-            415: "Unsupported content type", 422: "Invalid parameters, token ids or array dtype/shape",
+            413: "Body, image pixels or the request's pixels over the limit",
+            415: "Unsupported content type",
+            422: "Invalid parameters, token ids, array dtype/shape, or more images or sequences than the limit",
             499: "The client closed the connection", 500: "The model failed on this batch",
             503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
 # OpenAPI text of the .npy bodies and of the headers every model answer carries.
-NPY_BODY = {"schema": {"type": "string", "format": "binary", "description": (
+IMAGE_FILE = {"type": "string", "format": "binary", "minLength": 1,
+              "description": "An image file: PNG, JPEG, WebP, GIF, BMP or TIFF (an empty one is refused)."}
+NPY_BODY = {"schema": {"type": "string", "format": "binary", "minLength": 1, "description": (
     "A .npy file (numpy.save), never pickled. /encode: uint8 images (B, H, W, 3) at the model's size; "
     "its answer: tokens (B, K) in the smallest unsigned type that holds the codebook. /decode: token ids (B, K) "
     "of any integer type; its answer: uint8 pixels (B, H, W, 3).")}}

@@ -143,11 +143,12 @@ def test_wrong_token_arrays_are_422s_naming_the_problem(array: np.ndarray, words
         parse_tokens(npy(array), 3, 64, 4)
 
 
-def test_too_many_items_in_an_array_is_a_413() -> None:
+def test_too_many_items_in_an_array_is_a_422() -> None:
     with pytest.raises(TooManyImages, match="5 token sequences in one request; the limit is 4"):
         parse_tokens(npy(np.zeros((5, 3), np.int64)), 3, 64, 4)
-    with pytest.raises(TooManyImages, match="5 images"):
+    with pytest.raises(TooManyImages, match="5 images") as e:
         parse_images(npy(np.zeros((5, 8, 8, 3), np.uint8)), 8, 4)
+    assert e.value.status == 422  # what the schema's maxItems promises (issue 21, item 14)
 
 
 def test_accept_headers() -> None:

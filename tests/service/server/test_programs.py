@@ -72,7 +72,7 @@ def test_npy_tokens_decode_to_npy_pixels_equal_to_the_pngs(client: TestClient) -
     ("/encode", npy(np.zeros((1, 32, 32, 3), np.float32)), 422, "invalid_array", "dtype float32"),
     ("/encode", npy(np.zeros((1, 64, 64, 3), np.uint8)), 422, "invalid_array", "shape (1, 64, 64, 3)"),
     ("/encode", npy(np.zeros((32, 32, 3), np.uint8)), 422, "invalid_array", "rank 3"),
-    ("/encode", npy(np.zeros((5, 32, 32, 3), np.uint8)), 413, "too_many_images", "limit is 4"),
+    ("/encode", npy(np.zeros((5, 32, 32, 3), np.uint8)), 422, "too_many_images", "limit is 4"),
     ("/encode", npy(np.zeros((1, 32, 32, 3), np.uint8))[:-100], 400, "malformed_npy", "truncated"),
     ("/encode", npy(np.array([{}], dtype=object), allow_pickle=True), 400, "malformed_npy", "pickle"),
     ("/decode", npy(np.zeros((1, 8), np.float64)), 422, "invalid_array", "dtype float64"),
