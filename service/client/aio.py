@@ -69,10 +69,13 @@ class AsyncTitokClient:
         server = await self.server()
         return joined_tokens(await self._run_all(encode_calls(as_image_list(images), server, resize)), server)
 
-    async def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
-        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`."""
+    async def decode(self, tokens: Any, as_array: bool = False,
+                     model_hash: str | None = None) -> np.ndarray | list[Image.Image]:
+        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`. With `model_hash`
+        (the `content_hash` the tokens came with), tokens from another model are refused (TitokError 409)."""
         server = await self.server()
-        return joined_images(await self._run_all(decode_calls(as_token_array(tokens), server)), server, as_array)
+        calls = decode_calls(as_token_array(tokens), server, model_hash)
+        return joined_images(await self._run_all(calls), server, as_array)
 
     async def _run_all(self, calls: Iterator[Call]) -> list[np.ndarray]:
         """The calls' results in order, `concurrency` requests in flight; the next call (and its files) is made

@@ -119,6 +119,7 @@ class ServerInfo:
     """What the client needs from /info."""
 
     name: str
+    content_hash: str  # the served model's; "" for an artifact written before fingerprints
     image_size: int
     num_tokens: int
     codebook_size: int
@@ -132,7 +133,8 @@ class ServerInfo:
         # /info lists the media types each path takes; a server with the .npy formats names them for both.
         formats = info.get("formats") or {}
         has_arrays = all(NPY in formats.get(path, ()) for path in ("/encode", "/decode"))
-        return cls(str(m["name"]), int(m["image_size"]), int(m["num_tokens"]), int(m["codebook_size"]),
+        return cls(str(m["name"]), str(m.get("content_hash") or ""), int(m["image_size"]), int(m["num_tokens"]),
+                   int(m["codebook_size"]),
                    int(limits["max_images_per_request"]), int(limits["max_upload_bytes"]),
                    has_arrays if arrays is None else arrays)
 
@@ -273,15 +275,18 @@ def _pngs_to_pixels(r: httpx.Response) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert("RGB")) for p in pngs])
 
 
-def decode_calls(tokens: np.ndarray, server: ServerInfo) -> Iterator[Call]:
-    """Requests for int64 (N, K) tokens, in order; each parses to uint8 (n, S, S, 3)."""
+def decode_calls(tokens: np.ndarray, server: ServerInfo, model_hash: str | None = None) -> Iterator[Call]:
+    """Requests for int64 (N, K) tokens, in order; each parses to uint8 (n, S, S, 3). `model_hash`, the
+    content hash of the model that made the tokens, goes as X-Model-Hash: the server refuses another's (409)."""
+    claim = {"X-Model-Hash": model_hash} if model_hash else {}
     for start in range(0, len(tokens), server.max_items):
         chunk = tokens[start:start + server.max_items]
         if server.arrays:
             yield Call({"method": "POST", "url": "/decode", "content": write_npy(chunk),
-                        "headers": {"Content-Type": NPY, "Accept": NPY}}, _load_npy)
+                        "headers": {"Content-Type": NPY, "Accept": NPY, **claim}}, _load_npy)
         else:  # always a list of sequences, so the answer is always the JSON list of PNGs
-            yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}}, _pngs_to_pixels)
+            yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}, "headers": claim},
+                       _pngs_to_pixels)
 
 
 def with_request_id(call: Call) -> dict[str, Any]:

@@ -68,10 +68,12 @@ class TitokClient:
         server = self.server
         return joined_tokens([self._run(c) for c in encode_calls(as_image_list(images), server, resize)], server)
 
-    def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
-        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`."""
+    def decode(self, tokens: Any, as_array: bool = False,
+               model_hash: str | None = None) -> np.ndarray | list[Image.Image]:
+        """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`. With `model_hash`
+        (the `content_hash` the tokens came with), tokens from another model are refused (TitokError 409)."""
         server = self.server
-        parts = [self._run(c) for c in decode_calls(as_token_array(tokens), server)]
+        parts = [self._run(c) for c in decode_calls(as_token_array(tokens), server, model_hash)]
         return joined_images(parts, server, as_array)
 
     def _run(self, call: Call) -> np.ndarray:
