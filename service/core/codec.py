@@ -20,9 +20,9 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 Resize = Literal["crop", "pad", "stretch"]
 _ORIENTATION = 0x0112  # the EXIF tag
 # EXIF orientation -> the turn that shows the image upright (2..8; 1 and anything else: as stored)
-_UPRIGHT = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180],
-            4: [Image.Transpose.FLIP_TOP_BOTTOM], 5: [Image.Transpose.TRANSPOSE], 6: [Image.Transpose.ROTATE_270],
-            7: [Image.Transpose.TRANSVERSE], 8: [Image.Transpose.ROTATE_90]}
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 _WIDE = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # modes whose samples are wider than 8 bits
 _RESAMPLE = Image.Resampling.BICUBIC
 _REDUCING_GAP = 3.0  # shrink big images by integer steps first: much faster, same look at the small size
@@ -132,10 +132,8 @@ def orientation(img: Image.Image) -> int:
 
 def upright(img: Image.Image) -> Image.Image:
     """The image as it is meant to be shown: turned or flipped by its EXIF orientation (decodes it)."""
-    turns = _UPRIGHT.get(orientation(img), [])
-    for turn in turns:
-        img = img.transpose(turn)
-    return img
+    turn = _UPRIGHT.get(orientation(img))
+    return img if turn is None else img.transpose(turn)
 
 
 def fit(img: Image.Image, size: int, resize: Resize = "crop") -> np.ndarray:

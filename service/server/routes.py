@@ -158,7 +158,7 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
 @router.post("/encode", responses={200: {"model": EncodeResponse, "headers": {**TIMING_HEADERS, **PSNR_HEADER},
                                          "content": {NPY: NPY_BODY},
                                          "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
-                 **errors(400, 408, 413, 415, 422, 499, 500, 503, 504)},
+                 **errors(400, 408, 413, 415, 422, 431, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
                      "type": "array", "items": IMAGE_FILE}}}},
@@ -195,7 +195,7 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
                                          "headers": TIMING_HEADERS,
                                          "description": "image/png for one sequence; JSON for a list of them or a "
                                                         ".npy body; a .npy of pixels with `Accept: application/x-npy`"},
-                                   **errors(400, 408, 409, 413, 415, 422, 499, 500, 503, 504)},
+                                   **errors(400, 408, 409, 413, 415, 422, 431, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}},
              dependencies=KNOWN_QUERY_ONLY)

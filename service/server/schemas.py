@@ -49,11 +49,12 @@ class Status(BaseModel):
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the listed error statuses, all with the JSON error body."""
-    text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy)",
+    text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy, a header sent twice)",
             404: "No such route", 408: "The request body did not arrive within TITOK_BODY_TIMEOUT_S",
             409: "The tokens were made by another model (content hash)",
             413: "Body, image pixels or the request's pixels over the limit",
             415: "Unsupported content type",
+            431: "The request line and headers are over TITOK_MAX_HEADER_BYTES",
             422: "Invalid parameters, token ids, array dtype/shape, or more images or sequences than the limit",
             499: "The client closed the connection", 500: "The model failed on this batch",
             503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}

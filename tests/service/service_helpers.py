@@ -59,13 +59,14 @@ class FakeEngine:
 
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
-    """A real uvicorn server for a `build_app` app, in a thread on a free loopback port (no signals: not the main
-    thread)."""
+    """A real uvicorn server in a thread on a free loopback port (no signals: not the main thread)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # The configuration `titok serve` runs (its HTTP parser and limits), without its signal handling.
-    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port))
+    # The configuration `titok serve` runs (its HTTP parser and limits), without its signal handling; an app
+    # wrapped in another ASGI layer gets the default settings' limits.
+    svc = getattr(getattr(app, "state", None), "service", None)
+    server = uvicorn.Server(uvicorn_config(app, svc.settings if svc is not None else Settings(), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(6000):
