@@ -69,13 +69,16 @@ class Probe(threading.Thread):
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.slowest, self.stop = url, 0.0, threading.Event()
+        self.url, self.slowest, self.failed, self.stop = url, 0.0, 0, threading.Event()
 
     def run(self) -> None:
         with httpx.Client(timeout=60) as client:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
-                client.get(f"{self.url}/healthz")
+                try:
+                    client.get(f"{self.url}/healthz")
+                except httpx.TransportError:
+                    self.failed += 1
                 self.slowest = max(self.slowest, time.perf_counter() - t0)
                 self.stop.wait(0.05)
 
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)
         out(f"{args.mb:g} MB header: answer {answer.decode('latin-1') or '(connection closed)'!r} after "
             f"{sent / 1e6:.2f} MB sent, {seconds:.2f} s; server CPU {cpu:.2f} s; slowest /healthz "
-            f"{probe.slowest * 1000:.0f} ms\n")
+            f"{probe.slowest * 1000:.0f} ms ({probe.failed} failed)\n")
         rss0 = server.rss_mb()
         threads = [threading.Thread(target=send_header, args=(server.port, int(args.open_mb * 1e6), False))
                    for _ in range(args.open)]
