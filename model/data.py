@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,22 @@ from service.dataset.inputs import iter_tar
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 200_000_000  # wallpapers are large; a bomb guard still applies past this
+
+
+def portable_paths(paths: list[str | Path]) -> list[str]:
+    """Data paths as a checkpoint or artifact records them: relative to the folder that holds them all
+    (posix separators), so that meta.json names the data and says nothing about the machine that trained on it.
+
+    ["/home/a/photos/train"] -> ["train"]; ["/d/photos/train", "/d/shards/0.tar"] -> ["photos/train",
+    "shards/0.tar"]. Relative inputs are taken from the current folder; nothing is read from disk.
+    """
+    if not paths:
+        return []
+    full = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath(full))
+    if root in full:  # one path (or a path holding the others): keep its own name
+        root = root.parent
+    return [p.relative_to(root).as_posix() for p in full]
 
 
 @dataclass

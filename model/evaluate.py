@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .data import load_center_crops
+from .data import load_center_crops, portable_paths
 from .quality import prefix_lengths, psnr, ssim, thumbnail_baseline, thumbnail_side, to_uint8
 from .quantizer import codebook_stats
 from .runlog import save_grid
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     encode, decode, meta = load_codec(args)
     images, report = load_center_crops(args.data, meta["image_size"])
     figures, recon, tokens = evaluate(encode, decode, meta, images, args.batch_size)
-    figures["data"] = [str(p) for p in args.data]
+    figures["data"] = portable_paths(args.data)  # eval.json goes into meta.json (titok export --eval-json)
     figures["skipped"] = report.skipped
     figures["prefix_decodable"] = bool(meta.get("prefix_decodable", False))
     out = Path(args.out) if args.out else Path(args.artifact or args.checkpoint).parent

@@ -25,6 +25,7 @@ from torch import nn
 from service.core.artifact import save_artifact  # the artifact format has one owner
 
 from .config import TiTokConfig
+from .data import portable_paths
 from .quality import to_uint8
 from .tokenizer import build_model
 
@@ -178,13 +179,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, use_ema: bool = T
     model, cfg, ckpt, ema = load_checkpoint_model(checkpoint, use_ema)
     meta = {
         "preset": ckpt.get("preset"),
-        "training": ckpt.get("training", {}),
+        "training": _portable(ckpt.get("training", {})),
         "step": ckpt.get("step"),
         "weights": "ema" if ema else "raw",
         **ckpt.get("meta", {}),
         **(extra_meta or {}),
     }
     return export_model(model, cfg, out, meta, fp16_storage=fp16_storage)
+
+
+def _portable(section: dict[str, Any]) -> dict[str, Any]:
+    """A training or eval record with its data paths made portable (checkpoints and eval.json files written
+    before they were kept relative hold the training machine's absolute paths)."""
+    data = section.get("data")
+    if isinstance(data, list) and any(Path(str(p)).is_absolute() for p in data):
+        return {**section, "data": portable_paths([str(p) for p in data])}
+    return section
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -201,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     if args.name:
         extra["name"] = args.name
     if args.eval_json:
-        extra["eval"] = json.loads(Path(args.eval_json).read_text())
+        extra["eval"] = _portable(json.loads(Path(args.eval_json).read_text()))
     meta = export_checkpoint(args.checkpoint, args.out, use_ema=not args.raw_weights, fp16_storage=args.fp16,
                              extra_meta=extra)
     size_mb = Path(args.out).stat().st_size / 1e6

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PRESETS, TiTokConfig, get_preset
-from .data import RandomCrops, load_center_crops, load_images
+from .data import RandomCrops, load_center_crops, load_images, portable_paths
 from .quality import prefix_lengths, psnr, thumbnail_baseline, to_uint8
 from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
 from .tokenizer import TiTok
@@ -234,7 +234,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             "elapsed_s": elapsed_before + time.time() - t_start,
             "rng": {"torch": mine["torch"], "torch_ranks": [r["torch"] for r in ranks],
                     "crops": [r["crops"] for r in ranks]},
-            "training": {"data": [str(p) for p in args.data], "images": report.loaded, "steps": step,
+            "training": {"data": portable_paths(args.data), "images": report.loaded, "steps": step,
                          "tail_drop": cfg.tail_drop, "prefix_dist": args.prefix_dist if cfg.tail_drop else None,
                          "precision": precision, "init": args.init,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,

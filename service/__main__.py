@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import uvicorn
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from .core.engine import Engine
 from .errors import ModelLoadError
@@ -44,9 +45,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         sys.stderr.write(f"titok serve: {e}\n")
         return 2
     app = build_app(settings, engine=engine)
-    config = uvicorn.Config(app, host=host or settings.host, port=settings.port if port is None else port,
-                            workers=1, access_log=False, log_config=None, timeout_graceful_shutdown=None,
-                            lifespan="on")
+    config = uvicorn_config(app, settings, host or settings.host, settings.port if port is None else port)
     server = DrainingServer(config, app.state.service.start_draining, settings.drain_grace_s)
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours makes that a no-op,
     # so a drained shutdown ends with exit code 0 rather than death by signal.
@@ -57,6 +56,18 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         sys.stderr.write("titok serve: the server did not start; see the log above\n")
         return 1
     _exit_drained()
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """The server's configuration: one worker, our logging, and a bound on each request's head.
+
+    The head (request line and headers) is parsed by h11, whose buffer for an unfinished event is capped at
+    TITOK_MAX_HEADER_BYTES: a longer head gets a 400 and a closed connection from uvicorn before the app
+    sees it. httptools, uvicorn's other parser, has no such cap.
+    """
+    return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
+                          timeout_graceful_shutdown=None, lifespan="on", http="h11",
+                          h11_max_incomplete_event_size=settings.max_header_bytes)
 
 
 def _exit_drained() -> NoReturn:

@@ -34,7 +34,7 @@ CORE_STATUS: dict[str, int] = {
     InvalidTokens.code: 422,
     InvalidBudget.code: 422,
     NotPrefixDecodable.code: 422,
-    TooManyImages.code: 413,
+    TooManyImages.code: 422,  # a count the schema states (maxItems), so a 422
     ImageTooLarge.code: 413,
 }
 
@@ -55,6 +55,16 @@ class EmptyBody(ServiceError):
     status, code = 400, "empty_body"
 
 
+class DuplicateHeader(ServiceError):
+    status, code = 400, "duplicate_header"
+
+
+class InvalidRequest(ServiceError):
+    """A query parameter or header the route does not take, or one whose value it cannot use."""
+
+    status, code = 422, "invalid_request"
+
+
 class ModelMismatch(ServiceError):
     status, code = 409, "model_mismatch"
 
@@ -71,6 +81,10 @@ class BodyTimeout(ServiceError):
 
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
+
+
+class HeadersTooLarge(ServiceError):
+    status, code = 431, "headers_too_large"
 
 
 class PayloadTooLarge(ServiceError):

@@ -77,13 +77,15 @@ class AsyncTitokClient:
         calls = encode_calls(as_image_list(images), server, resize, num_tokens, target_psnr)
         return joined_encoded(await self._run_all(calls), server, num_tokens, target_psnr)
 
-    async def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
+    async def decode(self, tokens: Any, as_array: bool = False,
+                     model_hash: str | None = None) -> np.ndarray | list[Image.Image]:
         """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`. A prefix-decodable
         model takes (N, k) for any 1 <= k <= K too, or sequences of different lengths (a list of them, or the
-        TargetTokens that encode(target_psnr=) gave)."""
+        TargetTokens that encode(target_psnr=) gave). With `model_hash` (the `content_hash` the tokens came
+        with), tokens from another model are refused (TitokError 409)."""
         server = await self.server()
-        return joined_images(await self._run_all(any_decode_calls(token_sequences(tokens), server)), server,
-                             as_array)
+        calls = any_decode_calls(token_sequences(tokens), server, model_hash)
+        return joined_images(await self._run_all(calls), server, as_array)
 
     async def _run_all(self, calls: Iterator[Call]) -> list[np.ndarray]:
         """The calls' results in order, `concurrency` requests in flight; the next call (and its files) is made

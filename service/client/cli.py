@@ -28,8 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def encode_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="titok encode", description="Send images to a running service; print the "
-                                "token ids as JSON (one sequence per file, in order).")
+    p = argparse.ArgumentParser(prog="titok encode", description="Send images to a running service; print "
+                                "/encode's JSON answer (model, content_hash, num_tokens, codebook_size, tokens: one "
+                                "sequence per file, in order) plus the files.")
     p.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, GIF, BMP, TIFF)")
     p.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
                    help="fitting the image to the model's square: crop (default) scales the shorter side and "
@@ -44,17 +45,23 @@ def encode_main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot read {e.filename}: {e.strerror}")
     except TitokError as e:
         return _fail(_explain(e))
-    body = {"model": server.name, "num_tokens": server.num_tokens, "codebook_size": server.codebook_size,
-            "tokens": tokens.tolist(), "files": [str(f) for f in args.files]}
+    # /encode's own answer (the model's content hash included), plus the files in order: /decode and
+    # `titok decode --tokens @FILE` take it as it is, and refuse it on another model.
+    body = {"model": server.name, "content_hash": server.content_hash, "num_tokens": server.num_tokens,
+            "codebook_size": server.codebook_size, "tokens": tokens.tolist(), "files": [str(f) for f in args.files]}
     sys.stdout.write(json.dumps(body) + "\n")
     return 0
 
 
-def _load_tokens(spec: str) -> Any:
-    """JSON text or @file; a bare list, {"tokens": ...}, or `titok encode` output."""
+def _load_tokens(spec: str) -> tuple[Any, str | None]:
+    """JSON text or @file: a bare list, or {"tokens": ..., "content_hash"?: ...} (`titok encode` output, /encode's
+    answer, /decode's body) -> (the tokens, the content hash they came with, if any)."""
     text = Path(spec[1:]).read_text() if spec.startswith("@") else spec
     doc = json.loads(text)
-    return doc["tokens"] if isinstance(doc, dict) and "tokens" in doc else doc
+    if isinstance(doc, dict) and "tokens" in doc:
+        claim = doc.get("content_hash")
+        return doc["tokens"], claim if isinstance(claim, str) else None
+    return doc, None
 
 
 def decode_main(argv: list[str] | None = None) -> int:
@@ -65,9 +72,9 @@ def decode_main(argv: list[str] | None = None) -> int:
     _common(p)
     args = p.parse_args(argv)
     try:
-        tokens = _load_tokens(args.tokens)
+        tokens, model_hash = _load_tokens(args.tokens)
         with TitokClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
-            images = client.decode(tokens)
+            images = client.decode(tokens, model_hash=model_hash)
     except (OSError, ValueError) as e:
         return _fail(f"cannot read the tokens: {e}")
     except TitokError as e:

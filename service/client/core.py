@@ -23,7 +23,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ..core import codec
 from ..core.arrays import NPY, write_npy
+from ..core.errors import CoreError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "TITOK_API_KEY"  # the client's, not a server setting
@@ -35,13 +37,13 @@ ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
 class TitokError(Exception):
     """Every failure of a call: the server's error code, message and request ID, and the HTTP status.
 
-    Failures that never got an answer (the service cannot be reached) have `status` None and the code
-    `connection_error`.
+    Failures that never got an answer have `status` None: the service cannot be reached (code
+    `connection_error`), or an image was refused before sending (code `invalid_image`, as the server says).
     """
 
     def __init__(self, code: str, message: str, request_id: str | None = None, status: int | None = None) -> None:
-        super().__init__(f"{status or 'no answer'} {code}: {message}" + (f" (request {request_id})"
-                                                                         if request_id else ""))
+        where = str(status) if status else "no answer" if code == "connection_error" else "refused before sending"
+        super().__init__(f"{where} {code}: {message}" + (f" (request {request_id})" if request_id else ""))
         self.code, self.message, self.request_id, self.status = code, message, request_id, status
 
     @classmethod
@@ -117,6 +119,7 @@ class ServerInfo:
     """What the client needs from /info."""
 
     name: str
+    content_hash: str  # the served model's; "" for an artifact written before fingerprints
     image_size: int
     num_tokens: int
     codebook_size: int
@@ -130,7 +133,8 @@ class ServerInfo:
         # /info lists the media types each path takes; a server with the .npy formats names them for both.
         formats = info.get("formats") or {}
         has_arrays = all(NPY in formats.get(path, ()) for path in ("/encode", "/decode"))
-        return cls(str(m["name"]), int(m["image_size"]), int(m["num_tokens"]), int(m["codebook_size"]),
+        return cls(str(m["name"]), str(m.get("content_hash") or ""), int(m["image_size"]), int(m["num_tokens"]),
+                   int(m["codebook_size"]),
                    int(limits["max_images_per_request"]), int(limits["max_upload_bytes"]),
                    has_arrays if arrays is None else arrays)
 
@@ -147,36 +151,61 @@ def _load_npy(r: httpx.Response) -> np.ndarray:
     return np.load(io.BytesIO(r.content), allow_pickle=False)
 
 
-def _png(img: Image.Image) -> bytes:
+def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)  # lossless; level 1 is fast, size barely matters here
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)  # lossless; level 1 is fast
     return buf.getvalue()
 
 
-def _as_image(a: np.ndarray) -> Image.Image:
-    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
-        raise ValueError(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), not {a.dtype} {a.shape}")
-    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+def _source_bytes(img: Image.Image) -> bytes | None:
+    """The file a PIL image was opened from, while its pixels are still that file's (not loaded, first frame);
+    else None. Sending the file itself gives exactly the tokens of its path (JPEG's reduced-scale decoding
+    included)."""
+    if not getattr(img, "tile", None) or img.format not in (*codec.FORMATS, "MPO") or img.tell() != 0:
+        return None
+    if getattr(img, "filename", ""):
+        return Path(img.filename).read_bytes()
+    fp = getattr(img, "fp", None)
+    if fp is None:
+        return None
+    where = fp.tell()
+    try:
+        fp.seek(0)
+        return fp.read()
+    finally:
+        fp.seek(where)
 
 
-def _one_input(item: ImageLike, server: ServerInfo) -> tuple[str, Any]:
-    """("array", uint8 (S, S, 3)) where the server takes arrays and the image is one already; else
-    ("file", (name, bytes)) for a multipart part, decoded and resized by the server's codec."""
-    s = server.image_size
-    if isinstance(item, Image.Image):
-        if server.arrays and item.mode == "RGB" and item.size == (s, s):
-            return "array", np.asarray(item)
-        return "file", ("image.png", _png(item))
-    if isinstance(item, np.ndarray):
-        if server.arrays and item.dtype == np.uint8 and item.shape == (s, s, 3):
-            return "array", item
-        return "file", ("image.png", _png(_as_image(item)))
+def _pixels(item: Image.Image | np.ndarray, size: int, resize: str) -> np.ndarray:
+    """A PIL image (any mode) or an array of samples (any numeric dtype) -> the model's input, uint8
+    (size, size, 3), by the service's own codec (orientation, sample rule, transparency, resize)."""
+    try:
+        return codec.fit(item, size, resize)  # type: ignore[arg-type]
+    except CoreError as e:
+        raise TitokError(e.code, e.message) from None
+    except (OSError, ValueError, TypeError) as e:  # Pillow on an image it cannot load or convert
+        raise TitokError("invalid_image", f"the {item.mode} image cannot be read or converted: {e}") from None
+
+
+def _one_input(item: ImageLike, server: ServerInfo, resize: str) -> tuple[str, Any]:
+    """("array", uint8 (S, S, 3)) or ("file", (name, bytes)) for a multipart part.
+
+    Paths, bytes and PIL images still holding their file go as files, decoded by the server. Other PIL images
+    and arrays are brought to the model's input here, by the same codec, so that any mode or sample type
+    works: they go as arrays where the server takes them, else as a lossless PNG at the model's size.
+    """
+    if isinstance(item, Image.Image | np.ndarray):
+        data = _source_bytes(item) if isinstance(item, Image.Image) else None
+        if data is not None:
+            return "file", (Path(getattr(item, "filename", "") or "image").name, data)
+        pixels = _pixels(item, server.image_size, resize)
+        return ("array", pixels) if server.arrays else ("file", ("image.png", _png(pixels)))
     if isinstance(item, bytes | bytearray | memoryview):
         return "file", ("image", bytes(item))
     if isinstance(item, str | os.PathLike):
         path = Path(item)
         return "file", (path.name, path.read_bytes())
-    raise TypeError(f"cannot send {type(item).__name__} as an image: give paths, bytes, PIL images or uint8 arrays")
+    raise TypeError(f"cannot send {type(item).__name__} as an image: give paths, bytes, PIL images or arrays")
 
 
 def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
@@ -211,7 +240,7 @@ def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str, n
     accept = "application/json" if target_psnr is not None else NPY
     parse_json: Callable[[httpx.Response], Any] = (TargetTokens.from_answer if target_psnr is not None
                                                    else lambda r: np.asarray(r.json()["tokens"], dtype=np.int64))
-    for kind, run in _runs((_one_input(item, server) for item in images), server):
+    for kind, run in _runs((_one_input(item, server, resize) for item in images), server):
         if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
             yield Call({"method": "POST", "url": "/encode", "content": write_npy(np.stack(run)), "params": budget,
                         "headers": {"Content-Type": NPY, "Accept": accept}},
@@ -280,16 +309,23 @@ def token_sequences(tokens: Any) -> np.ndarray | list[np.ndarray]:
     return as_token_array(tokens)
 
 
-def ragged_decode_calls(sequences: list[np.ndarray], server: ServerInfo) -> Iterator[Call]:
-    """Requests for sequences of different lengths (JSON lists), in order; each parses to uint8 (n, S, S, 3)."""
+def ragged_decode_calls(sequences: list[np.ndarray], server: ServerInfo,
+                        model_hash: str | None = None) -> Iterator[Call]:
+    """Requests for sequences of different lengths (JSON lists), in order; each parses to uint8 (n, S, S, 3).
+    `model_hash` goes as X-Model-Hash, as in decode_calls."""
+    claim = {"X-Model-Hash": model_hash} if model_hash else {}
     for start in range(0, len(sequences), server.max_items):
         chunk = [s.tolist() for s in sequences[start:start + server.max_items]]
-        yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk}}, _pngs_to_pixels)
+        yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk}, "headers": claim},
+                   _pngs_to_pixels)
 
 
-def any_decode_calls(tokens: np.ndarray | list[np.ndarray], server: ServerInfo) -> Iterator[Call]:
+def any_decode_calls(tokens: np.ndarray | list[np.ndarray], server: ServerInfo,
+                     model_hash: str | None = None) -> Iterator[Call]:
     """decode_calls for an (N, k) array, ragged_decode_calls for a list of sequences."""
-    return ragged_decode_calls(tokens, server) if isinstance(tokens, list) else decode_calls(tokens, server)
+    if isinstance(tokens, list):
+        return ragged_decode_calls(tokens, server, model_hash)
+    return decode_calls(tokens, server, model_hash)
 
 
 def as_token_array(tokens: Any) -> np.ndarray:
@@ -316,15 +352,18 @@ def _pngs_to_pixels(r: httpx.Response) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert("RGB")) for p in pngs])
 
 
-def decode_calls(tokens: np.ndarray, server: ServerInfo) -> Iterator[Call]:
-    """Requests for int64 (N, K) tokens, in order; each parses to uint8 (n, S, S, 3)."""
+def decode_calls(tokens: np.ndarray, server: ServerInfo, model_hash: str | None = None) -> Iterator[Call]:
+    """Requests for int64 (N, K) tokens, in order; each parses to uint8 (n, S, S, 3). `model_hash`, the
+    content hash of the model that made the tokens, goes as X-Model-Hash: the server refuses another's (409)."""
+    claim = {"X-Model-Hash": model_hash} if model_hash else {}
     for start in range(0, len(tokens), server.max_items):
         chunk = tokens[start:start + server.max_items]
         if server.arrays:
             yield Call({"method": "POST", "url": "/decode", "content": write_npy(chunk),
-                        "headers": {"Content-Type": NPY, "Accept": NPY}}, _load_npy)
+                        "headers": {"Content-Type": NPY, "Accept": NPY, **claim}}, _load_npy)
         else:  # always a list of sequences, so the answer is always the JSON list of PNGs
-            yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}}, _pngs_to_pixels)
+            yield Call({"method": "POST", "url": "/decode", "json": {"tokens": chunk.tolist()}, "headers": claim},
+                       _pngs_to_pixels)
 
 
 def with_request_id(call: Call) -> dict[str, Any]:

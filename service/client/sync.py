@@ -76,12 +76,14 @@ class TitokClient:
         calls = encode_calls(as_image_list(images), server, resize, num_tokens, target_psnr)
         return joined_encoded([self._run(c) for c in calls], server, num_tokens, target_psnr)
 
-    def decode(self, tokens: Any, as_array: bool = False) -> np.ndarray | list[Image.Image]:
+    def decode(self, tokens: Any, as_array: bool = False,
+               model_hash: str | None = None) -> np.ndarray | list[Image.Image]:
         """(N, K) or (K,) token ids -> N PIL images, or uint8 (N, S, S, 3) with `as_array`. A prefix-decodable
         model takes (N, k) for any 1 <= k <= K too, or sequences of different lengths (a list of them, or the
-        TargetTokens that encode(target_psnr=) gave)."""
+        TargetTokens that encode(target_psnr=) gave). With `model_hash` (the `content_hash` the tokens came
+        with), tokens from another model are refused (TitokError 409)."""
         server = self.server
-        parts = [self._run(c) for c in any_decode_calls(token_sequences(tokens), server)]
+        parts = [self._run(c) for c in any_decode_calls(token_sequences(tokens), server, model_hash)]
         return joined_images(parts, server, as_array)
 
     def _run(self, call: Call) -> np.ndarray:

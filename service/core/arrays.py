@@ -15,6 +15,8 @@ import numpy as np
 from .errors import InvalidArray, MalformedArray, TooManyImages
 
 NPY = "application/x-npy"
+_NUMERIC = "biufc"  # numpy dtype kinds: bool, signed, unsigned, float, complex; each item takes >= 1 byte
+_MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32  # numpy's NPY_MAXDIMS
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -43,13 +45,8 @@ def read_npy(body: bytes) -> np.ndarray:
         shape, fortran_order, dtype = reader(f)
     except Exception as e:  # numpy's header parser raises ValueError, SyntaxError or TokenError on junk
         raise MalformedArray(f"the .npy header cannot be read ({type(e).__name__})") from None
-    if dtype.hasobject:
-        raise MalformedArray("the .npy holds Python objects (a pickle); only plain numeric arrays are accepted")
-    if dtype.fields is not None or dtype.subdtype is not None:
-        raise InvalidArray(f"the .npy has a structured dtype {dtype}; send a plain integer array")
-    if any(d < 0 for d in shape):
-        raise MalformedArray(f"the .npy header has a negative dimension in shape {tuple(shape)}")
-    count = math.prod(shape)  # Python ints: a forged shape cannot overflow
+    _check_header(shape, dtype)
+    count = math.prod(shape)  # Python ints: a forged shape cannot overflow; itemsize >= 1 bounds it by the body
     expected = count * dtype.itemsize
     offset = f.tell()
     if len(body) - offset < expected:
@@ -59,6 +56,22 @@ def read_npy(body: bytes) -> np.ndarray:
         raise MalformedArray(f"the .npy has {len(body) - offset - expected} bytes after its data; send one array")
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _check_header(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """What numpy's header reader lets through but no array of ours can be: checked before any data is read."""
+    if dtype.hasobject:
+        raise MalformedArray("the .npy holds Python objects (a pickle); only plain numeric arrays are accepted")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise InvalidArray(f"the .npy has a structured dtype {dtype}; send a plain numeric array")
+    if dtype.kind not in _NUMERIC:  # strings, bytes, void, dates: also the zero-size dtypes (<U0, |S0, |V0)
+        raise InvalidArray(f"the .npy has dtype {dtype.str} ({dtype.name}); send a plain numeric array")
+    if any(type(d) is not int for d in shape):  # numpy takes True for 1: a bool is an int to Python
+        raise MalformedArray(f"the .npy header's shape {tuple(shape)} holds a non-integer; write it with numpy.save")
+    if len(shape) > _MAX_DIMS:
+        raise MalformedArray(f"the .npy header has {len(shape)} dimensions; numpy allows at most {_MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise MalformedArray(f"the .npy header has a negative dimension in shape {tuple(shape)}")
 
 
 def write_npy(array: np.ndarray) -> bytes:

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import CoreError, ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, TooManyImages
 
@@ -20,21 +20,69 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # the file names of FORMATS: the one list
 Resize = Literal["crop", "pad", "stretch"]
 _ORIENTATION = 0x0112  # the EXIF tag
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# EXIF orientation -> the turn that shows the image upright (2..8; 1 and anything else: as stored)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_WIDE = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # modes whose samples are wider than 8 bits
 _RESAMPLE = Image.Resampling.BICUBIC
 _REDUCING_GAP = 3.0  # shrink big images by integer steps first: much faster, same look at the small size
+# PNG chunks kept when an image's metadata is more than Pillow will read (see _without_metadata); the rest
+# (ICC profiles, text) is never used here.
+_PNG_KEPT = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"eXIf", b"acTL", b"fcTL", b"fdAT", b"sBIT"}
+
+
+def _sniff(data: bytes) -> str | None:
+    """The supported format whose signature `data` starts with, if any (Pillow's own signature tests)."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in FORMATS:
+        accept = Image.OPEN[fmt][1]
+        found = accept(prefix) if accept else False
+        if found and not isinstance(found, str):  # a str is Pillow's "looks like it, but unsupported" note
+            return fmt
+    return None
+
+
+def _without_metadata(png: bytes) -> bytes | None:
+    """The PNG with only the chunks the pixels need, or None when it is not a sequence of whole chunks.
+
+    Pillow refuses a PNG whose ICC profile or text decompresses to over 1 MB (its safety limit against zlib
+    bombs); those chunks are of no use here, so such a file is read without them.
+    """
+    out, pos = [png[:8]], 8
+    while pos + 12 <= len(png):
+        length = int.from_bytes(png[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if end > len(png):
+            return None
+        if png[pos + 4:pos + 8] in _PNG_KEPT:
+            out.append(png[pos:end])
+        pos = end
+    return b"".join(out)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Read the header only (nothing decoded yet) and check the pixel count against the per-image limit."""
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
+    fmt = _sniff(data)
+    if fmt is None:
+        raise InvalidImage(f"the data is not an image in a supported format ({', '.join(FORMATS)})")
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        try:
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+        except ValueError:  # metadata over one of Pillow's limits (only PNG has them), not the pixels
+            stripped = _without_metadata(data) if fmt == "PNG" else None
+            if stripped is None:
+                raise
+            img = Image.open(io.BytesIO(stripped), formats=FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"the image is too large to decode ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InvalidImage(f"not a decodable image; supported formats: {', '.join(FORMATS)}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        reason = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"
+        raise InvalidImage(f"the data starts like a {fmt} image but cannot be read; it may be truncated or "
+                           f"corrupt{reason}") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageTooLarge(f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
@@ -54,38 +102,90 @@ def load_image(data: bytes, size: int, resize: Resize = "crop", max_pixels: int 
 
 def load_image_sized(data: bytes, size: int, resize: Resize = "crop",
                      max_pixels: int = 50_000_000) -> tuple[np.ndarray, int, int]:
-    """load_image, plus the image's width and height as displayed (after its EXIF orientation)."""
+    """load_image, plus the image's width and height as displayed (after its EXIF orientation).
+
+    Raises InvalidImage (400) for data that is not an image or cannot be decoded, ImageTooLarge (413) for an
+    image over `max_pixels` (read from the header, before decoding).
+    """
     img = _open(data, max_pixels)
-    w, h = img.size
+    fmt, (w, h) = img.format, img.size
+    shown = (h, w) if orientation(img) in (5, 6, 7, 8) else (w, h)  # 90-degree turns; before a JPEG draft
     try:
-        shown = (h, w) if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)  # 90-degree turns
-        if img.format == "JPEG":
+        if img.format in ("JPEG", "MPO"):
             img.draft(None, (size, size))  # let libjpeg decode at a reduced scale, still >= size each way
-        img = ImageOps.exif_transpose(img)  # decodes; GIF/WebP/TIFF stay at their first frame
-        img = _to_rgb(img)
-        img = _resize(img, size, resize)
-        out = np.asarray(img, dtype=np.uint8)
+        out = fit(img, size, resize)  # decodes (upright first); GIF/WebP/TIFF stay at their first frame
     except CoreError:
         raise
     except Exception as e:  # Pillow raises many types for truncated or corrupt data
-        raise InvalidImage(f"the image could not be decoded; it may be truncated or corrupt ({e})") from None
+        raise InvalidImage(f"the {fmt} image could not be decoded; it may be truncated or corrupt ({e})") from None
     return out, *shown
 
 
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1..8); 1 when it has none or its EXIF cannot be read (never an error)."""
+    try:
+        value = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # metadata the pixels do not need: unreadable means "as stored"
+        return 1
+    return value if type(value) is int and 1 <= value <= 8 else 1
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be shown: turned or flipped by its EXIF orientation (decodes it)."""
+    turn = _UPRIGHT.get(orientation(img))
+    return img if turn is None else img.transpose(turn)
+
+
+def to_uint8(samples: np.ndarray) -> np.ndarray:
+    """Samples of any numeric dtype -> uint8 of the same shape, by one rule for every door:
+
+    - uint8: as they are; bool: False black, True white.
+    - 16-bit unsigned: 0..65535 scaled to 0..255.
+    - other integers (32-bit images): the smallest of 8, 16 or 32 bits that holds the largest sample sets
+      white (255, 65535 or 2**32 - 1); negative samples are black.
+    - floating point: [0, 1] is black..white when every finite sample lies in it (the convention of NumPy,
+      scikit-image and scientific TIFF writers), else [0, 255]; samples outside are clipped, NaN is black.
+
+    Raises InvalidImage for a dtype that holds no samples (complex, strings, objects).
+    """
+    a = np.asarray(samples)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    if a.dtype.kind == "f":
+        finite = a[np.isfinite(a)]
+        in_unit = finite.size == 0 or (float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0)
+        top = 1.0 if in_unit else 255.0
+        scaled = np.nan_to_num(a.astype(np.float32), copy=False, nan=0.0)
+        np.clip(scaled, 0.0, top, out=scaled)  # +-inf too, before scaling
+        scaled *= np.float32(255.0 / top)
+    elif a.dtype.kind in "iu":
+        if a.dtype.kind == "u" and a.dtype.itemsize == 2:
+            white = 65535
+        else:
+            top = int(a.max(initial=0))
+            white = 255 if top <= 255 else 65535 if top <= 65535 else 2**32 - 1
+        scaled = a.astype(np.float32)
+        scaled *= np.float32(255.0 / white)
+    else:
+        raise InvalidImage(f"samples of dtype {a.dtype} are not pixel values; send integers or floats")
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in _SIXTEEN_BIT or img.mode == "I":
-        a = np.asarray(img).astype(np.float32)
-        if img.mode in _SIXTEEN_BIT or a.max(initial=0) > 255:  # 16-bit samples: 0..65535 -> 0..255
-            a = a / 257.0
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), "L")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if img.mode in _WIDE:
+        img = Image.fromarray(to_uint8(np.asarray(img)), "L")
+    elif img.mode == "La":  # premultiplied: Pillow converts it only to LA
+        img = img.convert("LA")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info
     if has_alpha:  # transparent areas become white, not whatever colour hides under alpha 0
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+    return img if img.mode == "RGB" else img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX
 
 
 def _resize(img: Image.Image, size: int, mode: Resize) -> Image.Image:
@@ -104,29 +204,32 @@ def _resize(img: Image.Image, size: int, mode: Resize) -> Image.Image:
 
 
 def fit(image: Image.Image | np.ndarray, size: int, resize: Resize = "crop") -> np.ndarray:
-    """An image already in memory -> uint8 (size, size, 3), as load_image treats an upload once it is decoded.
+    """An image in memory -> the model's input, uint8 (size, size, 3), by the /encode path's own steps.
 
-    image: a PIL image (its EXIF orientation is applied) or a uint8 array (H, W), (H, W, 3) or (H, W, 4)
-    (alpha on white). Then RGB, then the resize mode: the model's input for it, the /encode path's own steps.
-    Raises InvalidImage for another dtype or shape.
+    image: a PIL image of any mode (turned upright by its EXIF orientation) or an array of samples of any
+    numeric dtype, (H, W), (H, W, 1), (H, W, 3) or (H, W, 4). Samples become 8-bit by `to_uint8`'s rule,
+    transparency becomes white, and the picture is resized (crop: shorter side, then the centre; pad: longer
+    side, centred on black; stretch: both sides). Raises InvalidImage for another shape or a non-numeric dtype.
     """
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise InvalidImage(f"an image array must be uint8 (H, W), (H, W, 3) or (H, W, 4), not {image.dtype} "
-                               f"{image.shape}")
-        if image.shape[:2] == (size, size) and image.ndim == 3 and image.shape[2] == 3:
-            return np.ascontiguousarray(image)  # already the model's input
-        if min(image.shape[:2]) == 0:
-            raise InvalidImage(f"the image array is empty (shape {image.shape})")
-        image = Image.fromarray(np.ascontiguousarray(image))
-        return np.asarray(_resize(_to_rgb(image), size, resize), dtype=np.uint8)
-    return np.asarray(_resize(upright_rgb(image), size, resize), dtype=np.uint8)
+        a = to_uint8(image)
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+            raise InvalidImage(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), not {a.shape}")
+        if a.shape[:2] == (size, size) and a.ndim == 3 and a.shape[2] == 3:
+            return np.ascontiguousarray(a)  # already the model's input
+        if min(a.shape[:2]) == 0:
+            raise InvalidImage(f"the image array is empty (shape {a.shape})")
+        image = Image.fromarray(np.ascontiguousarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a))
+    else:
+        image = upright(image)
+    return np.asarray(_resize(_to_rgb(image), size, resize), dtype=np.uint8)
 
 
 def upright_rgb(image: Image.Image) -> Image.Image:
     """A decoded image as the codec sees it before resizing: EXIF orientation applied, then RGB (alpha on white,
-    16-bit samples scaled to 8)."""
-    return _to_rgb(ImageOps.exif_transpose(image))
+    wide samples by `to_uint8`'s rule). Decodes the pixels here, so a truncated file fails in the caller's try."""
+    image.load()
+    return _to_rgb(upright(image))
 
 
 def token_body_limit(num_tokens: int, max_sequences: int) -> int:

@@ -7,13 +7,15 @@ without parsing a list.
 
 from __future__ import annotations
 
+import re
 import time
 
-from ..errors import ModelMismatch
+from ..errors import InvalidRequest, ModelMismatch
 from .batcher import Timing
 from .schemas import MODEL_HASH
 
 MIN_HASH_PREFIX = 12  # the short form /info and logs show; shorter prefixes could match another model
+_HASH = re.compile(f"[0-9a-f]{{{MIN_HASH_PREFIX},64}}")  # a SHA-256 in hex, or a prefix of it
 
 
 def model_headers(content_hash: str, timing: Timing, started: float, codec_s: float) -> dict[str, str]:
@@ -31,12 +33,21 @@ def model_headers(content_hash: str, timing: Timing, started: float, codec_s: fl
 
 
 def check_model(claims: dict[str, str | None], served_hash: str, served_name: str) -> None:
-    """Refuse tokens that name another model (409); each claim is where it came from -> the hash it gave."""
+    """Refuse tokens that name another model (409); each claim is where it came from -> the hash it gave.
+
+    A claim that is no content hash at all (not hex, shorter than MIN_HASH_PREFIX, longer than a SHA-256)
+    is an invalid request (422), whatever the served model.
+    """
+    for where, claim in claims.items():
+        if claim is not None and not _HASH.fullmatch(claim.strip(" \t").lower()):  # "" too
+            shown = claim if len(claim) <= 80 else claim[:80] + "..."  # a hostile claim is not echoed whole
+            raise InvalidRequest(f"{where} is {shown!r}, not a content hash: send the model's hash from /encode "
+                                 f"(64 hex digits) or a prefix of at least {MIN_HASH_PREFIX} of them")
     if not served_hash:  # an artifact written before fingerprints: nothing to compare with
         return
     for where, claim in claims.items():
-        claim = (claim or "").strip().lower()
-        if claim and not (len(claim) >= MIN_HASH_PREFIX and served_hash.startswith(claim)):
+        claim = (claim or "").strip(" \t").lower()
+        if claim and not served_hash.startswith(claim):
             shown = claim if len(claim) <= 80 else claim[:80] + "..."  # a hostile header is not echoed whole
             raise ModelMismatch(f"the tokens were made by the model with content hash {shown} ({where}), but this "
                                 f"service serves {served_name} with content hash {served_hash}; decode them with "

@@ -47,18 +47,21 @@ def describe(keys: tuple[str, ...], metrics_auth: bool) -> str:
             f"{'needs a key' if metrics_auth else 'is open'}")
 
 
+OWS = " \t"  # HTTP's optional whitespace: str.strip() would also take a non-breaking space off a key
+
+
 def _presented_key(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
     """(the key the client sent, or None; what was wrong if none)."""
-    found = dict(headers)
+    found = dict(headers)  # each at most once: see middleware.SINGLE_HEADERS
     auth = found.get(b"authorization")
     if auth is not None:
-        scheme, _, token = auth.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = auth.decode("latin-1").strip(OWS).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip(OWS):
             return None, "the Authorization header must be 'Bearer KEY'"
-        return token.strip(), ""
+        return token.strip(OWS), ""
     api_key = found.get(b"x-api-key")
     if api_key is not None:
-        return api_key.decode("latin-1").strip(), ""
+        return api_key.decode("latin-1").strip(OWS), ""
     return None, "this service needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
 
 

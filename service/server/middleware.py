@@ -15,13 +15,14 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ANSWERABLE, BodyTimeout, PayloadTooLarge, answer
+from ..errors import ANSWERABLE, BodyTimeout, DuplicateHeader, HeadersTooLarge, PayloadTooLarge, answer
 from .metrics import Metrics
 
 
@@ -36,6 +37,8 @@ log = logging.getLogger("titok.app")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json",
              "/", "/ui/input")
+# Headers that carry meaning here and are not lists (RFC 9110, 5.3): sent twice, they are refused.
+SINGLE_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-model-hash", b"content-type"})
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up before its answer; never sent
 
 
@@ -45,16 +48,24 @@ def request_id_from(header: bytes | None) -> str:
     return value if _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
 
 
+def head_bytes(scope: Scope) -> int:
+    """About the size of the request's head on the wire: its request line and header lines."""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) + 1
+    return len(scope["method"]) + target + 11 + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 2
+
+
 def too_large(limit: int) -> str:
     return f"the request body is over the limit of {limit} bytes (TITOK_MAX_UPLOAD_BYTES)"
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float,
+                 max_header_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +109,15 @@ class RequestContext:
             return message
 
         try:
+            counts = Counter(k for k, _ in scope["headers"] if k in SINGLE_HEADERS)
+            twice = sorted(k.decode("latin-1") for k, n in counts.items() if n > 1)
+            if twice:  # one reader would take the first, another the last: refuse rather than guess
+                raise DuplicateHeader(f"the header {', '.join(twice)} is sent more than once; send it once")
+            head = head_bytes(scope)
+            if head > self.max_header_bytes:  # a head that arrived in one read: h11 caps only unfinished ones
+                raise HeadersTooLarge(f"the request line and headers take {head} bytes; the limit is "
+                                      f"{self.max_header_bytes} (TITOK_MAX_HEADER_BYTES)",
+                                      headers={"Connection": "close"})
             await self.app(scope, limited_receive, send_with_id)
         except ClientDisconnect:  # the client hung up while its body was read: nobody to answer, not a fault
             disconnected[0] = True

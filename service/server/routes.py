@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from ..core import arrays, codec
@@ -20,6 +20,7 @@ from ..errors import (
     Draining,
     EmptyBody,
     InvalidImage,
+    InvalidRequest,
     InvalidTokens,
     NotAcceptable,
     NotReady,
@@ -31,6 +32,7 @@ from . import budgets, decoding, openapi
 from .answers import check_model, model_headers
 from .middleware import too_large
 from .schemas import (
+    IMAGE_FILE,
     MODEL_HASH,
     NPY_BODY,
     PSNR_HEADER,
@@ -53,7 +55,7 @@ def _service(request: Request, work: bool = True) -> Any:
     return svc
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it (so its queued items are skipped) if the client hangs up."""
 
     async def disconnected() -> None:
@@ -73,6 +75,22 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         request.app.state.service.metrics.rejections.labels("client_disconnected").inc()
         raise ClientGone("the client closed the connection before the answer was ready")
     return task.result()
+
+
+def known_query_only(request: Request) -> None:
+    """422 for a query parameter the route does not take (`/decode?quality=true` was silently ignored)."""
+    route = request.scope.get("route")
+    taken = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", [])}
+    # and those the route reads itself, declared in its OpenAPI (the token budgets of /encode)
+    taken |= {p["name"] for p in (getattr(route, "openapi_extra", None) or {}).get("parameters", [])
+              if p.get("in") == "query"}
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        raise InvalidRequest(f"{request.url.path} does not take the query parameter(s) {', '.join(unknown)}; "
+                             f"it takes {', '.join(sorted(taken)) or 'none'}")
+
+
+KNOWN_QUERY_ONLY = [Depends(known_query_only)]
 
 
 def _declared_length(request: Request) -> int:
@@ -135,7 +153,7 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
     request.state.items = len(blobs)
     deadline = time.monotonic() + s.request_timeout_s  # covers decoding: a flood of pixels ends in a 504
     t0 = time.perf_counter()
-    images = await _unless_disconnected(request, decoding.decode_images(
+    images = await unless_disconnected(request, decoding.decode_images(
         svc.decode_queue, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
         max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.decode_queue.workers))
     return images, deadline, time.perf_counter() - t0
@@ -144,11 +162,12 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
 @router.post("/encode", responses={200: {"model": EncodeResponse, "headers": {**TIMING_HEADERS, **PSNR_HEADER},
                                          "content": {NPY: NPY_BODY},
                                          "description": "JSON; with `Accept: application/x-npy` a .npy of tokens"},
-                 **errors(400, 406, 408, 413, 415, 422, 499, 500, 503, 504)},
+                 **errors(400, 406, 408, 413, 415, 422, 431, 499, 500, 503, 504)},
              openapi_extra={"parameters": budgets.BUDGET_PARAMETERS, "requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {"images": {
-                     "type": "array", "items": {"type": "string", "format": "binary"}}}}},
-                 "image/*": {"schema": {"type": "string", "format": "binary"}}, NPY: NPY_BODY}}})
+                     "type": "array", "items": IMAGE_FILE}}}},
+                 "image/*": {"schema": IMAGE_FILE}, NPY: NPY_BODY}}},
+             dependencies=KNOWN_QUERY_ONLY)
 async def encode(request: Request, resize: Annotated[codec.Resize, Query(description=(
         "crop: shorter side to the model's size, then centre crop; pad: longer side, centred on black; "
         "stretch: both sides"))] = "crop",
@@ -169,7 +188,7 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
     if budget.is_set:
         return await _encode_budgeted(request, svc, images, budget, quality, deadline, started, codec_s)
     op = "roundtrip" if quality else "encode"
-    results, timing = await _unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
+    results, timing = await unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
     tokens = [r["tokens"] for r in results] if quality else results
     psnr = [round(float(r["psnr"]), 3) for r in results] if quality else None
     for _ in tokens:
@@ -189,7 +208,7 @@ async def _encode_budgeted(request: Request, svc: Any, images: list[Any], budget
     """The rest of /encode under num_tokens or target_psnr (see service.server.budgets)."""
     eng = svc.engine
     done = await budgets.encode_with_budget(svc.batcher, svc.codec_pool, images, budget, quality,
-                                            lambda: _remaining(deadline), lambda w: _unless_disconnected(request, w))
+                                            lambda: _remaining(deadline), lambda w: unless_disconnected(request, w))
     for k in done.num_tokens:
         svc.metrics.encode_tokens.observe(k)
     headers = model_headers(eng.content_hash, done.timing, started, codec_s)
@@ -208,9 +227,10 @@ async def _encode_budgeted(request: Request, svc: Any, images: list[Any], budget
                                          "headers": TIMING_HEADERS,
                                          "description": "image/png for one sequence; JSON for a list of them or a "
                                                         ".npy body; a .npy of pixels with `Accept: application/x-npy`"},
-                                   **errors(400, 408, 409, 413, 415, 422, 499, 500, 503, 504)},
+                                   **errors(400, 408, 409, 413, 415, 422, 431, 499, 500, 503, 504)},
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}})
+                 "application/json": {"schema": DecodeRequest.model_json_schema()}, NPY: NPY_BODY}}},
+             dependencies=KNOWN_QUERY_ONLY)
 async def decode(request: Request) -> Response:
     """Token ids -> image (a prefix-decodable model takes 1 <= k <= K ids per sequence, each its own k; see
     /info model.prefix_decodable). `{"tokens": [K ids]}` returns image/png; `{"tokens": [[K ids], ...]}` or a .npy of
@@ -240,7 +260,7 @@ async def decode(request: Request) -> Response:
     check_model({"JSON field content_hash": parsed.content_hash,
                  f"header {MODEL_HASH}": request.headers.get(MODEL_HASH)}, eng.content_hash, eng.name)
     request.state.items = len(parsed.tokens)
-    pixels, timing = await _unless_disconnected(
+    pixels, timing = await unless_disconnected(
         request, svc.batcher.submit_timed("decode", list(parsed.tokens), s.request_timeout_s))
     t_codec = time.perf_counter()
     if arrays.wants_npy(request.headers.get("accept", "")):

@@ -40,8 +40,9 @@ class DecodeRequest(BaseModel):
         "K token ids (returns image/png), or a list of such sequences (returns JSON with base64 PNGs). A "
         "prefix-decodable model (/info model.prefix_decodable) takes any 1 <= k <= K ids per sequence, each "
         "sequence its own k."))
-    content_hash: str | None = Field(None, description=(
-        "The content hash /encode named (or a prefix of 12+ characters); another model's is refused with 409."))
+    content_hash: str | None = Field(None, pattern=r"^[ \t]*[0-9a-fA-F]{12,64}[ \t]*$", description=(
+        "The content hash /encode named (or a prefix of 12+ hex digits); another model's is refused with 409, "
+        "anything else with 422."))
 
 
 class DecodeManyResponse(BaseModel):
@@ -57,19 +58,24 @@ class Status(BaseModel):
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the listed error statuses, all with the JSON error body."""
-    text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy)",
+    text = {400: "Malformed input (empty body, undecodable image, malformed JSON or .npy, a header sent twice)",
             404: "No such route", 408: "The request body did not arrive within TITOK_BODY_TIMEOUT_S",
             409: "The tokens were made by another model (content hash)",
-            413: "Body, image count, image pixels or the request's pixels over the limit",
+            413: "Body, image pixels or the request's pixels over the limit",
             406: "The answer cannot be given in the Accept type asked for",
-            415: "Unsupported content type", 422: "Invalid parameters, token ids or array dtype/shape",
+            415: "Unsupported content type",
+            431: "The request line and headers are over TITOK_MAX_HEADER_BYTES",
+            422: "Invalid parameters, token ids, array dtype/shape, a token budget, or more images or sequences than "
+                 "the limit",
             499: "The client closed the connection", 500: "The model failed on this batch",
             503: "Queue full, not ready or draining (see Retry-After)", 504: "Request timeout passed"}
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
 # OpenAPI text of the .npy bodies and of the headers every model answer carries.
-NPY_BODY = {"schema": {"type": "string", "format": "binary", "description": (
+IMAGE_FILE = {"type": "string", "format": "binary", "minLength": 1,
+              "description": "An image file: PNG, JPEG, WebP, GIF, BMP or TIFF (an empty one is refused)."}
+NPY_BODY = {"schema": {"type": "string", "format": "binary", "minLength": 1, "description": (
     "A .npy file (numpy.save), never pickled. /encode: uint8 images (B, H, W, 3) at the model's size; "
     "its answer: tokens (B, K), or (B, k) with ?num_tokens=k, in the smallest unsigned type that holds the "
     "codebook. /decode: token ids (B, K) of any integer type, or (B, k) with 1 <= k <= K for a prefix-decodable "

@@ -29,6 +29,8 @@ def test_bundled_artifact_has_its_metadata(default_model):
     assert meta["config"]["image_size"] == meta["image_size"]
     assert meta["eval"]["psnr"] > meta["eval"]["baseline"]["psnr"]
     assert DEFAULT.stat().st_size < 50e6
+    # Its data by name, not by the training machine's paths (issue 21, item 16).
+    assert meta["training"]["data"] == ["train"] and meta["eval"]["data"] == ["dev-eval"]
 
 
 def test_bundled_model_beats_the_equal_bits_thumbnail_on_a_held_out_photo(default_model):

@@ -61,6 +61,30 @@ def test_export_from_checkpoint_uses_ema_weights(tmp_path, micro_cfg):
     assert meta["content_hash"] == state_hash(ref.float())
 
 
+def test_export_records_data_paths_without_the_training_machines_folders(tmp_path, micro_cfg):
+    # Checkpoints and eval.json files written before paths were kept relative hold absolute ones (issue 21, item 16).
+    cfg = micro_cfg()
+    model = TiTok(cfg)
+    root = tmp_path / "home" / "alice" / "data"
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "step": 3,
+                "training": {"data": [str(root / "photos/train"), str(root / "shards/00000.tar")], "steps": 3}},
+               tmp_path / "checkpoint.pt")
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"psnr": 1.0, "data": [str(root / "photos/dev-eval")]}))
+    import argparse
+
+    from model.export import add_args, run
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    assert run(parser.parse_args(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "a.pt"),
+                                  "--eval-json", str(eval_json)])) == 0
+    _, meta = load_artifact(tmp_path / "a.pt")
+    assert meta["training"]["data"] == ["photos/train", "shards/00000.tar"]
+    assert meta["eval"]["data"] == ["dev-eval"] and meta["eval"]["psnr"] == 1.0
+    assert str(tmp_path) not in json.dumps(meta)
+
+
 @pytest.mark.slow
 def test_artifact_runs_where_model_package_cannot_be_imported(tmp_path, micro_cfg):
     cfg = micro_cfg()

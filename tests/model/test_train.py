@@ -60,7 +60,9 @@ def test_held_out_eval_runs_once_per_eval_step_and_at_the_last_step(tmp_path, ph
     assert train(photo_dir, out, 7, "--eval-data", str(photo_dir), "--eval-every", "5") == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "eval"] == [5, 7]
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 7
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 7
+    assert ckpt["training"]["data"] == [photo_dir.name]  # its name, not the machine's path to it (issue 21, item 16)
 
 
 @pytest.mark.slow

@@ -74,4 +74,17 @@ def all_formats() -> dict[str, bytes]:
         "cmyk": save(img.convert("CMYK"), "JPEG", quality=95),
         "sixteen_bit": sixteen_bit_png(),
         "exif_rotated": exif_rotated_jpeg(),
+        "float_tiff": float_tiff(),
+        "int32_tiff": save(Image.fromarray((float_samples() * 65535).astype(np.int32)), "TIFF"),
+        "junk_exif_png": save(img, "PNG", exif=b"\xff" * 40),
     }
+
+
+def float_samples(size: tuple[int, int] = (48, 40)) -> np.ndarray:
+    """Greyscale samples in [0, 1] (float32), a left-to-right ramp, as NumPy and scientific pipelines write them."""
+    return np.tile(np.linspace(0.0, 1.0, size[0], dtype=np.float32), (size[1], 1))
+
+
+def float_tiff() -> bytes:
+    """A float32 greyscale TIFF with samples in [0, 1] (Pillow reads it as mode F)."""
+    return save(Image.fromarray(float_samples()), "TIFF")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import uvicorn
 
+from service.__main__ import uvicorn_config
 from service.settings import Settings
 
 
@@ -62,7 +63,10 @@ def serving(app: Any) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    # The configuration `titok serve` runs (its HTTP parser and limits), without its signal handling; an app
+    # wrapped in another ASGI layer gets the default settings' limits.
+    svc = getattr(getattr(app, "state", None), "service", None)
+    server = uvicorn.Server(uvicorn_config(app, svc.settings if svc is not None else Settings(), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(6000):

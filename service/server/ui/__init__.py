@@ -18,10 +18,10 @@ from starlette.exceptions import HTTPException
 
 from ...core import codec
 from ...core.budgets import refuse_prefixes
-from ...core.engine import psnr
+from ...core.quality import psnr
 from ...errors import EmptyBody
 from .. import decoding
-from ..routes import refuse_declared_over
+from ..routes import KNOWN_QUERY_ONLY, refuse_declared_over, unless_disconnected
 
 _HERE = Path(__file__).parent
 _JS = "text/javascript; charset=utf-8"
@@ -71,7 +71,7 @@ async def _one_image(request: Request, resize: codec.Resize) -> np.ndarray:
     return pixels
 
 
-@router.post("/ui/input")
+@router.post("/ui/input", dependencies=KNOWN_QUERY_ONLY)
 async def model_input(request: Request, resize: Annotated[codec.Resize, Query()] = "crop") -> Response:
     """One raw image body -> the uint8 (S, S, 3) array the model is given for it, as PNG.
 
@@ -79,11 +79,14 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     differs from Pillow's, cannot honour every format (TIFF) and handles alpha and 16-bit samples its own way.
     """
     svc: Any = request.app.state.service
-    s = svc.settings
-    pixels = await _one_image(request, resize)
-    png = await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
-                                                           s.png_compress_level)
-    return Response(png, media_type="image/png")
+
+    async def model_input_png() -> bytes:
+        pixels = await _one_image(request, resize)
+        return await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
+                                                                svc.settings.png_compress_level)
+
+    # A client gone while its image waits or decodes: the image is dropped (a 499), as on /encode.
+    return Response(await unless_disconnected(request, model_input_png()), media_type="image/png")
 
 
 CURVE_POINTS = 64  # prefix lengths measured for the page's curve: every k up to 64 tokens, else 64 of them
@@ -96,20 +99,25 @@ def curve_lengths(max_tokens: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(1, max_tokens, CURVE_POINTS)})
 
 
-@router.post("/ui/curve")
+@router.post("/ui/curve", dependencies=KNOWN_QUERY_ONLY)
 async def psnr_curve(request: Request, resize: Annotated[codec.Resize, Query()] = "crop") -> dict[str, Any]:
     """One raw image body -> {"num_tokens": [k, ...], "psnr": [dB, ...]}: its reconstruction's PSNR from its first
     k tokens, at every k of curve_lengths(K); for the page's curve. 422 for a model that is not prefix-decodable.
 
-    Costs one encode and up to CURVE_POINTS decodes of one image, through the batcher like any request."""
+    Costs one encode and up to CURVE_POINTS decodes of one image, through the batcher like any request; a client
+    gone meanwhile is dropped (a 499), as on /encode."""
     svc: Any = request.app.state.service
     eng = svc.engine
     if not getattr(eng, "prefix_decodable", False):
         refuse_prefixes(eng.name, eng.num_tokens, "a PSNR curve over the number of tokens")
-    pixels = await _one_image(request, resize)
-    timeout = svc.settings.request_timeout_s
-    (tokens,) = await svc.batcher.submit("encode", [pixels], timeout)
-    lengths = curve_lengths(eng.num_tokens)
-    decoded = await svc.batcher.submit("decode", [tokens[:k] for k in lengths], timeout)
-    measured = psnr(np.stack(decoded), np.broadcast_to(pixels, (len(lengths), *pixels.shape)))
-    return {"num_tokens": lengths, "psnr": [round(float(p), 3) for p in measured]}
+
+    async def curve() -> dict[str, Any]:
+        pixels = await _one_image(request, resize)
+        timeout = svc.settings.request_timeout_s
+        (tokens,) = await svc.batcher.submit("encode", [pixels], timeout)
+        lengths = curve_lengths(eng.num_tokens)
+        decoded = await svc.batcher.submit("decode", [tokens[:k] for k in lengths], timeout)
+        measured = psnr(np.stack(decoded), np.broadcast_to(pixels, (len(lengths), *pixels.shape)))
+        return {"num_tokens": lengths, "psnr": [round(float(p), 3) for p in measured]}
+
+    return await unless_disconnected(request, curve())

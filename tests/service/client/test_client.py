@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from sample_images import save, two_halves
+from sample_images import float_samples, float_tiff, save, two_halves
 from service_helpers import FakeEngine, make_settings, serving
 
 from service.client import AsyncTitokClient, Retry, TitokClient, TitokError
@@ -62,6 +62,37 @@ def test_every_kind_of_input_gives_the_tokens_of_its_bytes(live_url: str, tmp_pa
     assert tokens[5].tolist() == tokens[6].tolist()
     direct = httpx.post(f"{live_url}/encode", content=save(at_size, "PNG"), headers={"content-type": "image/png"})
     assert tokens[5].tolist() == direct.json()["tokens"][0]
+
+
+@pytest.mark.parametrize("arrays", [None, False])
+def test_any_pil_image_gives_the_tokens_of_its_file(live_url: str, tmp_path: Path, arrays: bool | None) -> None:
+    cmyk = tmp_path / "cmyk.jpg"
+    cmyk.write_bytes(save(two_halves(48, 40).convert("CMYK"), "JPEG", quality=95))
+    grey_float = tmp_path / "float.tiff"
+    grey_float.write_bytes(float_tiff())
+    with TitokClient(live_url, arrays=arrays) as client:
+        for path in (cmyk, grey_float):
+            by_path = client.encode(path)
+            assert client.encode(Image.open(path)).tolist() == by_path.tolist(), path  # was a bare OSError
+            loaded = Image.open(path)
+            loaded.load()  # no longer its file: converted here by the service's own codec
+            assert client.encode(loaded).tolist() == by_path.tolist(), path
+        assert client.encode(Image.fromarray(float_samples())).tolist() == client.encode(grey_float).tolist()
+        assert client.encode(float_samples()).tolist() == client.encode(grey_float).tolist()
+        in_memory = [two_halves().convert(mode) for mode in ("CMYK", "F", "YCbCr", "LAB", "HSV", "I", "I;16",
+                                                             "La", "RGBa", "PA", "1")]
+        assert client.encode(in_memory).shape == (len(in_memory), 8)
+
+
+@pytest.mark.parametrize(("item", "words"), [
+    (np.zeros((8, 8), np.complex64), "complex64"),
+    (np.zeros((8, 8, 5), np.uint8), r"not \(8, 8, 5\)"),
+    (np.zeros((2, 8, 8, 3, 1), np.uint8), "not"),
+])
+def test_images_that_cannot_be_sent_are_titok_errors(live_url: str, item: np.ndarray, words: str) -> None:
+    with TitokClient(live_url) as client, pytest.raises(TitokError, match=words) as e:
+        client.encode(item)
+    assert e.value.code == "invalid_image" and e.value.status is None
 
 
 def test_resize_mode_and_single_inputs(live_url: str) -> None:

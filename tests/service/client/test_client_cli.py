@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from sample_images import all_formats
@@ -24,6 +25,9 @@ def test_encode_then_decode_round_trip(live_url: str, tmp_path: Path, capsys) ->
     assert encode_main([*map(str, files), "--url", live_url]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["tokens"]) == 2 and len(out["tokens"][0]) == 8 and out["model"] == "test-tiny"
+    served = httpx.get(f"{live_url}/info").json()["model"]["content_hash"]
+    answer = httpx.post(f"{live_url}/encode", files=[("images", (f.name, f.read_bytes())) for f in files]).json()
+    assert out == {**answer, "files": [str(f) for f in files]} and out["content_hash"] == served  # one format
 
     (tmp_path / "tokens.json").write_text(json.dumps(out))
     assert decode_main(["--tokens", f"@{tmp_path / 'tokens.json'}", "--out", str(tmp_path / "r.png"),
@@ -32,6 +36,21 @@ def test_encode_then_decode_round_trip(live_url: str, tmp_path: Path, capsys) ->
     assert decode_main(["--tokens", json.dumps(out["tokens"][0]), "--out", str(tmp_path / "one.png"),
                         "--url", live_url]) == 0
     assert Image.open(io.BytesIO((tmp_path / "one.png").read_bytes())).size == (32, 32)
+
+
+def test_tokens_json_names_its_model_and_another_model_refuses_it(live_url: str, tmp_path: Path, capsys) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(all_formats()["png"])
+    assert encode_main([str(image), "--url", live_url]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # /decode takes `titok encode`'s output as it is: a list of sequences, so JSON with one PNG per sequence.
+    r = httpx.post(f"{live_url}/decode", json=doc)
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**doc, "content_hash": "0123456789abcdef" * 4}))
+    assert decode_main(["--tokens", f"@{other}", "--out", str(tmp_path / "x.png"), "--url", live_url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 409 ") and "0123456789abcdef" in err and not (tmp_path / "x.png").exists()
 
 
 def test_client_errors_are_one_line_and_exit_1(live_url: str, tmp_path: Path, capsys) -> None:

@@ -7,9 +7,11 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from npy_strategies import npy_files
 
 from service.core.arrays import media_types, parse_images, parse_tokens, read_npy, stack, wants_npy, write_npy
-from service.errors import InvalidArray, MalformedArray, TooManyImages, answer
+from service.errors import ANSWERABLE, InvalidArray, MalformedArray, TooManyImages, answer
 
 
 def npy(a: np.ndarray, **kw) -> bytes:
@@ -82,6 +84,35 @@ def test_hostile_headers_are_refused_before_any_data_is_read(header: str, words:
         read_npy(handmade(header, b"\x00" * 48))
 
 
+@pytest.mark.parametrize(("header", "error", "words"), [  # the headers that were 500s (issue 21, item 7)
+    ("{'descr': '<U0', 'fortran_order': False, 'shape': (2, 3), }", InvalidArray, "dtype <U0"),
+    ("{'descr': '|S0', 'fortran_order': False, 'shape': (2, 3), }", InvalidArray, r"dtype \|S0"),
+    ("{'descr': '|V0', 'fortran_order': False, 'shape': (2, 3), }", InvalidArray, r"dtype \|V0"),
+    ("{'descr': '<U0', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", InvalidArray, "dtype <U0"),
+    ("{'descr': '<M8[s]', 'fortran_order': False, 'shape': (2, 3), }", InvalidArray, "datetime64"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (True, 3), }", MalformedArray, "non-integer"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (2, False), }", MalformedArray, "non-integer"),
+    (f"{{'descr': '<i8', 'fortran_order': False, 'shape': {(1,) * 65}, }}", MalformedArray,
+     "65 dimensions; numpy allows at most 64"),
+    (f"{{'descr': '<i8', 'fortran_order': False, 'shape': {(0,) * 65}, }}", MalformedArray, "65 dimensions"),
+])
+def test_headers_numpy_reads_but_no_array_can_have_are_4xx(header: str, error: type, words: str) -> None:
+    for parse in (read_npy, lambda b: parse_tokens(b, 3, 64, 4), lambda b: parse_images(b, 8, 4)):
+        with pytest.raises(error, match=words) as e:
+            parse(handmade(header, b"\x00" * 8))
+        assert 400 <= answer(e.value)[0] < 500
+
+
+@given(body=npy_files())
+@settings(max_examples=1500, deadline=None, database=None)
+def test_any_header_is_an_array_or_a_4xx_never_an_exception(body: bytes) -> None:
+    for parse in (read_npy, lambda b: parse_tokens(b, 3, 8, 4), lambda b: parse_images(b, 2, 4)):
+        try:
+            parse(body)
+        except ANSWERABLE as e:
+            assert 400 <= answer(e)[0] < 500, e
+
+
 @pytest.mark.parametrize(("array", "words"), [
     (np.zeros((2, 8, 8, 3), np.float32), "dtype float32; send uint8 images of shape"),
     (np.zeros((2, 8, 8, 3), np.int64), "dtype int64"),
@@ -112,11 +143,12 @@ def test_wrong_token_arrays_are_422s_naming_the_problem(array: np.ndarray, words
         parse_tokens(npy(array), 3, 64, 4)
 
 
-def test_too_many_items_in_an_array_is_a_413() -> None:
+def test_too_many_items_in_an_array_is_a_422() -> None:
     with pytest.raises(TooManyImages, match="5 token sequences in one request; the limit is 4"):
         parse_tokens(npy(np.zeros((5, 3), np.int64)), 3, 64, 4)
-    with pytest.raises(TooManyImages, match="5 images"):
+    with pytest.raises(TooManyImages, match="5 images") as e:
         parse_images(npy(np.zeros((5, 8, 8, 3), np.uint8)), 8, 4)
+    assert answer(e.value)[0] == 422  # what the schema's maxItems promises (issue 21, item 14)
 
 
 def test_accept_headers() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from sample_images import (
     BLUE,
     RED,
@@ -20,7 +21,16 @@ from sample_images import (
     two_halves,
 )
 
-from service.core.codec import encode_png, load_image, parse_tokens
+from service.core.codec import (
+    encode_png,
+    fit,
+    load_image,
+    load_image_sized,
+    orientation,
+    parse_tokens,
+    to_uint8,
+    upright,
+)
 from service.errors import ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, TooManyImages, answer
 
 
@@ -77,6 +87,112 @@ def test_large_photo_shrinks() -> None:
     assert load_image(save(solid(BLUE, (3000, 2000)), "JPEG"), 32).shape == (32, 32, 3)
 
 
+def big_metadata() -> dict[str, bytes]:
+    """Red images whose metadata Pillow refuses or cannot parse, though their pixels decode (issue 21, item 8)."""
+    img = solid(RED, (16, 8))
+    long_text = PngImagePlugin.PngInfo()
+    long_text.add_text("comment", "x" * 2_000_000, zip=True)
+    long_itxt = PngImagePlugin.PngInfo()
+    long_itxt.add_itxt("comment", "x" * 2_000_000, zip=True)
+    icc = np.random.default_rng(1).integers(0, 256, 1_200_000, np.uint8).tobytes()  # incompressible: 1.2 MB
+    return {
+        "png_icc_1_2_mb": save(img, "PNG", icc_profile=icc),
+        "png_ztxt_2_mb": save(img, "PNG", pnginfo=long_text),
+        "png_itxt_2_mb": save(img, "PNG", pnginfo=long_itxt),
+        "png_junk_exif": save(img, "PNG", exif=b"\xff" * 40),
+        "webp_junk_exif": save(img, "WEBP", exif=b"Exif\x00\x00\xff\xff", lossless=True),
+        "jpeg_icc_1_2_mb": save(img, "JPEG", icc_profile=icc, quality=95),
+        "webp_icc_1_2_mb": save(img, "WEBP", icc_profile=icc, lossless=True),
+    }
+
+
+@pytest.mark.parametrize("name", list(big_metadata()))
+def test_metadata_the_codec_does_not_use_never_refuses_an_image(name: str) -> None:
+    out, w, h = load_image_sized(big_metadata()[name], 8, "stretch")
+    assert close_to(out[4, 4], RED, 2) and (w, h) == (16, 8)
+
+
+def test_a_stripped_png_keeps_its_transparency() -> None:
+    icc = np.random.default_rng(1).integers(0, 256, 1_200_000, np.uint8).tobytes()
+    clear = save(Image.new("RGBA", (16, 8), (0, 0, 0, 0)).convert("P"), "PNG", icc_profile=icc, transparency=0)
+    assert np.all(load_image(clear, 8) == 255)
+
+
+def exif_jpeg(orientation_entry: bytes) -> bytes:
+    """A landscape 64 x 32 JPEG whose EXIF holds one hand-written IFD entry (tag, type, count, value)."""
+    ifd = b"II*\x00" + struct.pack("<IH", 8, 1) + orientation_entry + b"\x00" * 4
+    return save(two_halves(), "JPEG", exif=b"Exif\x00\x00" + ifd, quality=95)
+
+
+@pytest.mark.parametrize("entry", [
+    struct.pack("<HHIHH", 0x0112, 3, 1, 9, 0),  # orientation 9: no such value
+    struct.pack("<HHI4s", 0x0112, 2, 4, b"six\x00"),  # a string
+    struct.pack("<HHII", 0x0112, 99, 1, 6),  # an unknown type
+])
+def test_an_unusable_orientation_means_no_rotation(entry: bytes) -> None:
+    out, w, h = load_image_sized(exif_jpeg(entry), 32, "pad")
+    assert (w, h) == (64, 32) and np.all(out[0] < 10) and not np.all(out[:, 0] < 10)  # landscape, as stored
+
+
+def test_exif_orientations_turn_the_image_upright() -> None:
+    # A 2 x 1 image, red then blue; each orientation shows it turned and/or flipped (EXIF 2.32, table 'Orientation').
+    stored = np.array([[RED, BLUE]], np.uint8)
+    expected = {1: [[RED, BLUE]], 2: [[BLUE, RED]], 3: [[BLUE, RED]], 4: [[RED, BLUE]],
+                5: [[RED], [BLUE]], 6: [[RED], [BLUE]], 7: [[BLUE], [RED]], 8: [[BLUE], [RED]]}
+    for value, shown in expected.items():
+        img = Image.fromarray(stored)
+        exif = Image.Exif()
+        exif[0x0112] = value
+        img.info["exif"] = exif.tobytes()
+        assert orientation(img) == value
+        assert np.asarray(upright(img)).tolist() == np.array(shown, np.uint8).tolist(), value
+
+
+@pytest.mark.parametrize(("samples", "expected"), [
+    (np.array([0.0, 0.5, 1.0], np.float32), [0, 128, 255]),  # [0, 1]: the scientific convention
+    (np.array([0.0, 0.25, 1.0], np.float64), [0, 64, 255]),
+    (np.array([0.0, 127.6, 255.0, 300.0, -5.0], np.float32), [0, 128, 255, 255, 0]),  # else [0, 255], clipped
+    (np.array([np.nan, 0.5, np.inf, -np.inf], np.float32), [0, 128, 255, 0]),  # NaN black; inf clipped
+    (np.array([0, 32768, 65535], np.uint16), [0, 128, 255]),  # 16-bit: always its full range
+    (np.array([0, 100, 255], np.int32), [0, 100, 255]),  # 32-bit holding 8-bit values
+    (np.array([0, 32768, 65535], np.int32), [0, 128, 255]),  # ... 16-bit values
+    (np.array([0, 2**31, 2**32 - 1], np.int64), [0, 128, 255]),  # ... 32-bit values
+    (np.array([-7, 0, 200], np.int32), [0, 0, 200]),  # negative: black
+    (np.array([False, True]), [0, 255]),
+    (np.array([0, 7, 255], np.uint8), [0, 7, 255]),
+])
+def test_every_sample_type_maps_to_8_bits_by_one_rule(samples: np.ndarray, expected: list[int]) -> None:
+    out = to_uint8(samples)
+    assert out.dtype == np.uint8 and out.tolist() == expected
+
+
+def test_samples_that_are_not_numbers_are_refused() -> None:
+    with pytest.raises(InvalidImage, match="complex64"):
+        to_uint8(np.zeros(3, np.complex64))
+
+
+@pytest.mark.parametrize(("samples", "grey"), [
+    (np.full((32, 32), 0.5, np.float32), 128),  # was an all-black picture (issue 21, item 9)
+    (np.full((32, 32), 200.0, np.float32), 200),
+    (np.full((32, 32), 200, np.int32), 200),
+    (np.full((32, 32), 40000, np.int32), round(40000 / 257)),
+    (np.full((32, 32), 3 * 2**29, np.int32), round(3 * 2**29 * 255 / (2**32 - 1))),
+    (np.full((32, 32), 32768, np.uint16), 128),
+])
+def test_wide_sample_tiffs_decode_by_the_rule(samples: np.ndarray, grey: int) -> None:
+    data = save(Image.fromarray(samples), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode in ("F", "I", "I;16")
+    out = load_image(data, 16)
+    assert out.shape == (16, 16, 3) and np.all(np.abs(out.astype(int) - grey) <= 1), out[0, 0]
+
+
+@pytest.mark.parametrize("mode", Image.MODES)
+def test_every_pil_mode_fits_to_rgb(mode: str) -> None:
+    img = Image.new(mode, (24, 12))
+    out = fit(img, 8)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+
+
 def truncated(fmt: str) -> bytes:
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     data = save(Image.fromarray(noise), fmt)
@@ -85,11 +201,12 @@ def truncated(fmt: str) -> bytes:
 
 @pytest.mark.parametrize("data, words", [
     (b"", "empty"),
-    (b"hello, I am text pretending to be a PNG", "not a decodable image"),
-    (save(solid(), "PNG")[:30], "not a decodable image"),
+    (b"hello, I am text pretending to be a PNG", r"not an image in a supported format \(PNG, JPEG, WEBP"),
+    (save(solid(), "PNG")[:30], "starts like a PNG image but cannot be read; it may be truncated"),
     (truncated("PNG"), "truncated"),
     (truncated("JPEG"), "truncated"),
-    (save(solid(), "ICO"), "supported formats"),
+    (save(solid(), "ICO"), "not an image in a supported format"),
+    (save(solid(), "JPEG")[:40], "starts like a JPEG image but cannot be read"),
 ])
 def test_undecodable_input_is_refused(data: bytes, words: str) -> None:
     with pytest.raises(InvalidImage, match=words):

@@ -87,10 +87,14 @@ def test_long_inputs_are_cut_into_batches(tok: Tokenizer, monkeypatch: pytest.Mo
 
 def test_bad_input_is_named(tok: Tokenizer, tmp_path: Path) -> None:
     good = _structured(40, 40)
-    with pytest.raises(InvalidImage, match=r"^images\[1\]: not a decodable image"):
+    with pytest.raises(InvalidImage, match=r"^images\[1\]: the data is not an image in a supported format"):
         tok.encode([good, b"not an image"])
-    with pytest.raises(InvalidImage, match=r"images\[0\]: an image array must be uint8"):
-        tok.encode([good.astype(np.float32)])
+    with pytest.raises(InvalidImage, match=r"images\[0\]: samples of dtype complex64 are not pixel values"):
+        tok.encode([good.astype(np.complex64)])
+    with pytest.raises(InvalidImage, match=r"images\[0\]: an image array must be \(H, W\), \(H, W, 1\)"):
+        tok.encode([good[..., None, :]])
+    # samples of another numeric dtype follow the codec's one rule (issue 21, item 9): 0..255 floats as uint8
+    assert np.array_equal(tok.encode([good.astype(np.float32)]), tok.encode([good]))
     with pytest.raises(InvalidImage, match="must be a path, bytes, a PIL image or a uint8 array, not int"):
         tok.encode([3])
     with pytest.raises(InvalidImage, match=r"a batch array must be uint8 \(B, 32, 32, 3\)"):

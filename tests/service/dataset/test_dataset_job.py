@@ -78,7 +78,7 @@ def test_bad_images_are_skipped_listed_and_counted_and_the_run_goes_on(tmp_path:
     errors = [json.loads(line) for line in (tmp_path / "out/mixed.errors.jsonl").read_text().splitlines()]
     reasons = {e["key"]: e["reason"] for e in errors}
     assert list(reasons) == ["corrupt", "cut", "bomb", "empty"]
-    assert "not a decodable image" in reasons["corrupt"]
+    assert "starts like a JPEG image but cannot be read" in reasons["corrupt"]
     assert "truncated or corrupt" in reasons["cut"]
     assert "5000 x 5000 = 25000000 pixels; the limit is 10000000" in reasons["bomb"]
     assert "empty" in reasons["empty"]

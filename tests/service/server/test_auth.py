@@ -97,6 +97,34 @@ def test_a_wrong_key_is_401_invalid_token(headers: dict[str, str], words: str) -
         assert OLD not in r.text
 
 
+@pytest.mark.parametrize("headers", [
+    {"X-API-Key": OLD.encode() + b"\xa0"},  # a non-breaking space is part of the key, not whitespace
+    {"Authorization": b"Bearer " + OLD.encode() + b"\xa0"},
+    {"Authorization": b"Bearer \xa0" + OLD.encode()},
+])
+def test_only_ascii_whitespace_is_stripped_from_a_key(headers: dict[str, bytes]) -> None:
+    with app_with(api_keys=(OLD,)) as c:
+        assert c.get("/info", headers=headers).status_code == 401
+        for padded in ({"X-API-Key": f" {OLD}\t"}, {"Authorization": f"Bearer  {OLD} "}):
+            assert c.get("/info", headers=padded).status_code == 200
+
+
+@pytest.mark.parametrize("headers", [
+    [("Authorization", f"Bearer {OLD}"), ("Authorization", f"Bearer {NEW}")],
+    [("Authorization", f"Bearer {OLD}"), ("Authorization", f"Bearer {OLD}")],
+    [("X-API-Key", NEW), ("X-API-Key", OLD)],
+    [("Authorization", f"Bearer {OLD}"), ("X-Model-Hash", "ab" * 32), ("x-model-hash", "cd" * 32)],
+    [("Authorization", f"Bearer {OLD}"), ("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+])
+def test_a_header_that_carries_meaning_sent_twice_is_refused(headers: list[tuple[str, str]]) -> None:
+    with app_with(api_keys=(OLD,)) as c:
+        r = c.post("/decode", json={"tokens": [1] * 8}, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "duplicate_header", r.text
+        assert "more than once" in r.json()["error"]["message"]
+        twice_id = [("Authorization", f"Bearer {OLD}"), ("X-Request-ID", "a"), ("X-Request-ID", "b")]
+        assert c.post("/decode", json={"tokens": [1] * 8}, headers=twice_id).status_code == 200
+
+
 def test_either_header_and_every_configured_key_is_let_in() -> None:
     with app_with(api_keys=(OLD, NEW)) as c:
         for headers in ({"Authorization": f"Bearer {OLD}"}, {"authorization": f"bearer {NEW}"}, {"X-API-Key": OLD}):

@@ -44,7 +44,7 @@ def test_the_request_pixel_budget_is_checked_from_the_headers_before_anything_is
     with ThreadPoolExecutor(1) as pool, pytest.raises(InvalidImage) as invalid:  # within budget: decoding starts
         asyncio.run(decoding.decode_images(DecodeQueue(pool, 1), blobs, 32, "crop", max_image_pixels=50_000_000,
                                            max_request_pixels=30_000_000, deadline=float("inf")))
-    assert invalid.value.message.startswith("images[0]: the image could not be decoded")
+    assert invalid.value.message.startswith("images[0]: the PNG image could not be decoded")
 
 
 class SteppingPool(Executor):

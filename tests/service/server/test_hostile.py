@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,64 @@ def test_a_hang_up_while_a_draining_server_reads_the_body_is_a_499(
             time.sleep(0.02)
     assert access_record(caplog, "gone-while-draining").request["status"] == 499
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+HEADER_LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def small_heads(tiny_artifact: Path) -> Iterator[str]:
+    with serving(build_app(make_settings(tiny_artifact, max_header_bytes=HEADER_LIMIT))) as url:
+        yield url
+
+
+def send_head(url: str, head: bytes, total: int) -> tuple[int, bytes]:
+    """Send `head` padded with one header line to `total` bytes (unterminated when `total` is past the head's
+    end); (bytes sent before the server closed the connection, what it answered)."""
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        try:
+            sock.sendall(head)
+            sent = len(head)
+            chunk = b"a" * 65536
+            while sent < total:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while part := sock.recv(65536):
+                data += part
+        except ConnectionResetError:
+            pass
+    return sent, data
+
+
+@pytest.mark.parametrize("where", ["a header", "the request line"])
+def test_a_request_head_over_the_limit_is_refused_and_its_connection_closed(small_heads: str, where: str) -> None:
+    head = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " if where == "a header"
+            else b"GET /healthz?q=")  # the rest of the line or header is filler, never terminated
+    sent, answer = send_head(small_heads, head, 64 * 1024 * 1024)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"connection: close" in answer.lower(), answer[:200]
+    assert sent < 16 * 1024 * 1024  # cut off early: the server did not read (and keep) 64 MB first
+    assert httpx.get(f"{small_heads}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/encode", "/nowhere"])
+def test_a_whole_head_over_the_limit_is_a_431_and_one_within_it_is_served(small_heads: str, path: str) -> None:
+    filler = "a" * (HEADER_LIMIT - 200)
+    with httpx.Client(timeout=10) as client:
+        r = client.get(f"{small_heads}{path}", headers={"X-Filler": filler})
+        assert r.status_code in (200, 404, 405)  # past the limit check
+        r = client.get(f"{small_heads}{path}", headers={"X-Filler": filler, "X-More": "b" * 300})
+        assert r.status_code == 431 and r.headers["connection"] == "close", r.text
+        assert r.json()["error"]["code"] == "headers_too_large" and "TITOK_MAX_HEADER_BYTES" in r.text
+        r = client.get(f"{small_heads}{path}?q={filler}{'c' * 300}")
+        assert r.status_code == 431
+
+
+def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
+    with pytest.raises(ValueError, match="max_header_bytes"):
+        make_settings(tiny_artifact, max_header_bytes=100)

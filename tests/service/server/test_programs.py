@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from npy_strategies import npy_files
 from PIL import Image
 
 from service.core.artifact import read_meta
@@ -70,7 +72,7 @@ def test_npy_tokens_decode_to_npy_pixels_equal_to_the_pngs(client: TestClient) -
     ("/encode", npy(np.zeros((1, 32, 32, 3), np.float32)), 422, "invalid_array", "dtype float32"),
     ("/encode", npy(np.zeros((1, 64, 64, 3), np.uint8)), 422, "invalid_array", "shape (1, 64, 64, 3)"),
     ("/encode", npy(np.zeros((32, 32, 3), np.uint8)), 422, "invalid_array", "rank 3"),
-    ("/encode", npy(np.zeros((5, 32, 32, 3), np.uint8)), 413, "too_many_images", "limit is 4"),
+    ("/encode", npy(np.zeros((5, 32, 32, 3), np.uint8)), 422, "too_many_images", "limit is 4"),
     ("/encode", npy(np.zeros((1, 32, 32, 3), np.uint8))[:-100], 400, "malformed_npy", "truncated"),
     ("/encode", npy(np.array([{}], dtype=object), allow_pickle=True), 400, "malformed_npy", "pickle"),
     ("/decode", npy(np.zeros((1, 8), np.float64)), 422, "invalid_array", "dtype float64"),
@@ -103,19 +105,30 @@ def test_every_encode_answer_names_the_model_and_decode_accepts_it(client: TestC
     assert f'content_hash="{served_hash}"' in client.get("/metrics").text
 
 
-@pytest.mark.parametrize("where", ["json", "header", "npy+header", "short prefix"])
+@pytest.mark.parametrize("claim", ["abc", "0123456789a", "not-a-hash-at-all", "zz" * 32, "0" * 65, "01234567 89ab"])
+@pytest.mark.parametrize("where", ["json", "header"])
+def test_a_claim_that_is_no_content_hash_is_a_422(client: TestClient, claim: str, where: str) -> None:
+    tokens = [[1] * 8]
+    request = {"json": {"tokens": tokens, "content_hash": claim}} if where == "json" else \
+        {"json": {"tokens": tokens}, "headers": {"x-model-hash": claim}}
+    r = client.post("/decode", **request)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request" and "not a content hash" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("where", ["json", "header", "npy+header", "prefix"])
 def test_tokens_from_another_model_are_refused_with_409_naming_both(client: TestClient, served_hash, where) -> None:
     other = "0123456789abcdef" * 4
     tokens = [[1] * 8]
     request = {"json": {"tokens": tokens, "content_hash": other}} if where == "json" else \
         {"json": {"tokens": tokens}, "headers": {"x-model-hash": other}} if where == "header" else \
         {"content": npy(np.array(tokens)), "headers": {"content-type": NPY, "x-model-hash": other}} \
-        if where == "npy+header" else {"json": {"tokens": tokens, "content_hash": served_hash[:6]}}
+        if where == "npy+header" else {"json": {"tokens": tokens, "content_hash": other[:12]}}
     r = client.post("/decode", **request)
     assert r.status_code == 409, r.text
     error = r.json()["error"]
     assert error["code"] == "model_mismatch" and served_hash in error["message"] and "test-tiny" in error["message"]
-    assert (served_hash[:6] if where == "short prefix" else other) in error["message"]
+    assert (other[:12] if where == "prefix" else other) in error["message"]
 
 
 def test_model_answers_say_where_their_time_went(client: TestClient, images) -> None:
@@ -166,4 +179,14 @@ def test_the_openapi_document_lists_the_npy_formats_and_the_409(client: TestClie
 
 def test_a_huge_hash_claim_is_refused_without_being_echoed_whole(client: TestClient) -> None:
     r = client.post("/decode", json={"tokens": [1] * 8, "content_hash": "ab" * 5000})
-    assert r.status_code == 409 and len(r.json()["error"]["message"]) < 600
+    assert r.status_code == 422 and len(r.json()["error"]["message"]) < 600
+
+
+@given(body=npy_files())
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_npy_header_is_answered_with_a_2xx_or_a_4xx(client: TestClient, body: bytes) -> None:
+    for path in ("/encode", "/decode"):
+        r = client.post(path, content=body, headers={"content-type": NPY, "accept": NPY})
+        assert r.status_code < 500, r.text
+        assert r.status_code < 300 or r.json()["error"]["code"] in ("malformed_npy", "invalid_array",
+                                                                      "too_many_images", "invalid_tokens")

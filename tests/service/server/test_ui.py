@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sample_images import all_formats, header_only_png, save, two_halves
@@ -120,3 +121,46 @@ def test_model_input_keeps_to_the_request_pixel_budget(tiny_artifact: Path) -> N
         Image.new("RGB", (90, 90), (200, 30, 30)).save(small, "PNG")
         ok = c.post("/ui/input", content=small.getvalue())
         assert ok.status_code == 200 and Image.open(io.BytesIO(ok.content)).size == (32, 32)
+
+
+def test_model_input_drops_the_image_of_a_client_that_hung_up(tiny_artifact: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """As /encode does: an image still waiting for the codec when its client leaves is never decoded (a 499)."""
+    import httpx
+
+    decoded: list[bytes] = []
+    gate = threading.Event()
+    real_load = codec.load_image
+
+    def held_load(data: bytes, *args, **kwargs):
+        decoded.append(data)
+        assert gate.wait(30)
+        return real_load(data, *args, **kwargs)
+
+    monkeypatch.setattr(codec, "load_image", held_load)
+    first, second = save(two_halves(), "PNG"), save(two_halves(48, 40), "PNG")
+    app = build_app(make_settings(tiny_artifact, codec_threads=1))
+    with serving(app) as url:
+        held = {}
+        waiting = threading.Thread(target=lambda: held.update(r=httpx.post(f"{url}/ui/input", content=first,
+                                                                           timeout=60)))
+        waiting.start()
+        for _ in range(3000):  # the first image holds the only codec thread
+            if decoded:
+                break
+            threading.Event().wait(0.01)
+        with httpx.Client(timeout=httpx.Timeout(60, read=0.3)) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post(f"{url}/ui/input", content=second)
+        rejections = app.state.service.metrics.rejections.labels("client_disconnected")
+        for _ in range(3000):
+            if rejections._value.get() == 1:  # noqa: SLF001
+                break
+            threading.Event().wait(0.01)
+        gate.set()
+        waiting.join(30)
+        assert held["r"].status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+    assert rejections._value.get() == 1  # noqa: SLF001
+    assert decoded == [first]  # the second image was never decoded
+    assert 'titok_requests_total{endpoint="/ui/input",status="499"} 1.0' in metrics
+    assert 'titok_requests_total{endpoint="/ui/input",status="200"} 1.0' in metrics

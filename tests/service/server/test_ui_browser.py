@@ -184,7 +184,7 @@ def test_api_errors_are_shown_as_readable_messages(browser: Browser, site: str, 
     notes.write_bytes(b"a shopping list, not a picture")
     upload.set_input_files(notes)
     error = page.get_by_role("alert").first
-    expect(error).to_contain_text('images[0] "notes.png": not a decodable image')
+    expect(error).to_contain_text('images[0] "notes.png": the data is not an image in a supported format')
     expect(error).to_contain_text("HTTP 400, invalid_image")
     big = tmp_path / "big.bmp"
     big.write_bytes(b"BM" + bytes(300 * 1024))  # over make_settings' 256 KiB upload limit
