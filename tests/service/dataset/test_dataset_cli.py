@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_helpers import photo, rows, tokenize, write_folder
+from dataset_helpers import done_names, photo, rows, tokenize, write_folder
 from PIL import Image
 
 from service.cli import main
@@ -128,7 +128,7 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     log = open(tmp_path / "killed.log", "wb")  # not a pipe: nothing may hold the test up after the kill
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     deadline = time.monotonic() + 300
-    while not list(out.glob("*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(out.glob(".titok/*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)  # no clean-up of any kind: as a preempted machine
@@ -137,17 +137,18 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
     assert workers, "the job runs its decoding in worker processes"
     _wait_gone(workers)  # the decoding workers follow their job: no orphans keep the CPU busy
-    done = sorted(p.name for p in out.glob("*.done.json"))
+    done = sorted(p.name for p in out.glob(".titok/*.done.json"))
     assert 1 <= len(done) < 10, "the run must be killed part-way"
     for name in done:  # every shard recorded complete has its whole Parquet file
         assert (out / name.replace(".done.json", ".parquet")).is_file()
+    assert len(done_names(out)) == len(done)
 
     capsys.readouterr()
     assert main(cmd[3:]) == 0  # the same command again, in this process
     report = capsys.readouterr().out
     assert f"shards skipped (already complete)  {len(done)}\n" in report
     assert f"shards written                     {10 - len(done)}\n" in report
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
 
     tokenize([folder], tmp_path / "whole", engine, shard_size=3)
     assert rows(out) == rows(tmp_path / "whole")
