@@ -63,6 +63,11 @@ class Shard:
         return [Path(self.source) / f for f in self.files] if self.kind == "folder" else [Path(self.source)]
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    """open()'s opener for files that may turn out to be FIFOs: O_NONBLOCK, so opening never waits for a writer."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def stat_digest(paths: Sequence[Path]) -> str:
     """A digest of the files' names, sizes and modification times (no byte read): equal means unchanged."""
     parts = []
@@ -84,7 +89,7 @@ def content_digest(shard: Shard) -> str:
     for key, path in zip(shard.files or ("",), shard.paths(), strict=True):
         h.update(f"{key}\0".encode())
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", opener=_nonblocking) as f:  # a FIFO must not block the digest
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     raise OSError("not a regular file")
                 while block := f.read(1 << 20):
@@ -312,7 +317,7 @@ def _read_regular(path: Path, max_bytes: int) -> Record:
     """A file's bytes, refusing non-regular files (a FIFO would block) and files over the byte limit."""
     key = path.name
     try:
-        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+        with open(path, "rb", opener=_nonblocking) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return Record(key, None, f"{_file_type(st.st_mode)}, not an image file; not read")
@@ -375,11 +380,11 @@ def _image_choice(sample: _Sample, column: str) -> tuple[str | None, str]:
     files = ", ".join(f".{e}" for e in sample.exts)
     if len(fallback) == 1:
         return fallback[0], ""
-    wanted = f"a .{column} file" if column != AUTO else "an image"
     if fallback:
-        return None, (f"the sample holds {len(fallback)} images ({files}) and none is {wanted[2:]} exactly: "
+        plain = f".{column}" if column != AUTO else "a plain image extension (.jpg, .png, ...)"
+        return None, (f"the sample holds {len(fallback)} images ({files}) and none has {plain}: "
                       "choose one with --image-column")
-    return None, f"the sample has no {wanted[2:] if column != AUTO else 'image'} (its files: {files})"
+    return None, f"the sample has no {f'.{column} file' if column != AUTO else 'image'} (its files: {files})"
 
 
 def _iter_tar(shard: Shard, max_bytes: int) -> Iterator[Record]:

@@ -3,7 +3,9 @@
 A Parquet reader decompresses a whole page to read any value in it, so a 56 KB file holding one
 zstd-compressed 1 GB value costs 1 GB before a single cell can be measured. Each page's header states its
 uncompressed size and its number of values; a page larger than `(max_bytes + 4) * values` must hold a
-value over the limit (4: a value's length prefix), so its row group is not read at all. Page headers are
+value over the limit (4: a value's length prefix). Such a page larger than PAGE_BUDGET times the limit
+is never decompressed: its row group is not read (each of its rows is listed); a smaller one is read, and
+its cells over the limit are skipped one by one. Page headers are
 Thrift compact-protocol structs (parquet-format's PageHeader); pyarrow does not expose them, hence this
 small reader.
 """
@@ -16,6 +18,9 @@ from typing import IO, Any
 _STOP, _TRUE, _FALSE, _I8, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 _DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 5, 7, 8  # PageHeader's fields holding num_values (their field 1)
+
+
+PAGE_BUDGET = 4  # a page up to this many times the byte limit is read, and its oversized cells skipped one by one
 
 
 class _Malformed(Exception):
@@ -110,7 +115,8 @@ def page_sizes(f: IO[bytes], start: int, length: int) -> list[tuple[int, int]]:
 
 def oversized_row_groups(path: str, metadata: Any, column: str, max_bytes: int) -> dict[int, str]:
     """{row group: reason} for the row groups whose column `column` (a top-level name) holds a page that must
-    contain a value over `max_bytes`. Headers that cannot be parsed are left to the Parquet reader to judge.
+    contain a value over `max_bytes` and is over PAGE_BUDGET times `max_bytes` decompressed. Headers that
+    cannot be parsed are left to the Parquet reader to judge.
 
     `metadata` is pyarrow's FileMetaData of the file at `path`.
     """
@@ -130,7 +136,7 @@ def oversized_row_groups(path: str, metadata: Any, column: str, max_bytes: int) 
             except (_Malformed, OSError, struct.error):
                 continue
             for uncompressed, values in pages:
-                if uncompressed > (max_bytes + 4) * max(values, 1):
+                if uncompressed > (max_bytes + 4) * max(values, 1) and uncompressed > PAGE_BUDGET * max_bytes:
                     found[group] = (f"row group {group} of column {column} holds a page of {uncompressed} bytes "
                                     f"decompressed for {values} value(s): some value is over the limit of "
                                     f"{max_bytes} bytes (--max-image-bytes); the row group was not read")

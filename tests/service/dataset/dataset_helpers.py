@@ -57,12 +57,12 @@ def write_parquet(path: Path, columns: dict[str, list[Any]]) -> Path:
 
 def tokenize(inputs: Sequence[str | Path], out: Path, engine: Engine, *, shard_size: int = 4, workers: int = 0,
              resize: str = "crop", batch_size: int = 4, overwrite: bool = False, image_column: str = "auto",
-             max_pixels: int = 50_000_000) -> Summary:
+             max_pixels: int = 50_000_000, max_bytes: int = 32 * 1024 * 1024) -> Summary:
     """What `titok tokenize` does, in this process, with an engine loaded once for the whole test module."""
     shards = plan_shards([str(p) for p in inputs], shard_size, image_column)
     meta = job_meta(engine.model_info, resize)
     prepare_output(out, meta, overwrite)
-    return run_local(shards, engine, meta, JobOptions(out, resize, batch_size, workers, max_pixels))  # type: ignore[arg-type]
+    return run_local(shards, engine, meta, JobOptions(out, resize, batch_size, workers, max_pixels, max_bytes))  # type: ignore[arg-type]
 
 
 def rows(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
