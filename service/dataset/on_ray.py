@@ -183,6 +183,7 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the job's own bar says it once
     progress = Progress(sum(s.size_bytes for s in todo), len(todo))
     collector = _Collector(todo, meta, opts.out, summary, progress)
     try:

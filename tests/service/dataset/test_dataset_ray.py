@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dataset_helpers import photo, rows, tokenize, write_folder, write_parquet, write_tar
+from dataset_helpers import photo, record, rows, tokenize, write_folder, write_parquet, write_tar
 
 from service.core.engine import Engine
 from service.dataset.inputs import plan_shards
@@ -48,9 +48,8 @@ def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact
 
     assert (summary.images, summary.errors, summary.shards_written) == (local.images, local.errors, 5) == (12, 1, 5)
     assert rows(out) == rows(tmp_path / "local")  # every key, token, size and source
-    for path in (tmp_path / "local").iterdir():
-        if path.suffix != ".parquet":
-            assert (out / path.name).read_bytes() == path.read_bytes(), path.name  # done records, errors files
-    assert json.loads((out / "000.done.json").read_text())["rows"] == 3
+    for path in (tmp_path / "local/.titok").iterdir():
+        assert (out / ".titok" / path.name).read_bytes() == path.read_bytes(), path.name  # done records, errors
+    assert json.loads(record(out, "000.done.json").read_text())["rows"] == 3
     again = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out), concurrency=1)
     assert (again.shards_skipped, again.shards_written) == (5, 0)
