@@ -131,6 +131,10 @@ def _run(prog: str, parser: argparse.ArgumentParser, body: typing.Callable[[argp
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; the shards already written are kept (a rerun resumes)\n")
+        if getattr(args, "ray", False):  # Ray's threads would print tracebacks, or start a Ray, on the way out
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 

@@ -19,6 +19,7 @@ an actor that cannot be placed) stops with a message; the shards finished so far
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import socket
@@ -182,7 +183,7 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job's own bar says it once
     progress = Progress(sum(s.size_bytes for s in todo), len(todo))
     collector = _Collector(todo, meta, opts.out, summary, progress)
@@ -218,10 +219,19 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
         for i, shard in enumerate(todo):  # every shard ends with its end row, so this is a bug if it fires
             if i not in collector.written:
                 raise DatasetError(f"the Ray run ended without all rows of shard {shard.name}")
-    finally:
+    except KeyboardInterrupt:
+        # No ray.shutdown() here: Ray Data's executor thread would go on calling a disconnected Ray and print
+        # tracebacks. The caller exits at once; the cluster cleans up after a driver that is gone.
+        progress.close()
+        raise
+    except BaseException:
         progress.close()
         if started_here:
             ray.shutdown()
+        raise
+    progress.close()
+    if started_here:
+        ray.shutdown()
     summary.seconds = time.perf_counter() - start
     return summary
 

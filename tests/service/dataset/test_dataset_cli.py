@@ -153,3 +153,29 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     tokenize([folder], tmp_path / "whole", engine, shard_size=3)
     assert rows(out) == rows(tmp_path / "whole")
     assert len(rows(out)) == 30
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path: Path, tiny_artifact: Path) -> None:
+    folder = tmp_path / "pics"
+    _big_photos(folder, 30)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "service.cli", "tokenize", str(folder), "--out", str(out), "--model",
+           str(tiny_artifact), "--device", "cpu", "--workers", "2", "--shard-size", "3", "--batch-size", "3",
+           "--torch-threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group: Ctrl-C reaches the job and its workers
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".titok/*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1] == ("titok tokenize: interrupted; the shards already written are kept "
+                                       "(a rerun resumes)")
+    kept = done_names(out)
+    assert 1 <= len(kept) < 10
+    assert len(list(out.glob("*.parquet"))) == len(kept)
+    _wait_gone(workers)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +179,41 @@ def test_load_tokens_reads_complete_shards_and_refuses_a_mix_of_models(tmp_path:
         load_tokens(tmp_path / "out")
     with pytest.raises(DatasetError, match="no complete tokenized shard"):
         load_tokens(tmp_path / "pics")
+
+
+def _mirror_tar(path: Path, mirrored: bool) -> None:
+    from PIL import Image, ImageOps
+
+    a = Image.open(io.BytesIO(photo(1, size=(40, 40))))
+    b = ImageOps.mirror(a) if mirrored else a
+    buf = io.BytesIO()
+    b.save(buf, format="PNG")
+    write_tar(path, [("a.png", buf.getvalue()), ("b.png", photo(2))])
+
+
+def test_resume_is_judged_by_content_not_by_size(tmp_path: Path, engine: Engine) -> None:
+    tar = tmp_path / "s.tar"
+    _mirror_tar(tar, mirrored=False)
+    size = tar.stat().st_size
+    tokenize([tar], tmp_path / "out", engine)
+    before = rows(tmp_path / "out")
+    record_path = record(tmp_path / "out", "s.done.json")
+    first = json.loads(record_path.read_text())
+    assert len(first["sha256"]) == 64 and first["stat"]
+
+    stat = tar.stat()
+    os.utime(tar, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, not changed: the digest says so
+    touched = tokenize([tar], tmp_path / "out", engine)
+    assert (touched.shards_written, touched.shards_skipped) == (0, 1)
+    refreshed = json.loads(record_path.read_text())
+    assert refreshed["sha256"] == first["sha256"] and refreshed["stat"] != first["stat"]  # next time: the cheap path
+
+    _mirror_tar(tar, mirrored=True)  # one image replaced by its mirror: the tar keeps its size (10 KiB blocks)
+    assert tar.stat().st_size == size
+    changed = tokenize([tar], tmp_path / "out", engine)
+    assert (changed.shards_written, changed.shards_skipped) == (1, 0)
+    after = rows(tmp_path / "out")
+    key = (str(tar.resolve()), "a")
+    assert after[key]["tokens"] != before[key]["tokens"]
+    tokenize([tar], tmp_path / "fresh", engine)
+    assert after == rows(tmp_path / "fresh")

@@ -46,10 +46,39 @@ def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact
     prepare_output(out, meta)
     summary = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out, batch_size=3), concurrency=1)
 
-    assert (summary.images, summary.errors, summary.shards_written) == (local.images, local.errors, 5) == (12, 1, 5)
+    assert (summary.images, summary.errors, summary.shards_written) == (local.images, local.errors, 5) == (12, 2, 5)  # 2: bad.png, readme (no image)
     assert rows(out) == rows(tmp_path / "local")  # every key, token, size and source
     for path in (tmp_path / "local/.titok").iterdir():
         assert (out / ".titok" / path.name).read_bytes() == path.read_bytes(), path.name  # done records, errors
     assert json.loads(record(out, "000.done.json").read_text())["rows"] == 3
     again = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out), concurrency=1)
     assert (again.shards_skipped, again.shards_written) == (5, 0)
+
+    # Resume judged by content here too: the tar's image replaced by another of the same size.
+    size = tar.stat().st_size
+    write_tar(tar, [(f"t{i}.jpg", photo(20 + i, fmt="JPEG")) for i in (0, 1)] + [("t2.jpg", photo(20, fmt="JPEG"))])
+    assert tar.stat().st_size == size
+    changed = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out), concurrency=1)
+    assert (changed.shards_skipped, changed.shards_written) == (4, 1)
+    got = rows(out)
+    assert got[(str(tar.resolve()), "t2")]["tokens"] == got[(str(tar.resolve()), "t0")]["tokens"]
+
+
+@pytest.mark.slow
+def test_a_cluster_too_small_for_the_plan_is_refused_saying_what_it_lacks(tmp_path: Path, tiny_artifact: Path,
+                                                                         engine: Engine, local_ray: None) -> None:
+    from service.dataset.inputs import DatasetError
+
+    tar = write_tar(tmp_path / "a.tar", [("a.png", photo(1))])
+    meta = job_meta(engine.model_info, "crop")
+    prepare_output(tmp_path / "out", meta)
+    with pytest.raises(DatasetError, match="the Ray cluster has 2 CPUs; --concurrency 2 tokenizer actors hold 2 and "
+                                           "reading needs 1 more"):
+        run_ray(plan_shards([str(tar)]), tiny_artifact, "cpu", "float32", meta, JobOptions(tmp_path / "out"),
+                concurrency=2)
+    with pytest.raises(DatasetError, match="the Ray cluster has 0 GPUs; --concurrency 1 actors with --num-gpus 1 "
+                                           "need 1"):
+        run_ray(plan_shards([str(tar)]), tiny_artifact, "cpu", "float32", meta, JobOptions(tmp_path / "out"),
+                num_gpus=1)
+    assert not list((tmp_path / "out").glob("*.parquet"))
+

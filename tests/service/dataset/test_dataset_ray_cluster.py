@@ -153,3 +153,24 @@ def test_a_killed_driver_keeps_its_finished_shards_and_the_rerun_does_only_the_r
     tokenize([tmp_path / "shards/*.tar"], tmp_path / "whole", engine)
     assert rows(work / "out_rel") == rows(tmp_path / "whole")
     assert not list(records.glob("*.tmp"))
+
+
+def test_ctrl_c_on_the_driver_prints_one_line_keeps_finished_shards_and_starts_nothing(
+        tmp_path: Path, tiny_artifact: Path, cluster: tuple[str, dict[str, str]]) -> None:
+    address, env = cluster
+    _inputs(tmp_path, 8, per_shard=3)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(tiny_artifact, work / "mine.pt")
+    proc = subprocess.Popen(_job(work, env, address), cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list(work.glob("out_rel/.titok/*.done.json")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Started a local Ray instance" not in stderr, stderr[:3000]
+    assert stderr.splitlines()[-1] == ("titok tokenize: interrupted; the shards already written are kept "
+                                       "(a rerun resumes)")
+    assert 1 <= len(done_names(work / "out_rel")) < 8
