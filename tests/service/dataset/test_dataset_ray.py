@@ -46,7 +46,7 @@ def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact
     prepare_output(out, meta)
     summary = run_ray(shards, tiny_artifact, "cpu", "float32", meta, JobOptions(out, batch_size=3), concurrency=1)
 
-    assert (summary.images, summary.errors, summary.shards_written) == (local.images, local.errors, 5) == (12, 2, 5)  # 2: bad.png, readme (no image)
+    assert (summary.images, summary.errors, summary.shards_written) == (local.images, local.errors, 5) == (12, 2, 5)
     assert rows(out) == rows(tmp_path / "local")  # every key, token, size and source
     for path in (tmp_path / "local/.titok").iterdir():
         assert (out / ".titok" / path.name).read_bytes() == path.read_bytes(), path.name  # done records, errors
