@@ -82,3 +82,14 @@ def test_a_cluster_too_small_for_the_plan_is_refused_saying_what_it_lacks(tmp_pa
                 num_gpus=1)
     assert not list((tmp_path / "out").glob("*.parquet"))
 
+
+
+def test_the_ray_floor_in_pyproject_is_the_installed_ray_or_older() -> None:
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    floor = re.fullmatch(r"ray\[data\]>=(\d+)\.(\d+)", deps[0])
+    assert floor, deps
+    installed = tuple(int(x) for x in ray.__version__.split(".")[:2])
+    assert installed >= (int(floor[1]), int(floor[2])) >= (2, 51)  # compute=ActorPoolStrategy without a warning
