@@ -1,6 +1,6 @@
 """The dataset job's memory against images done: one tar shard of N tiny PNGs, RSS sampled as the job goes.
 
-    python -m service.dataset.bench_memory [--images 20000] [--model PATH] [--workers 0]
+    python -m service.dataset.bench_memory [--images 20000] [--model PATH | --tiny-model] [--workers 0]
 
 A shard is written only when its last image has its tokens, so everything the job keeps per image grows
 until then; this prints the main process's resident memory at each tenth of the images and the growth per
@@ -63,10 +63,23 @@ class RssProgress(Progress):
             self.next_at += self.every
 
 
+def _tiny_model(tmp: Path) -> Path:
+    from model.config import get_preset
+    from model.export import export_model
+    from model.tokenizer import TiTok
+
+    cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
+                     dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)
+    export_model(TiTok(cfg), cfg, tmp / "tiny.pt", {"name": "bench-tiny-32px"})
+    return tmp / "tiny.pt"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.dataset.bench_memory", description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=20_000, help="tiny PNGs in the one shard (default: %(default)s)")
     p.add_argument("--model", type=Path, help="artifact (default: TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--tiny-model", action="store_true", help="a random 32 px, 8-token model exported on the spot "
+                   "(needs the train extra): the model's time out of the way, the job's memory is what is measured")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
     args = p.parse_args(argv)
@@ -79,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tar = tmp / "00000.tar"
         tiny_pngs_tar(tar, args.images)
-        engine = Engine.load(args.model or Settings().model_path, "cpu")
+        model = _tiny_model(tmp) if args.tiny_model else (args.model or Settings().model_path)
+        engine = Engine.load(model, "cpu")
         try:
             meta = job_meta(engine.model_info, "crop")
             prepare_output(tmp / "out", meta)

@@ -402,6 +402,7 @@ def _iter_tar(shard: Shard, max_bytes: int) -> Iterator[Record]:
     try:
         with tarfile.open(shard.source, mode="r|*") as tar:  # streamed: one pass, no index, bounded memory
             for member in tar:
+                tar.members = []  # tarfile keeps every TarInfo it has read (~400 bytes a member), even streamed
                 if member.isdir():
                     continue
                 key, ext = _split_name(member.name)
