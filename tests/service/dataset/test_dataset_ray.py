@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,33 @@ def test_the_ray_floor_in_pyproject_is_the_installed_ray_or_older() -> None:
     assert floor, deps
     installed = tuple(int(x) for x in ray.__version__.split(".")[:2])
     assert installed >= (int(floor[1]), int(floor[2])) >= (2, 51)  # compute=ActorPoolStrategy without a warning
+
+
+@pytest.mark.slow
+def test_no_progress_for_the_stall_timeout_stops_the_run_with_a_message(tmp_path: Path, tiny_artifact: Path,
+                                                                        engine: Engine, local_ray: None) -> None:
+    from service.dataset.inputs import DatasetError
+
+    tar = write_tar(tmp_path / "a.tar", [("a.png", photo(1))])
+    meta = job_meta(engine.model_info, "crop")
+    prepare_output(tmp_path / "out", meta)
+    t0 = time.monotonic()
+    with pytest.raises(DatasetError, match=r"no progress for 0.2 s \(0 of 1 shards written, kept\): the cluster now "
+                                           r"has [\d.]+ free CPUs of 2; a node may be lost"):
+        run_ray(plan_shards([str(tar)]), tiny_artifact, "cpu", "float32", meta, JobOptions(tmp_path / "out"),
+                stall_timeout_s=0.2)  # the actor alone takes longer than that to start
+    assert time.monotonic() - t0 < 60
+
+
+def test_a_read_task_refuses_an_input_its_node_cannot_see(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from service.dataset.on_ray import _read_and_decode
+
+    tar = write_tar(tmp_path / "a.tar", [("a.png", photo(1))])
+    (shard,) = plan_shards([str(tar)])
+    tar.unlink()
+    item = {"shard": 0, "spec": json.dumps(asdict(shard))}
+    with pytest.raises(FileNotFoundError, match=r"a.tar does not exist on node .*: every node needs the inputs at "
+                                                "the same absolute path"):
+        next(_read_and_decode(item, 32, "crop", 1000, 1000))
