@@ -168,7 +168,9 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
 
     Each shard is written by this process as soon as its rows are in, so a run that fails keeps every
     finished shard. Raises DatasetError when the cluster cannot hold the plan, when a task fails (an input
-    missing on a node), or when no row arrives for `stall_timeout_s` seconds.
+    missing on a node), or when no row arrives for `stall_timeout_s` seconds. A Ray this function started
+    is shut down on the way out; a caller's own Ray is left to the caller, who should shut it down after a
+    stall (the stalled execution is still running in it).
     """
     try:
         import ray
