@@ -222,11 +222,13 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
             if i not in collector.written:
                 raise DatasetError(f"the Ray run ended without all rows of shard {shard.name}")
     except KeyboardInterrupt:
-        # No ray.shutdown() here: Ray Data's executor thread would go on calling a disconnected Ray and print
-        # tracebacks. The caller exits at once; the cluster cleans up after a driver that is gone.
+        # No ray.shutdown() here: Ray Data's executor thread would go on calling a disconnected Ray. The caller
+        # exits at once; the cluster cleans up after a driver that is gone.
+        _quiet_ray()
         progress.close()
         raise
     except BaseException:
+        _quiet_ray()
         progress.close()
         if started_here:
             ray.shutdown()
@@ -236,6 +238,13 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
         ray.shutdown()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _quiet_ray() -> None:
+    """The run failed and says so in one message: Ray Data's executor thread, still going, must not add its
+    tracebacks (it logs one for each call it makes into a Ray that is shutting down)."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _first_line(e: BaseException) -> str:

@@ -140,7 +140,7 @@ def is_done(out: Path, shard: Shard) -> bool:
         return False
     if record.get("stat") == stat_digest(shard.paths()):
         return True
-    if record.get("sha256") != content_digest(shard):
+    if not record.get("sha256") or record["sha256"] != content_digest(shard):  # an old record: no digest
         return False
     _write_atomic(path, json.dumps({**record, "stat": stat_digest(shard.paths())}).encode())
     return True
