@@ -53,14 +53,19 @@ def tokenize_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int,
                    help=f"images per model call (default: TITOK_MAX_BATCH_SIZE, {_DEFAULTS['max_batch_size'].default})")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="decoding processes; 0 decodes in the main process (default: the CPU count, %(default)s)")
-    p.add_argument("--torch-threads", type=int, default=0, help="torch threads of the model (default: the CPU count)")
+                   help="decoding processes; 0 decodes in the main process (default: the CPU count, %(default)s; "
+                        "not with --ray: Ray runs one decoding task per free CPU)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch threads of the model (default: the CPU count; "
+                   "not with --ray: each actor takes its node's default)")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard of a folder")
     p.add_argument("--image-column", default=AUTO,
                    help="Parquet: the column of image bytes; tar: the image's extension (default: auto, the first "
                         "of jpg, jpeg, png, webp, image, img)")
-    p.add_argument("--max-image-pixels", type=int, help="larger images are skipped as errors, checked before "
-                   f"decoding (default: TITOK_MAX_IMAGE_PIXELS, {_DEFAULTS['max_image_pixels'].default})")
+    p.add_argument("--max-image-pixels", type=int, help="larger images are skipped as errors, checked in the image "
+                   f"header before decoding (default: TITOK_MAX_IMAGE_PIXELS, {_DEFAULTS['max_image_pixels'].default})")
+    p.add_argument("--max-image-bytes", type=int, help="larger image files, tar members and Parquet cells are "
+                   "skipped as errors, checked before they are read (default: TITOK_MAX_UPLOAD_BYTES, "
+                   f"{_DEFAULTS['max_upload_bytes'].default})")
     p.add_argument("--overwrite", action="store_true", help="delete shards of another model in --out")
     group = p.add_argument_group("token budget (prefix-decodable models; one of the two)")
     budget = group.add_mutually_exclusive_group()
@@ -69,11 +74,18 @@ def tokenize_parser() -> argparse.ArgumentParser:
     budget.add_argument("--target-psnr", type=float, metavar="DB",
                         help="keep, per image, the fewest tokens whose reconstruction reaches DB (0 < DB <= 100); "
                              "rows get their own lengths (a list column) with num_tokens, psnr and reached columns")
-    ray = p.add_argument_group("Ray Data (pip install 'titok-service[ray]')")
+    ray = p.add_argument_group(
+        "Ray Data (pip install 'titok-service[ray]')",
+        "The inputs must be at the same absolute paths on every node (a shared file system); the output is "
+        "written by this process and the model travels through Ray's object store. --workers and "
+        "--torch-threads do not apply.")
     ray.add_argument("--ray", action="store_true", help="run on Ray Data instead of this machine's processes")
     ray.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local instance)")
-    ray.add_argument("--concurrency", type=int, default=1, help="tokenizer actors (default: %(default)s)")
+    ray.add_argument("--concurrency", type=int, default=1, help="tokenizer actors, 1 CPU each; the cluster needs "
+                     "at least one CPU more, for reading (default: %(default)s)")
     ray.add_argument("--num-gpus", type=float, help="GPUs per actor (default: 1 with --device cuda, else 0)")
+    ray.add_argument("--ray-stall-timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="stop with an error when no image is done for this long (default: %(default)g)")
     return p
 
 
@@ -96,23 +108,29 @@ def _tokenize(args: argparse.Namespace) -> int:
     settings = _settings(args)
     batch_size = settings.max_batch_size if args.batch_size is None else args.batch_size
     max_pixels = settings.max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
-    if min(batch_size, args.concurrency, max_pixels) < 1 or args.workers < 0:
-        raise DatasetError("--batch-size, --concurrency and --max-image-pixels must be at least 1; --workers >= 0")
+    max_bytes = settings.max_upload_bytes if args.max_image_bytes is None else args.max_image_bytes
+    if min(batch_size, args.concurrency, max_pixels, max_bytes) < 1 or args.workers < 0:
+        raise DatasetError("--batch-size, --concurrency, --max-image-pixels and --max-image-bytes must be at least 1; "
+                           "--workers >= 0")
+    if args.ray_stall_timeout <= 0:
+        raise DatasetError("--ray-stall-timeout must be positive")
     shards = plan_shards(args.inputs, args.shard_size, args.image_column)  # every input checked before any work
     from .local import JobOptions
 
+    out = args.out.resolve()  # every path is resolved here, on the driver: Ray's workers have other working dirs
     if args.ray:
         from ..core.artifact import read_meta
         from .on_ray import run_ray
 
-        info = ModelInfo.from_meta(read_meta(settings.model_path))
+        model = Path(settings.model_path).resolve()
+        info = ModelInfo.from_meta(read_meta(model))
         budget = _budget(args, info)
-        opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels, budget=budget)
+        opts = JobOptions(out, args.resize, batch_size, args.workers, max_pixels, max_bytes, budget=budget)
         meta = job_meta(info, args.resize, budget)
-        prepare_output(args.out, meta, args.overwrite)
+        prepare_output(out, meta, args.overwrite)
         gpus = args.num_gpus if args.num_gpus is not None else (1.0 if settings.device == "cuda" else 0.0)
-        summary = run_ray(shards, settings.model_path, settings.device, settings.dtype, meta, opts, args.ray_address,
-                          args.concurrency, gpus)
+        summary = run_ray(shards, model, settings.device, settings.dtype, meta, opts, args.ray_address,
+                          args.concurrency, gpus, args.ray_stall_timeout)
     else:
         from ..core.engine import Engine
         from .local import run_local
@@ -120,9 +138,9 @@ def _tokenize(args: argparse.Namespace) -> int:
         engine = Engine.load(settings.model_path, settings.device, settings.dtype, args.torch_threads)
         try:
             budget = _budget(args, engine.model_info)
-            opts = JobOptions(args.out, args.resize, batch_size, args.workers, max_pixels, budget=budget)
+            opts = JobOptions(out, args.resize, batch_size, args.workers, max_pixels, max_bytes, budget=budget)
             meta = job_meta(engine.model_info, args.resize, budget)
-            prepare_output(args.out, meta, args.overwrite)
+            prepare_output(out, meta, args.overwrite)
             summary = run_local(shards, engine, meta, opts)
         finally:
             engine.close()
@@ -138,6 +156,13 @@ def _run(prog: str, parser: argparse.ArgumentParser, body: typing.Callable[[argp
     except (DatasetError, ModelLoadError) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; the shards already written are kept (a rerun resumes)\n")
+        if getattr(args, "ray", False):  # Ray's threads would print tracebacks, or start a Ray, on the way out
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        return 130
 
 
 def tokenize_main(argv: list[str] | None = None) -> int:

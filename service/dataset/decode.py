@@ -6,6 +6,7 @@ Both runners call `decode_records`: the local one in its process pool, the Ray o
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -45,7 +46,12 @@ def decode_records(records: Sequence[Record], size: int, resize: Resize, max_pix
 
 
 def exit_with_parent() -> None:
-    """Worker initializer: exit once the job's process is gone (a SIGKILL leaves it no time to stop its pool)."""
+    """Worker initializer: exit once the job's process is gone (a SIGKILL leaves it no time to stop its pool).
+
+    Ctrl-C reaches the whole process group: the job's process handles it (and stops the pool), so the
+    workers ignore it instead of each printing a KeyboardInterrupt traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch() -> None:

@@ -25,9 +25,9 @@ from ..core.budgets import Budget, BudgetedTokens, encode_with_budget
 from ..core.codec import Resize
 from ..core.engine import Engine
 from .decode import Decoded, decode_records, exit_with_parent
-from .inputs import Record, Shard, iter_records
+from .inputs import DEFAULT_MAX_BYTES, Record, Shard, iter_records
 from .progress import Progress, Summary
-from .writer import ERRORS, ShardRows, is_done, write_shard
+from .writer import InputState, ShardRows, errors_path, is_done, is_ragged, row_tokens, write_shard
 
 Owner = tuple[int, int]  # (shard number, row in that shard)
 
@@ -39,6 +39,7 @@ class JobOptions:
     batch_size: int = 32
     workers: int = os.cpu_count() or 1  # decoding processes; 0 decodes in the main process
     max_pixels: int = 50_000_000
+    max_bytes: int = DEFAULT_MAX_BYTES  # per image, checked before it is read (the service's upload limit)
     chunk: int = 16  # images per decoding task: large enough to amortise the pickling, small enough to keep order
     budget: Budget = Budget()  # num_tokens / target_psnr (prefix-decodable models); unset: all K tokens
 
@@ -60,11 +61,16 @@ def _pool(workers: int) -> Executor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=exit_with_parent)
 
 
-def _chunks(shards: list[Shard], n: int) -> Iterator[tuple[int, list[Record], bool]]:
-    """(shard number, up to n records, whether the shard ends here), shard after shard."""
+def _chunks(shards: list[Shard], n: int, max_bytes: int,
+            started: Callable[[int, InputState], None]) -> Iterator[tuple[int, list[Record], bool]]:
+    """(shard number, up to n records, whether the shard ends here), shard after shard.
+
+    `started(i, state)` is told each shard's input state, taken before any of its records is read.
+    """
     for i, shard in enumerate(shards):
+        started(i, InputState.of(shard))
         buf: list[Record] = []
-        for record in iter_records(shard):
+        for record in iter_records(shard, max_bytes):
             buf.append(record)
             if len(buf) == n:
                 yield i, buf, False
@@ -133,34 +139,44 @@ class _Batches:
 
 class _Job:
     def __init__(self, shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: JobOptions,
-                 summary: Summary) -> None:
+                 summary: Summary, progress: Progress | None = None) -> None:
         self.shards, self.meta, self.opts, self.summary = shards, meta, opts, summary
         self.rows: dict[int, ShardRows] = {}
+        self.states: dict[int, InputState] = {}
+        self.read_bytes: dict[int, int] = {}  # image bytes of the shard counted in the progress bar so far
         self.waiting: dict[int, int] = {}  # images of the shard still without tokens
         self.ended: set[int] = set()
         self.next_to_write = 0
         self.batches = _Batches(engine, opts.batch_size, self.deliver, opts.budget)
-        self.progress = Progress(sum(s.size_bytes for s in shards), len(shards))
+        self.progress = progress or Progress(sum(s.size_bytes for s in shards), len(shards))
 
     def take(self, i: int, decoded: list[Decoded], last: bool) -> None:
-        rows = self.rows.setdefault(i, ShardRows(self.shards[i]))
+        if i not in self.rows:
+            self.rows[i] = ShardRows(self.shards[i], row_tokens(self.meta), self.meta["token_dtype"],
+                                     self.states.pop(i, None), ragged=is_ragged(self.meta))
+        rows = self.rows[i]
         for d in decoded:
             row = rows.add(d.key, d.width, d.height, d.error)  # tokens come back with the model's batch
             if row is not None and d.pixels is not None:
                 self.waiting[i] = self.waiting.get(i, 0) + 1
                 self.batches.add(d.pixels, (i, row))
+        nbytes = sum(d.nbytes for d in decoded)
         if last:
             self.ended.add(i)
-        self.progress.update(nbytes=sum(d.nbytes for d in decoded))
+            # The rest of the input's bytes (a tar's headers and other files, a Parquet file's other columns):
+            # the bar counts input bytes, so a finished shard counts whole.
+            nbytes = max(self.shards[i].size_bytes - self.read_bytes.pop(i, 0), 0)
+        else:
+            self.read_bytes[i] = self.read_bytes.get(i, 0) + nbytes
+        self.progress.update(nbytes=nbytes)
         self.write_finished()
 
     def deliver(self, owners: list[Owner], result: np.ndarray | BudgetedTokens) -> None:
         scored = isinstance(result, BudgetedTokens) and result.psnr is not None
         tokens = result.tokens if isinstance(result, BudgetedTokens) else result  # (n, K) or n (k_i,)
-        for n, ((i, row), t) in enumerate(zip(owners, tokens, strict=True)):
-            self.rows[i].tokens[row] = t
-            if scored:
-                self.rows[i].quality[row] = (float(result.psnr[n]), bool(result.reached[n]))  # type: ignore[union-attr,index]
+        for n, ((i, row), t) in enumerate(zip(owners, tokens, strict=True)):  # each row copied out of the batch
+            quality = (float(result.psnr[n]), bool(result.reached[n])) if scored else None  # type: ignore[union-attr,index]
+            self.rows[i].set_tokens(row, t, quality)
             self.waiting[i] -= 1
         self.progress.update(images=len(owners))
 
@@ -173,22 +189,26 @@ class _Job:
             self.summary.errors += len(rows.errors)
             self.summary.shards_written += 1
             if rows.errors:
-                self.summary.error_files.append(str(self.opts.out / f"{rows.shard.name}{ERRORS}"))
+                self.summary.error_files.append(str(errors_path(self.opts.out, rows.shard.name)))
             self.progress.update(shards=1)
             self.next_to_write += 1
 
 
-def run_local(shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: JobOptions) -> Summary:
-    """Tokenize every shard not yet complete in `opts.out` (prepare_output must have accepted it)."""
+def run_local(shards: list[Shard], engine: Engine, meta: dict[str, Any], opts: JobOptions,
+              progress: Progress | None = None) -> Summary:
+    """Tokenize every shard not yet complete in `opts.out` (prepare_output must have accepted it).
+
+    `progress` (default: a bar on stderr) is told of images, input bytes and shards as they are done.
+    """
     start = time.perf_counter()
     todo = [s for s in shards if not is_done(opts.out, s)]
     summary = Summary(shards_skipped=len(shards) - len(todo))
-    job = _Job(todo, engine, meta, opts, summary)
+    job = _Job(todo, engine, meta, opts, summary, progress)
     window: deque[tuple[int, bool, Future[list[Decoded]]]] = deque()
     depth = max(2, 4 * opts.workers)  # decoded chunks ahead of the model: bounded, so memory is too
     pool = _pool(opts.workers)
     try:
-        for i, records, last in _chunks(todo, opts.chunk):
+        for i, records, last in _chunks(todo, opts.chunk, opts.max_bytes, job.states.__setitem__):
             args = (records, engine.image_size, opts.resize, opts.max_pixels)
             window.append((i, last, pool.submit(decode_records, *args)))
             if len(window) >= depth:

@@ -66,8 +66,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
-            self._draw(time.perf_counter(), end="\n")
+        """The last line, always drawn: where the job ended (100% when every shard is done)."""
+        self._draw(time.perf_counter(), end="\n")
 
 
 def _clock(seconds: float) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .inputs import DatasetError
-from .writer import DONE, PARQUET, describe, is_ragged, same_job, shard_meta
+from .writer import DONE, PARQUET, RECORDS, describe, done_path, is_ragged, same_job, shard_meta
 
 
 def complete_shards(directory: str | Path) -> list[Path]:
@@ -17,14 +17,14 @@ def complete_shards(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"no such directory: {directory}")
-    return sorted(p for p in directory.glob(f"*{PARQUET}") if p.with_name(p.name[: -len(PARQUET)] + DONE).is_file())
+    return sorted(p for p in directory.glob(f"*{PARQUET}") if done_path(directory, p.name[: -len(PARQUET)]).is_file())
 
 
 def _complete_with_meta(directory: str | Path) -> tuple[list[Path], dict[str, Any]]:
     """The complete shards and the job metadata they all share (each footer read once)."""
     paths = complete_shards(directory)
     if not paths:
-        raise DatasetError(f"{directory} holds no complete tokenized shard (*{PARQUET} with its *{DONE})")
+        raise DatasetError(f"{directory} holds no complete tokenized shard (*{PARQUET} with its {RECORDS}/*{DONE})")
     first = shard_meta(paths[0])
     for p in paths[1:]:
         other = shard_meta(p)
@@ -42,6 +42,21 @@ def read_dir_meta(directory: str | Path) -> dict[str, Any]:
     return _complete_with_meta(directory)[1]
 
 
+def _new_keys(directory: str | Path, path: Path, shard_keys: list[str], first_shard: dict[str, str]) -> list[str]:
+    """The shard's keys, once each is known to be new; DatasetError naming a key found twice and its shards."""
+    repeated = []
+    for key in shard_keys:
+        if key in first_shard:
+            repeated.append(key)
+        else:
+            first_shard[key] = path.name
+    if repeated:
+        raise DatasetError(f"{directory} holds {len(repeated)} key(s) twice, e.g. {repeated[0]!r} in "
+                           f"{first_shard[repeated[0]]} and {path.name} ({', '.join(map(repr, repeated[:5]))}): "
+                           "keys must name one image each (two inputs with the same relative paths?)")
+    return shard_keys
+
+
 def read_tokens(directory: str | Path) -> tuple[dict[str, Any], list[str], np.ndarray]:
     """(job metadata, keys, tokens (N, K)) of a `titok tokenize` output directory; see load_tokens."""
     paths, meta = _complete_with_meta(directory)
@@ -50,11 +65,12 @@ def read_tokens(directory: str | Path) -> tuple[dict[str, Any], list[str], np.nd
                            "with load_ragged_tokens (flat ids and offsets)")
     keys: list[str] = []
     parts: list[np.ndarray] = []
+    first_shard: dict[str, str] = {}
     for path in paths:
         table = pq.read_table(path, columns=["key", "tokens"])
         tokens = table.column("tokens").combine_chunks()
         k = tokens.type.list_size
-        keys += table.column("key").to_pylist()
+        keys += _new_keys(directory, path, table.column("key").to_pylist(), first_shard)
         parts.append(tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, k))  # (n, K)
     return meta, keys, np.concatenate(parts)
 
@@ -64,8 +80,9 @@ def load_tokens(directory: str | Path) -> tuple[list[str], np.ndarray]:
 
     Returns (keys, tokens): keys[i] is row i's key (the WebDataset key, the path relative to its input
     folder, or the Parquet key), tokens is (N, K) of the smallest unsigned type holding the codebook,
-    in shard-name order, then row order. Refuses a directory mixing shards of different models (or resize
-    modes): tokens are only meaningful with the codebook that made them. read_dir_meta(directory) names it.
+    in shard-name order, then row order. Raises DatasetError for a directory mixing shards of different
+    models (or resize modes): tokens are only meaningful with the codebook that made them
+    (read_dir_meta(directory) names it); and for a key found twice (naming it and its shards).
     A `--num-tokens k` directory gives (N, k); a `--target-psnr` one is refused: see load_ragged_tokens.
     """
     _, keys, tokens = read_tokens(directory)
@@ -79,10 +96,11 @@ def read_ragged(directory: str | Path) -> tuple[dict[str, Any], list[str], np.nd
     keys: list[str] = []
     flats: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
+    first_shard: dict[str, str] = {}
     for path in paths:
         table = pq.read_table(path, columns=["key", "tokens"])
         tokens = table.column("tokens").combine_chunks()  # fixed-size or variable-length lists
-        keys += table.column("key").to_pylist()
+        keys += _new_keys(directory, path, table.column("key").to_pylist(), first_shard)
         flats.append(tokens.flatten().to_numpy(zero_copy_only=False))
         lengths.append(tokens.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64))
     flat = np.concatenate(flats) if flats else np.empty(0, np.dtype(meta["token_dtype"]))
@@ -96,6 +114,7 @@ def load_ragged_tokens(directory: str | Path) -> tuple[list[str], np.ndarray, np
     Returns (keys, ids, offsets): row i's tokens are ids[offsets[i]:offsets[i + 1]], the first tokens of its
     encoding (what a prefix-decodable model decodes); ids is (M,) of the smallest unsigned type holding the
     codebook, offsets int64 (N + 1,) with offsets[0] = 0 and offsets[-1] = M (Arrow's own list layout).
+    Raises DatasetError as load_tokens does (mixed jobs, a key found twice).
     Works for fixed-length directories too (offsets step by K). Each row's psnr and reached columns, and the
     policy in read_dir_meta(directory)["budget"], are in the same Parquet files.
     """

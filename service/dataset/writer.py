@@ -1,26 +1,31 @@
 """Output shards: one Parquet file per input shard, written atomically, then a record that it is complete.
 
 For a shard NAME the output directory holds:
-    NAME.parquet       one row per image: key, tokens (fixed-size list of the smallest unsigned type that
-                       holds the codebook), source, width, height; the file's metadata (key b"titok")
-                       names the model, its content hash, image size, tokens, codebook size and resize mode,
-                       and the token budget when one was given (`budget`: {"num_tokens": k} or
-                       {"target_psnr": dB}). num_tokens=k: tokens is a fixed-size list of k. target_psnr:
-                       tokens is a variable-length list (list<uint16> for a 4096 codebook), with the columns
-                       num_tokens (int32, the row's length), psnr (float32, dB at that length) and reached
-                       (bool, false where the image kept all K tokens without reaching the target)
-    NAME.errors.jsonl  only when some images failed: {"key", "reason"} per line
-    NAME.done.json     written last: the shard is complete (rows, errors, the input's fingerprint)
+    NAME.parquet              one row per image: key, tokens (fixed-size list of the smallest unsigned type
+                              that holds the codebook), source, width, height; the file's metadata (key
+                              b"titok") names the model, its content hash, image size, tokens, codebook
+                              size and resize mode, and the token budget when one was given (`budget`:
+                              {"num_tokens": k} or {"target_psnr": dB}). num_tokens=k: tokens is a
+                              fixed-size list of k. target_psnr: tokens is a variable-length list
+                              (list<uint16> for a 4096 codebook), with the columns num_tokens (int32, the
+                              row's length), psnr (float32, dB at that length) and reached (bool, false where
+                              the image kept all K tokens without reaching the target)
+    .titok/NAME.errors.jsonl  only when some images failed: {"key", "reason"} per line
+    .titok/NAME.done.json     written last: the shard is complete (rows, errors, the input's size-and-mtime
+                              digest and its SHA-256)
 
-Each file is written under a temporary name and renamed, so a killed run leaves no half file under a
-final name; a shard without its done record is redone by the next run.
+Only the Parquet files sit at the top, so `pyarrow.dataset.dataset(DIR)` and
+`datasets.load_dataset("parquet", data_dir=DIR)` read the directory as it is (both skip hidden folders).
+Each file is written under a temporary name in .titok/ and renamed, so a killed run leaves no half file
+under a final name; a shard without its done record is redone by the next run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,15 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .inputs import DatasetError, Shard
+from .inputs import DatasetError, Shard, content_digest, stat_digest
 
 if TYPE_CHECKING:  # the artifact module imports torch, which the decoding workers never need
     from ..core.artifact import ModelInfo
     from ..core.budgets import Budget
 
 META_KEY = b"titok"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PARQUET, DONE, ERRORS, TMP = ".parquet", ".done.json", ".errors.jsonl", ".tmp"
+RECORDS = ".titok"  # the done records, errors files and temporary files: hidden from Parquet readers
 # Everything the tokens depend on: shards that differ in any of these cannot share a directory.
 # A directory written without a budget has no "budget" key, as before budgets existed.
 IDENTITY = ("model", "content_hash", "image_size", "num_tokens", "codebook_size", "resize", "budget")
@@ -87,8 +93,24 @@ def shard_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def records_dir(out: Path) -> Path:
+    return out / RECORDS
+
+
+def done_path(out: Path, name: str) -> Path:
+    return out / RECORDS / f"{name}{DONE}"
+
+
+def errors_path(out: Path, name: str) -> Path:
+    return out / RECORDS / f"{name}{ERRORS}"
+
+
 def _ours(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.is_file() and p.name.endswith((PARQUET, DONE, ERRORS, TMP))]
+    files = [p for p in out.iterdir() if p.is_file() and p.name.endswith(PARQUET)]
+    records = records_dir(out)
+    if records.is_dir():
+        files += [p for p in records.iterdir() if p.is_file() and p.name.endswith((DONE, ERRORS, TMP))]
+    return files
 
 
 def prepare_output(out: Path, meta: dict[str, Any], overwrite: bool = False) -> None:
@@ -98,8 +120,8 @@ def prepare_output(out: Path, meta: dict[str, Any], overwrite: bool = False) -> 
     """
     if out.exists() and not out.is_dir():
         raise DatasetError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    for p in out.glob(f"*{TMP}"):
+    records_dir(out).mkdir(parents=True, exist_ok=True)
+    for p in records_dir(out).glob(f"*{TMP}"):
         p.unlink()
     for p in sorted(out.glob(f"*{PARQUET}")):
         other = shard_meta(p)
@@ -113,17 +135,44 @@ def prepare_output(out: Path, meta: dict[str, Any], overwrite: bool = False) -> 
         return
 
 
+@dataclass(frozen=True)
+class InputState:
+    """What a done record says of its input: `stat` (sizes and mtimes, free to check) and `sha256` (its bytes)."""
+
+    stat: str
+    sha256: str
+
+    @classmethod
+    def of(cls, shard: Shard) -> InputState:
+        """Taken before the shard is read: an input changed while it was read is judged changed next time."""
+        return cls(stat_digest(shard.paths()), content_digest(shard))
+
+
 def is_done(out: Path, shard: Shard) -> bool:
-    """The shard's done record is there, its Parquet file too, and its input has not changed since."""
+    """The shard's done record and Parquet file are there, and its input is the one they were made from.
+
+    Unchanged sizes and mtimes settle it without reading the input; otherwise the input's SHA-256 must
+    equal the recorded one (a tar padded to the same size, a file touched but not changed). A shard
+    found unchanged by its digest gets its record's stat refreshed, so the next run takes the cheap path.
+    """
+    path = done_path(out, shard.name)
     try:
-        record = json.loads((out / f"{shard.name}{DONE}").read_text())
+        record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return record.get("fingerprint") == shard.fingerprint and (out / f"{shard.name}{PARQUET}").is_file()
+    if not isinstance(record, dict) or not (out / f"{shard.name}{PARQUET}").is_file():
+        return False
+    if record.get("stat") == stat_digest(shard.paths()):
+        return True
+    if not record.get("sha256") or record["sha256"] != content_digest(shard):  # an old record: no digest
+        return False
+    _write_atomic(path, json.dumps({**record, "stat": stat_digest(shard.paths())}).encode())
+    return True
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP}")
+    records = path.parent if path.parent.name == RECORDS else path.parent / RECORDS  # same file system: a rename
+    tmp = records / f"{path.name}.{os.getpid()}{TMP}"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -131,60 +180,87 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@dataclass
 class ShardRows:
-    """One shard's results in input order; tokens arrive later than the rest (after the model's batch)."""
+    """One shard's results in input order, held compactly: keys, sizes and a (rows, K) token array of the
+    output's token type (copies: nothing of the model's output batches is kept). Tokens may arrive later
+    than the rest (after the model's batch), through `set_tokens`.
+    """
 
-    shard: Shard
-    keys: list[str] = field(default_factory=list)
-    widths: list[int] = field(default_factory=list)
-    heights: list[int] = field(default_factory=list)
-    tokens: list[np.ndarray | None] = field(default_factory=list)  # (K,) each
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    quality: dict[int, tuple[float, bool]] = field(default_factory=dict)  # target_psnr: row -> (psnr, reached)
+    def __init__(self, shard: Shard, num_tokens: int, token_dtype: str | np.dtype, state: InputState | None = None,
+                 ragged: bool = False) -> None:
+        self.shard, self.state = shard, state
+        self.keys: list[str] = []
+        self.widths = array("i")
+        self.heights = array("i")
+        # Fixed length: (rows, K) grown by doubling, the first len(keys) rows used. Ragged (a target_psnr
+        # budget): one compact (k_i,) copy per row in `ragged`, with (psnr, reached) per row in `quality`.
+        self.tokens = np.zeros((0 if ragged else 16, num_tokens), np.dtype(token_dtype))
+        self.ragged: list[np.ndarray | None] | None = [] if ragged else None
+        self.quality: dict[int, tuple[float, bool]] = {}
+        self.errors: list[tuple[str, str]] = []  # (key, reason)
 
     def add(self, key: str, width: int, height: int, error: str, tokens: np.ndarray | None = None) -> int | None:
         """One image, in input order: a row (its number returned; tokens may come later) or, failed, an error."""
         if error:
             self.errors.append((key, error))
             return None
+        row = len(self.keys)
+        if self.ragged is not None:
+            self.ragged.append(None)
+        elif row == len(self.tokens):
+            self.tokens = np.concatenate([self.tokens, np.zeros_like(self.tokens)])
         self.keys.append(key)
         self.widths.append(width)
         self.heights.append(height)
-        self.tokens.append(tokens)
-        return len(self.keys) - 1
+        if tokens is not None:
+            self.set_tokens(row, tokens)
+        return row
+
+    def set_tokens(self, row: int, tokens: np.ndarray, quality: tuple[float, bool] | None = None) -> None:
+        """Copy one image's token IDs, (K,) (or (k_i,) for a ragged shard, with its (psnr, reached)), into the
+        shard's rows; nothing of the caller's array is kept."""
+        if self.ragged is None:
+            self.tokens[row] = tokens
+            return
+        self.ragged[row] = np.array(tokens, dtype=self.tokens.dtype)
+        if quality is not None:
+            self.quality[row] = quality
 
 
 def write_shard(out: Path, rows: ShardRows, meta: dict[str, Any]) -> None:
     """Errors file, then Parquet file, then done record, each atomically."""
     name, k = rows.shard.name, row_tokens(meta)
-    (out / f"{name}{DONE}").unlink(missing_ok=True)  # a redo: the old record must not vouch for the new file
-    errors_path = out / f"{name}{ERRORS}"
+    done_path(out, name).unlink(missing_ok=True)  # a redo: the old record must not vouch for the new file
+    errors = errors_path(out, name)
     if rows.errors:
-        _write_atomic(errors_path, "".join(json.dumps({"key": key, "reason": why}) + "\n"
-                                           for key, why in rows.errors).encode())
+        _write_atomic(errors, "".join(json.dumps({"key": key, "reason": why}) + "\n"
+                                      for key, why in rows.errors).encode())
     else:
-        errors_path.unlink(missing_ok=True)
+        errors.unlink(missing_ok=True)
     dtype = np.dtype(meta["token_dtype"])
+    n = len(rows.keys)
     columns = {"key": pa.array(rows.keys, pa.string())}
-    if is_ragged(meta):
-        lengths = np.array([len(t) for t in rows.tokens], np.int32)  # type: ignore[arg-type]
-        flat = np.concatenate([*rows.tokens, np.empty(0, dtype)]).astype(dtype)  # type: ignore[list-item]
+    if rows.ragged is not None:
+        lengths = np.array([len(t) for t in rows.ragged], np.int32)  # type: ignore[arg-type]
+        flat = np.concatenate([*rows.ragged, np.empty(0, dtype)]).astype(dtype)  # type: ignore[list-item]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         columns["tokens"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.from_numpy_dtype(dtype)))
     else:
-        flat = np.asarray(rows.tokens, dtype=dtype).reshape(-1)  # (N * K,)
+        flat = np.ascontiguousarray(rows.tokens[:n], dtype=dtype).reshape(-1)  # (N * K,)
         columns["tokens"] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.from_numpy_dtype(dtype)), k)
-    columns.update(source=pa.array([rows.shard.source] * len(rows.keys), pa.string()),
-                   width=pa.array(rows.widths, pa.int32()), height=pa.array(rows.heights, pa.int32()))
-    if is_ragged(meta):
+    columns.update(source=pa.array([rows.shard.source] * n, pa.string()),
+                   width=pa.array(np.frombuffer(rows.widths, np.int32) if n else [], pa.int32()),
+                   height=pa.array(np.frombuffer(rows.heights, np.int32) if n else [], pa.int32()))
+    if rows.ragged is not None:
         columns.update(num_tokens=pa.array(lengths, pa.int32()),
-                       psnr=pa.array([rows.quality[i][0] for i in range(len(rows.keys))], pa.float32()),
-                       reached=pa.array([rows.quality[i][1] for i in range(len(rows.keys))], pa.bool_()))
+                       psnr=pa.array([rows.quality[i][0] for i in range(n)], pa.float32()),
+                       reached=pa.array([rows.quality[i][1] for i in range(n)], pa.bool_()))
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta)})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     _write_atomic(out / f"{name}{PARQUET}", sink.getvalue().to_pybytes())
-    record = {"shard": name, "source": rows.shard.source, "rows": len(rows.keys), "errors": len(rows.errors),
-              "fingerprint": rows.shard.fingerprint, "content_hash": meta["content_hash"]}
-    _write_atomic(out / f"{name}{DONE}", json.dumps(record).encode())
+    state = rows.state or InputState.of(rows.shard)
+    record = {"shard": name, "source": rows.shard.source, "rows": n, "errors": len(rows.errors),
+              "stat": state.stat, "sha256": state.sha256, "content_hash": meta["content_hash"],
+              "format_version": FORMAT_VERSION}
+    _write_atomic(done_path(out, name), json.dumps(record).encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,12 +57,12 @@ def write_parquet(path: Path, columns: dict[str, list[Any]]) -> Path:
 
 def tokenize(inputs: Sequence[str | Path], out: Path, engine: Engine, *, shard_size: int = 4, workers: int = 0,
              resize: str = "crop", batch_size: int = 4, overwrite: bool = False, image_column: str = "auto",
-             max_pixels: int = 50_000_000) -> Summary:
+             max_pixels: int = 50_000_000, max_bytes: int = 32 * 1024 * 1024) -> Summary:
     """What `titok tokenize` does, in this process, with an engine loaded once for the whole test module."""
     shards = plan_shards([str(p) for p in inputs], shard_size, image_column)
     meta = job_meta(engine.model_info, resize)
     prepare_output(out, meta, overwrite)
-    return run_local(shards, engine, meta, JobOptions(out, resize, batch_size, workers, max_pixels))  # type: ignore[arg-type]
+    return run_local(shards, engine, meta, JobOptions(out, resize, batch_size, workers, max_pixels, max_bytes))  # type: ignore[arg-type]
 
 
 def rows(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -71,3 +72,21 @@ def rows(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
         for r in pq.read_table(path).to_pylist():
             found[(r["source"], r["key"])] = r
     return found
+
+
+def plain(name: str) -> str:
+    """An output file's name without the 8 hex digits of its input's path: `train-0000-1a2b3c4d.parquet` ->
+    `train-0000.parquet`, `pics-1a2b3c4d-000001.done.json` -> `pics-000001.done.json`."""
+    return re.sub(r"-[0-9a-f]{8}(?=[.-]|$)", "", name, count=1)
+
+
+def record(out: Path, plain_name: str) -> Path:
+    """The file of `out` (a Parquet shard) or of out/.titok (done records, errors files) named `plain_name`."""
+    found = [p for d in (out, out / ".titok") if d.is_dir() for p in d.iterdir() if plain(p.name) == plain_name]
+    assert len(found) == 1, (plain_name, sorted(p.name for p in out.rglob("*")))
+    return found[0]
+
+
+def done_names(out: Path) -> list[str]:
+    """The plain names of the shards recorded complete."""
+    return sorted(plain(p.name).removesuffix(".done.json") for p in (out / ".titok").glob("*.done.json"))

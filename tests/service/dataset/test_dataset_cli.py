@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_helpers import photo, rows, tokenize, write_folder
+from dataset_helpers import done_names, photo, rows, tokenize, write_folder
 from PIL import Image
 
 from service.cli import main
@@ -128,7 +128,7 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     log = open(tmp_path / "killed.log", "wb")  # not a pipe: nothing may hold the test up after the kill
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     deadline = time.monotonic() + 300
-    while not list(out.glob("*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(out.glob(".titok/*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)  # no clean-up of any kind: as a preempted machine
@@ -137,18 +137,45 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
     assert workers, "the job runs its decoding in worker processes"
     _wait_gone(workers)  # the decoding workers follow their job: no orphans keep the CPU busy
-    done = sorted(p.name for p in out.glob("*.done.json"))
+    done = sorted(p.name for p in out.glob(".titok/*.done.json"))
     assert 1 <= len(done) < 10, "the run must be killed part-way"
     for name in done:  # every shard recorded complete has its whole Parquet file
         assert (out / name.replace(".done.json", ".parquet")).is_file()
+    assert len(done_names(out)) == len(done)
 
     capsys.readouterr()
     assert main(cmd[3:]) == 0  # the same command again, in this process
     report = capsys.readouterr().out
     assert f"shards skipped (already complete)  {len(done)}\n" in report
     assert f"shards written                     {10 - len(done)}\n" in report
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
 
     tokenize([folder], tmp_path / "whole", engine, shard_size=3)
     assert rows(out) == rows(tmp_path / "whole")
     assert len(rows(out)) == 30
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path: Path, tiny_artifact: Path) -> None:
+    folder = tmp_path / "pics"
+    _big_photos(folder, 30)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "service.cli", "tokenize", str(folder), "--out", str(out), "--model",
+           str(tiny_artifact), "--device", "cpu", "--workers", "2", "--shard-size", "3", "--batch-size", "3",
+           "--torch-threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group: Ctrl-C reaches the job and its workers
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".titok/*.done.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1] == ("titok tokenize: interrupted; the shards already written are kept "
+                                       "(a rerun resumes)")
+    kept = done_names(out)
+    assert 1 <= len(kept) < 10
+    assert len(list(out.glob("*.parquet"))) == len(kept)
+    _wait_gone(workers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dataset_helpers import photo, write_folder, write_parquet, write_tar
+from dataset_helpers import photo, plain, write_folder, write_parquet, write_tar
 
 from service.dataset.inputs import DatasetError, expand_braces, iter_records, plan_shards, resolve_inputs
 
@@ -47,7 +47,7 @@ def test_a_folder_is_searched_recursively_and_cut_into_shards(tmp_path: Path) ->
                                                             ".hidden/x.png": photo(10)}
     root = write_folder(tmp_path / "pics", files)
     shards = plan_shards([str(root)], shard_size=4)
-    assert [s.name for s in shards] == ["pics-000000", "pics-000001"]
+    assert [plain(s.name) for s in shards] == ["pics-000000", "pics-000001"]
     assert [k for s in shards for k in s.files] == ["sub/0.png", "sub/1.png", "sub/2.png", "sub/3.png", "sub/4.png",
                                                      "top.JPG"]
     assert all(s.source == str(root.resolve()) for s in shards)
@@ -64,10 +64,15 @@ def test_tar_samples_are_grouped_by_webdataset_key(tmp_path: Path) -> None:
         ("./a/002.png", photo(2)), ("a/002.seg.png", photo(3)), ("a/003.json", b"{}"),
     ])
     (shard,) = plan_shards([str(tar)])
-    assert (shard.kind, shard.name) == ("tar", "shard")
-    assert [r.key for r in iter_records(shard)] == ["a/001", "a/002"]  # .seg.png is another field of sample 002
+    assert (shard.kind, plain(shard.name)) == ("tar", "shard")
+    records = list(iter_records(shard))
+    assert [(r.key, bool(r.data)) for r in records] == [("a/001", True), ("a/002", True), ("a/003", False)]
+    assert records[1].data == photo(2)  # .seg.png is another field of sample 002
+    assert records[2].error == "the sample has no image (its files: .json)"
     (seg,) = plan_shards([str(tar)], image_column="seg.png")
-    assert [(r.key, r.data) for r in iter_records(seg)] == [("a/002", photo(3))]
+    assert [(r.key, r.data, r.error) for r in iter_records(seg)] == [
+        ("a/001", None, "the sample has no .seg.png file (its files: .jpg, .txt, .cls)"), ("a/002", photo(3), ""),
+        ("a/003", None, "the sample has no .seg.png file (its files: .json)")]
 
 
 def test_a_truncated_tar_gives_its_images_then_an_error(tmp_path: Path) -> None:
@@ -76,7 +81,7 @@ def test_a_truncated_tar_gives_its_images_then_an_error(tmp_path: Path) -> None:
     tar.write_bytes(data[: len(data) // 2])
     records = list(iter_records(plan_shards([str(tar)])[0]))
     assert [r.key for r in records if not r.error] == ["0", "1"]
-    assert records[-1].key == "" and "truncated or corrupt after 2 images" in records[-1].error
+    assert records[-1].key == "" and "truncated or corrupt after 2 samples" in records[-1].error
 
 
 def test_parquet_image_column_is_found_by_default_or_chosen(tmp_path: Path) -> None:
@@ -102,3 +107,4 @@ def test_inputs_with_the_same_name_get_distinct_shards(tmp_path: Path) -> None:
     b = write_tar(tmp_path / "b" / "x.tar", [("1.png", photo(2))])
     names = [s.name for s in plan_shards([str(a), str(b)])]
     assert len(set(names)) == 2 and all(n.startswith("x-") for n in names)
+    assert [s.name for s in plan_shards([str(b)])] == names[1:]  # a name does not depend on the other inputs

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dataset_helpers import photo, rows, tokenize, write_folder, write_parquet, write_tar
+from dataset_helpers import done_names, photo, plain, record, rows, tokenize, write_folder, write_parquet, write_tar
 from sample_images import exif_rotated_jpeg, header_only_png
 
 from service.core.codec import load_image
@@ -33,13 +35,14 @@ def test_mixed_inputs_give_one_row_per_image_with_the_models_metadata(tmp_path: 
     inputs = _mixed_inputs(tmp_path)
     summary = tokenize(inputs, tmp_path / "out", engine, shard_size=4, workers=2)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.glob("*.parquet")) == [
+    assert sorted(plain(p.name) for p in out.glob("*.parquet")) == [
         "00000.parquet", "pics-000000.parquet", "pics-000001.parquet", "train-0000.parquet", "train-0001.parquet"]
-    assert sorted(p.name for p in out.glob("*.done.json")) == sorted(
+    assert sorted(p.name for p in out.glob(".titok/*.done.json")) == sorted(
         p.name.replace(".parquet", ".done.json") for p in out.glob("*.parquet"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in out.glob("*.parquet")] + [".titok"])
     assert (summary.images, summary.errors, summary.shards_written, summary.shards_skipped) == (15, 0, 5, 0)
 
-    table = pq.read_table(out / "train-0001.parquet")
+    table = pq.read_table(record(out, "train-0001.parquet"))
     assert table.schema.field("tokens").type.list_size == engine.num_tokens
     assert str(table.schema.field("tokens").type.value_type) == "uint8"  # codebook 64 fits a byte
     meta = json.loads(table.schema.metadata[b"titok"])
@@ -75,15 +78,15 @@ def test_bad_images_are_skipped_listed_and_counted_and_the_run_goes_on(tmp_path:
     summary = tokenize([tar], tmp_path / "out", engine, max_pixels=10_000_000)
     assert (summary.images, summary.errors) == (2, 4)
     assert [k for _, k in rows(tmp_path / "out")] == ["ok1", "ok2"]
-    errors = [json.loads(line) for line in (tmp_path / "out/mixed.errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in record(tmp_path / "out", "mixed.errors.jsonl").read_text().splitlines()]
     reasons = {e["key"]: e["reason"] for e in errors}
     assert list(reasons) == ["corrupt", "cut", "bomb", "empty"]
     assert "starts like a JPEG image but cannot be read" in reasons["corrupt"]
     assert "truncated or corrupt" in reasons["cut"]
     assert "5000 x 5000 = 25000000 pixels; the limit is 10000000" in reasons["bomb"]
     assert "empty" in reasons["empty"]
-    assert summary.error_files == [str(tmp_path / "out/mixed.errors.jsonl")]
-    assert json.loads((tmp_path / "out/mixed.done.json").read_text())["errors"] == 4
+    assert summary.error_files == [str(record(tmp_path / "out", "mixed.errors.jsonl"))]
+    assert json.loads(record(tmp_path / "out", "mixed.done.json").read_text())["errors"] == 4
 
 
 def test_a_truncated_tar_keeps_its_readable_images_and_records_the_truncation(tmp_path: Path, engine: Engine) -> None:
@@ -91,7 +94,7 @@ def test_a_truncated_tar_keeps_its_readable_images_and_records_the_truncation(tm
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
     summary = tokenize([tar], tmp_path / "out", engine)
     assert (summary.images, summary.errors, summary.shards_written) == (2, 1, 1)
-    (error,) = [json.loads(line) for line in (tmp_path / "out/t.errors.jsonl").read_text().splitlines()]
+    (error,) = [json.loads(line) for line in record(tmp_path / "out", "t.errors.jsonl").read_text().splitlines()]
     assert error["key"] == "" and "truncated" in error["reason"]
 
 
@@ -132,8 +135,8 @@ def test_an_interrupted_write_is_never_recorded_complete(tmp_path: Path, engine:
     real = writer_module._write_atomic
 
     def dies_half_way(path: Path, data: bytes) -> None:
-        if path.name == "pics-000001.parquet":
-            tmp = path.with_name(path.name + ".123.tmp")
+        if plain(path.name) == "pics-000001.parquet":
+            tmp = path.parent / ".titok" / (path.name + ".123.tmp")
             tmp.write_bytes(data[: len(data) // 2])  # the process dies with half the bytes written
             raise OSError("no space left on device")
         real(path, data)
@@ -142,12 +145,13 @@ def test_an_interrupted_write_is_never_recorded_complete(tmp_path: Path, engine:
     with pytest.raises(OSError, match="no space"):
         tokenize([folder], tmp_path / "out", engine, shard_size=4)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(plain(p.name) for p in out.rglob("*") if p.is_file()) == [
         "pics-000000.done.json", "pics-000000.parquet", "pics-000001.parquet.123.tmp"]
+    assert done_names(out) == ["pics-000000"]
     monkeypatch.setattr(writer_module, "_write_atomic", real)
     resumed = tokenize([folder], out, engine, shard_size=4)
     assert (resumed.shards_written, resumed.shards_skipped) == (1, 1)
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))
     tokenize([folder], tmp_path / "clean", engine, shard_size=4)
     assert {k[1]: v["tokens"] for k, v in rows(out).items()} == {k[1]: v["tokens"] for k, v in
                                                                 rows(tmp_path / "clean").items()}
@@ -168,10 +172,48 @@ def test_load_tokens_reads_complete_shards_and_refuses_a_mix_of_models(tmp_path:
         tokenize([folder], tmp_path / "other", other, shard_size=4)
     finally:
         other.close()
-    (tmp_path / "other/pics-000001.parquet").rename(tmp_path / "out/zz.parquet")
-    (tmp_path / "other/pics-000001.done.json").rename(tmp_path / "out/zz.done.json")
+    record(tmp_path / "other", "pics-000001.parquet").rename(tmp_path / "out/zz.parquet")
+    record(tmp_path / "other", "pics-000001.done.json").rename(tmp_path / "out/.titok/zz.done.json")
     with pytest.raises(DatasetError, match="mixes shards of different jobs: .* test-tiny .* zz.parquet is model "
                                            "test-other"):
         load_tokens(tmp_path / "out")
     with pytest.raises(DatasetError, match="no complete tokenized shard"):
         load_tokens(tmp_path / "pics")
+
+
+def _mirror_tar(path: Path, mirrored: bool) -> None:
+    from PIL import Image, ImageOps
+
+    a = Image.open(io.BytesIO(photo(1, size=(40, 40))))
+    b = ImageOps.mirror(a) if mirrored else a
+    buf = io.BytesIO()
+    b.save(buf, format="PNG")
+    write_tar(path, [("a.png", buf.getvalue()), ("b.png", photo(2))])
+
+
+def test_resume_is_judged_by_content_not_by_size(tmp_path: Path, engine: Engine) -> None:
+    tar = tmp_path / "s.tar"
+    _mirror_tar(tar, mirrored=False)
+    size = tar.stat().st_size
+    tokenize([tar], tmp_path / "out", engine)
+    before = rows(tmp_path / "out")
+    record_path = record(tmp_path / "out", "s.done.json")
+    first = json.loads(record_path.read_text())
+    assert len(first["sha256"]) == 64 and first["stat"]
+
+    stat = tar.stat()
+    os.utime(tar, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, not changed: the digest says so
+    touched = tokenize([tar], tmp_path / "out", engine)
+    assert (touched.shards_written, touched.shards_skipped) == (0, 1)
+    refreshed = json.loads(record_path.read_text())
+    assert refreshed["sha256"] == first["sha256"] and refreshed["stat"] != first["stat"]  # next time: the cheap path
+
+    _mirror_tar(tar, mirrored=True)  # one image replaced by its mirror: the tar keeps its size (10 KiB blocks)
+    assert tar.stat().st_size == size
+    changed = tokenize([tar], tmp_path / "out", engine)
+    assert (changed.shards_written, changed.shards_skipped) == (1, 0)
+    after = rows(tmp_path / "out")
+    key = (str(tar.resolve()), "a")
+    assert after[key]["tokens"] != before[key]["tokens"]
+    tokenize([tar], tmp_path / "fresh", engine)
+    assert after == rows(tmp_path / "fresh")
