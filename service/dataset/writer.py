@@ -3,7 +3,8 @@
 For a shard NAME the output directory holds:
     NAME.parquet       one row per image: key, tokens (fixed-size list of the smallest unsigned type that
                        holds the codebook), source, width, height; the file's metadata (key b"titok")
-                       names the model, its content hash, image size, tokens, codebook size and resize mode
+                       names the model, its content hash, image size, tokens, codebook size, resize mode
+                       and the compute dtype of the model (float32, bfloat16, ...)
     NAME.errors.jsonl  only when some images failed: {"key", "reason"} per line
     NAME.done.json     written last: the shard is complete (rows, errors, the input's fingerprint)
 
@@ -35,10 +36,13 @@ PARQUET, DONE, ERRORS, TMP = ".parquet", ".done.json", ".errors.jsonl", ".tmp"
 IDENTITY = ("model", "content_hash", "image_size", "num_tokens", "codebook_size", "resize")
 
 
-def job_meta(info: ModelInfo, resize: str) -> dict[str, Any]:
+def job_meta(info: ModelInfo, resize: str, compute_dtype: str = "float32") -> dict[str, Any]:
+    """The footer of every shard. compute_dtype: the engine's (tokens of bf16/fp16 may differ from fp32's in a
+    few positions; not part of IDENTITY), or "auto" under Ray, where each actor probes for itself."""
     return {"model": info.name, "content_hash": info.content_hash, "image_size": info.image_size,
             "num_tokens": info.num_tokens, "codebook_size": info.codebook_size,
-            "token_dtype": info.token_dtype.name, "resize": resize, "format_version": FORMAT_VERSION}
+            "token_dtype": info.token_dtype.name, "resize": resize, "compute_dtype": compute_dtype,
+            "format_version": FORMAT_VERSION}
 
 
 def describe(meta: dict[str, Any]) -> str:
