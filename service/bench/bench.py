@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from ..settings import Settings
 from . import bench_formats, loadgen
@@ -66,6 +67,7 @@ class Result:
     mean_batch: float | None = None
     client_cpu: float | None = None
     batches: float = 0.0  # model calls counted in /metrics during the run
+    dtype: str = ""  # the model's compute dtype in this run
 
     @property
     def throughput(self) -> float:
@@ -77,11 +79,12 @@ class Result:
         batch = f"{self.mean_batch:.1f}" if self.mean_batch is not None else "-"
         client = f"{1000 * self.client_cpu / max(total, 1):.2f}" if self.client_cpu is not None else "-"
         return (f"| {self.mode} | {self.op} | {self.load} | {total} | {self.throughput:.1f} | {q[0]:.1f} | "
-                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} |")
+                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} | "
+                f"{self.dtype or '-'} |")
 
 
 HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
-          "| client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "| client CPU ms/req | dtype |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 class Server:
@@ -235,7 +238,7 @@ def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, t
 
 
 def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: list, batch: int, n: int,
-                 png_level: int) -> Result:
+                 png_level: int, device: str = "cpu") -> Result:
     """The artifact called directly on the same batches, with the same image decoding / PNG encoding."""
     import torch
 
@@ -247,10 +250,10 @@ def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: l
         with torch.inference_mode():
             if op == "encode":
                 arrays = [load_image(photos[(start + j) % len(photos)], size) for j in range(count)]
-                module.encode(torch.from_numpy(np.stack(arrays))).numpy()
+                module.encode(torch.from_numpy(np.stack(arrays)).to(device)).cpu().numpy()
             else:
                 ids = torch.tensor([tokens[(start + j) % len(tokens)] for j in range(count)], dtype=torch.int64)
-                for pixels in module.decode(ids).numpy():
+                for pixels in module.decode(ids.to(device)).cpu().numpy():
                     encode_png(pixels, png_level)
 
     one_batch(0, batch)  # warm-up
@@ -269,8 +272,9 @@ def png_levels(module: Any, tokens: list, levels: tuple[int, ...] = (0, 1, 3, 6,
 
     from ..core.codec import encode_png
 
+    device = next(module.parameters()).device
     with torch.inference_mode():
-        images = module.decode(torch.tensor(tokens[:16], dtype=torch.int64)).numpy()
+        images = module.decode(torch.tensor(tokens[:16], dtype=torch.int64).to(device)).cpu().numpy()
     rows = ["| PNG level | ms / image | KB / image |", "|---|---|---|"]
     for level in levels:
         t0 = time.perf_counter()
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", type=int, default=0, help="extra encode+decode requests to watch RSS over a long run")
     p.add_argument("--quick", action="store_true", help="a short run: 32 requests, 2 s open loop")
     p.add_argument("--plot", type=Path, help="also draw throughput, latency and RSS to this PNG (needs matplotlib)")
+    p.add_argument("--dtype", help="the service's TITOK_DTYPE: auto (default: the environment's, else auto), float32, "
+                                   "bfloat16 or float16; the raw artifact runs in the dtype the service chose")
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.duration = min(args.requests, 32), min(args.duration, 2.0)
@@ -302,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             sys.stderr.write("titok bench: --plot needs matplotlib (pip install 'titok-service[train]')\n")
             return 2
-    settings = Settings()
+    try:
+        settings = Settings(**({"dtype": args.dtype} if args.dtype else {}))
+    except ValidationError as e:
+        sys.stderr.write(f"titok bench: --dtype: {e.errors()[0]['msg']}\n")
+        return 2
     model = args.model or settings.model_path
     if args.url and urlsplit(args.url).scheme != "http":
         sys.stderr.write(f"titok bench: --url {args.url}: only http:// URLs (the load generator speaks plain "
@@ -322,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             yield args.url.rstrip("/"), None
             return
-        server = Server(model, **overrides)
+        server = Server(model, **{"dtype": settings.dtype, **overrides})
         try:
             yield server.url, server
         finally:
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         info = httpx.get(f"{url}/info", timeout=30).json()
         batch = int(info["batching"]["max_batch_size"])
+        dtype, device = info["model"].get("dtype", "float32"), info["model"].get("device", "cpu")
         items = {"encode": photos, "decode": tokens}
         requests = {op: loadgen.payloads(url, op, items[op]) for op in items}
         rss.append(f"after warm-up {server.rss_mb():.0f} MB" if server else "n/a (--url)")
@@ -357,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             rss.append(f"peak {server.rss_mb('VmHWM'):.0f} MB")
     top = max(levels)
     if not args.url:
-        with service(max_batch_size=1) as (url1, _):
+        with service(max_batch_size=1, dtype=dtype) as (url1, _):  # the same dtype, whatever its own probe says
             for op in ("encode", "decode"):
                 off = loadgen.payloads(url1, op, items[op])
                 results.append(measure("batching off", op, f"closed c={top}", url1,
@@ -367,12 +378,20 @@ def main(argv: list[str] | None = None) -> int:
         from ..core.artifact import load_artifact
 
         torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)  # as the service's model thread
-        module, meta = load_artifact(model)  # loaded once for both directions and the PNG table
+        module, meta = load_artifact(model, device, dtype)  # loaded once for both directions and the PNG table
         for op in ("encode", "decode"):
             results.append(raw_artifact(module, int(meta["image_size"]), op, photos, tokens, batch, args.requests,
-                                        settings.png_compress_level))
-    out(f"\n## titok bench ({info['model']['name']}, {info['model']['device']}, max batch {batch}, "
-        f"{'photos from ' + str(args.images) if args.images else 'synthetic photos'})\n\n{HEADER}\n")
+                                        settings.png_compress_level, device))
+    for r in results:
+        r.dtype = r.dtype or dtype
+    from ..core.engine import cpu_flags  # (imports torch: not at `titok bench --help`)
+
+    probe = info["model"].get("dtype_probe") or {}
+    figures = "; ".join(f"{d} encode {v['encode']:.0f} decode {v['decode']:.0f} img/s"
+                        for d, v in probe.get("images_per_s", {}).items())
+    out(f"\n## titok bench ({info['model']['name']}, {device}, {dtype} (TITOK_DTYPE={settings.dtype}), max batch "
+        f"{batch}, {'photos from ' + str(args.images) if args.images else 'synthetic photos'})\n\n"
+        f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}; start-up dtype probe: {figures or 'n/a'}\n\n{HEADER}\n")
     out("".join(r.row() + "\n" for r in results))
 
     def find(mode: str, op: str, load: str) -> Result | None:
