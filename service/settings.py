@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         "checked from the image headers before decoding (413).")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: the number of CPU cores.")
     codec_threads: int = Field(
-        0, ge=0, description="Threads for image decoding and PNG encoding; 0: half the CPU cores (at least 1).")
+        0, ge=0, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
     ui: bool = Field(True, description="Serve the web page at / (false: API only, / is a 404).")
