@@ -68,6 +68,7 @@ class Result:
     client_cpu: float | None = None
     batches: float = 0.0  # model calls counted in /metrics during the run
     dtype: str = ""  # the model's compute dtype in this run
+    model_seconds: float | None = None  # model compute time counted in /metrics during the run
 
     @property
     def throughput(self) -> float:
@@ -78,13 +79,17 @@ class Result:
         total = self.ok + self.rejected
         batch = f"{self.mean_batch:.1f}" if self.mean_batch is not None else "-"
         client = f"{1000 * self.client_cpu / max(total, 1):.2f}" if self.client_cpu is not None else "-"
+        busy = f"{100 * self.model_seconds / self.seconds:.0f}%" if self.model_seconds is not None and self.seconds \
+            else "-"
         return (f"| {self.mode} | {self.op} | {self.load} | {total} | {self.throughput:.1f} | {q[0]:.1f} | "
                 f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} | "
-                f"{self.dtype or '-'} |")
+                f"{busy} | {self.dtype or '-'} |")
 
 
+# model busy: the share of the run's wall time the model thread spent computing (titok_model_compute_seconds);
+# far under 100% at full load means the codec, HTTP or the client set the pace, not the model.
 HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
-          "| client CPU ms/req | dtype |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| client CPU ms/req | model busy | dtype |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 class Server:
@@ -127,27 +132,29 @@ class Server:
             self.proc.wait(timeout=120)
 
 
-def batch_stats(url: str) -> dict[str, tuple[float, float]]:
-    """op -> (sum, count) of titok_batch_size."""
+def batch_stats(url: str) -> dict[str, tuple[float, float, float]]:
+    """op -> (sum, count) of titok_batch_size and the sum of titok_model_compute_seconds."""
     stats: dict[str, list[float]] = {}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        for part, idx in (("titok_batch_size_sum{", 0), ("titok_batch_size_count{", 1)):
+        for part, idx in (("titok_batch_size_sum{", 0), ("titok_batch_size_count{", 1),
+                          ("titok_model_compute_seconds_sum{", 2)):
             if line.startswith(part):
                 op = line.split('op="')[1].split('"')[0]
-                stats.setdefault(op, [0.0, 0.0])[idx] = float(line.split()[-1])
-    return {op: (v[0], v[1]) for op, v in stats.items()}
+                stats.setdefault(op, [0.0, 0.0, 0.0])[idx] = float(line.split()[-1])
+    return {op: (v[0], v[1], v[2]) for op, v in stats.items()}
 
 
 def measure(mode: str, op: str, load: str, url: str,
             run: Callable[[], Awaitable[tuple[loadgen.Tally, float]]]) -> Result:
-    before = batch_stats(url).get(op, (0.0, 0.0))
+    before = batch_stats(url).get(op, (0.0, 0.0, 0.0))
     cpu0 = time.process_time()
     tally, seconds = loadgen.run(run)
     client_cpu = time.process_time() - cpu0
-    after = batch_stats(url).get(op, (0.0, 0.0))
+    after = batch_stats(url).get(op, (0.0, 0.0, 0.0))
     batches = after[1] - before[1]
     return Result(mode, op, load, tally.ok, tally.failed, seconds, tally.latencies,
-                  (after[0] - before[0]) / batches if batches else None, client_cpu, batches)
+                  (after[0] - before[0]) / batches if batches else None, client_cpu, batches,
+                  model_seconds=after[2] - before[2])
 
 
 def merge(parts: list[Result], load: str) -> Result:
@@ -157,7 +164,8 @@ def merge(parts: list[Result], load: str) -> Result:
     return Result(parts[0].mode, parts[0].op, load, sum(r.ok for r in parts), sum(r.rejected for r in parts),
                   sum(r.seconds for r in parts), [x for r in parts for x in r.latencies],
                   items / batches if batches else None,
-                  sum(r.client_cpu or 0.0 for r in parts), batches)
+                  sum(r.client_cpu or 0.0 for r in parts), batches,
+                  model_seconds=sum(r.model_seconds or 0.0 for r in parts))
 
 
 def soak(url: str, server: Server | None, requests: dict[str, list[bytes]], total: int,
