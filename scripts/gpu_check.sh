@@ -6,7 +6,7 @@
 #   OUT=/tmp/gpu GPU_CHECK_DRY=1 scripts/gpu_check.sh       # the same steps on this CPU with tiny settings
 #
 # Installs nothing from the network: the Python packages the GPU image lacks (fastapi, pydantic, uvicorn, ...)
-# come as wheels from WHEELS_DIR (default: $TITOK_WHEELS, else .whl in the repository root, an ignored folder),
+# come as wheels from WHEELS_DIR (default: $GPU_CHECK_WHEELS, else .whl in the repository root, an ignored folder),
 # installed with --no-index into a private folder. How to prepare them: README.md, "The GPU run".
 # Writes everything under $OUT (at most 8 files): summary.md (one row per step: exit code, seconds, cap),
 # env.txt, tests.log, bench.md, agreement.md, train.log, eval.json. Each step has its own time cap; a step that
@@ -16,7 +16,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
-WHEELS="${1:-${TITOK_WHEELS:-$ROOT/.whl}}"
+WHEELS="${1:-${GPU_CHECK_WHEELS:-$ROOT/.whl}}"
 DRY="${GPU_CHECK_DRY:-0}"
 PY="${PYTHON:-python3}"
 WORK="${GPU_CHECK_WORK:-/tmp/titok-gpu-check}"
