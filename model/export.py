@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.core.artifact import save_artifact  # the artifact format has one owner
+from service.core.artifact import save_artifact, to_compute_dtype  # the artifact format has one owner
 
 from .config import TiTokConfig
 from .data import portable_paths
@@ -156,8 +156,9 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
         **{k: v for k, v in (meta or {}).items() if k != "name"},
     }
     if fp16_storage:
-        # Script a half copy: .half() on the scripted module would also cast the caller's model.
-        scripted = script(copy.deepcopy(model).half(), cfg)
+        # Script a half copy (casting the scripted module would also cast the caller's model); the codebook
+        # stays fp32, as in every compute dtype (service.core.artifact.to_compute_dtype).
+        scripted = script(to_compute_dtype(copy.deepcopy(model), "float16"), cfg)
     save_artifact(scripted, out, full_meta)
     return full_meta
 

@@ -24,8 +24,11 @@ class Settings(BaseSettings):
     model: str = Field("", description="Model to serve by name: a Hugging Face Hub repository (owner/name[@revision], "
                        "fetched, converted once and cached) or an artifact path; overrides TITOK_MODEL_PATH.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Compute dtype; float16/bfloat16 (or fp16/bf16) are allowed on CUDA only.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Compute dtype of the transformer (the quantizer is always fp32). auto: a timed probe at "
+        "start-up picks bfloat16 on CUDA (where supported) and on a CPU where it measures faster than float32 "
+        "(AMX/AVX512-BF16), else float32. float32/bfloat16/float16 (or fp32/bf16/fp16) are honoured on every "
+        "device, with a logged warning when the probe measured them slower. float32 gives the exact tokens.")
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most items (images or token sequences) per model call.")
     max_batch_delay_ms: float = Field(
         5.0, ge=0, le=10_000, description="Longest time the oldest queued item waits for its batch to fill.")
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
         "checked from the image headers before decoding (413).")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: the number of CPU cores.")
     codec_threads: int = Field(
-        0, ge=0, description="Threads for image decoding and PNG encoding; 0: half the CPU cores (at least 1).")
+        0, ge=0, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
     ui: bool = Field(True, description="Serve the web page at / (false: API only, / is a 404).")

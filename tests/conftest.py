@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` run only with TITOK_DEVICE=cuda on a machine with CUDA (scripts/gpu_check.sh)."""
+    if os.environ.get("TITOK_DEVICE") == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return
+        reason = "marker cuda: TITOK_DEVICE=cuda but torch sees no CUDA device"
+    else:
+        reason = "marker cuda: needs TITOK_DEVICE=cuda and a CUDA device (scripts/gpu_check.sh runs these)"
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

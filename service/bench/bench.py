@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
 from ..core.codec import IMAGE_EXTS
 from ..settings import Settings
@@ -65,6 +66,8 @@ class Result:
     mean_batch: float | None = None
     client_cpu: float | None = None
     batches: float = 0.0  # model calls counted in /metrics during the run
+    dtype: str = ""  # the model's compute dtype in this run
+    model_seconds: float | None = None  # model compute time counted in /metrics during the run
 
     @property
     def throughput(self) -> float:
@@ -75,12 +78,17 @@ class Result:
         total = self.ok + self.rejected
         batch = f"{self.mean_batch:.1f}" if self.mean_batch is not None else "-"
         client = f"{1000 * self.client_cpu / max(total, 1):.2f}" if self.client_cpu is not None else "-"
+        busy = f"{100 * self.model_seconds / self.seconds:.0f}%" if self.model_seconds is not None and self.seconds \
+            else "-"
         return (f"| {self.mode} | {self.op} | {self.load} | {total} | {self.throughput:.1f} | {q[0]:.1f} | "
-                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} |")
+                f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} | "
+                f"{busy} | {self.dtype or '-'} |")
 
 
+# model busy: the share of the run's wall time the model thread spent computing (titok_model_compute_seconds);
+# far under 100% at full load means the codec, HTTP or the client set the pace, not the model.
 HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
-          "| client CPU ms/req |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "| client CPU ms/req | model busy | dtype |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 class Server:
@@ -123,27 +131,29 @@ class Server:
             self.proc.wait(timeout=120)
 
 
-def batch_stats(url: str) -> dict[str, tuple[float, float]]:
-    """op -> (sum, count) of titok_batch_size."""
+def batch_stats(url: str) -> dict[str, tuple[float, float, float]]:
+    """op -> (sum, count) of titok_batch_size and the sum of titok_model_compute_seconds."""
     stats: dict[str, list[float]] = {}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        for part, idx in (("titok_batch_size_sum{", 0), ("titok_batch_size_count{", 1)):
+        for part, idx in (("titok_batch_size_sum{", 0), ("titok_batch_size_count{", 1),
+                          ("titok_model_compute_seconds_sum{", 2)):
             if line.startswith(part):
                 op = line.split('op="')[1].split('"')[0]
-                stats.setdefault(op, [0.0, 0.0])[idx] = float(line.split()[-1])
-    return {op: (v[0], v[1]) for op, v in stats.items()}
+                stats.setdefault(op, [0.0, 0.0, 0.0])[idx] = float(line.split()[-1])
+    return {op: (v[0], v[1], v[2]) for op, v in stats.items()}
 
 
 def measure(mode: str, op: str, load: str, url: str,
             run: Callable[[], Awaitable[tuple[loadgen.Tally, float]]]) -> Result:
-    before = batch_stats(url).get(op, (0.0, 0.0))
+    before = batch_stats(url).get(op, (0.0, 0.0, 0.0))
     cpu0 = time.process_time()
     tally, seconds = loadgen.run(run)
     client_cpu = time.process_time() - cpu0
-    after = batch_stats(url).get(op, (0.0, 0.0))
+    after = batch_stats(url).get(op, (0.0, 0.0, 0.0))
     batches = after[1] - before[1]
     return Result(mode, op, load, tally.ok, tally.failed, seconds, tally.latencies,
-                  (after[0] - before[0]) / batches if batches else None, client_cpu, batches)
+                  (after[0] - before[0]) / batches if batches else None, client_cpu, batches,
+                  model_seconds=after[2] - before[2])
 
 
 def merge(parts: list[Result], load: str) -> Result:
@@ -153,7 +163,8 @@ def merge(parts: list[Result], load: str) -> Result:
     return Result(parts[0].mode, parts[0].op, load, sum(r.ok for r in parts), sum(r.rejected for r in parts),
                   sum(r.seconds for r in parts), [x for r in parts for x in r.latencies],
                   items / batches if batches else None,
-                  sum(r.client_cpu or 0.0 for r in parts), batches)
+                  sum(r.client_cpu or 0.0 for r in parts), batches,
+                  model_seconds=sum(r.model_seconds or 0.0 for r in parts))
 
 
 def soak(url: str, server: Server | None, requests: dict[str, list[bytes]], total: int,
@@ -234,7 +245,7 @@ def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, t
 
 
 def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: list, batch: int, n: int,
-                 png_level: int) -> Result:
+                 png_level: int, device: str = "cpu") -> Result:
     """The artifact called directly on the same batches, with the same image decoding / PNG encoding."""
     import torch
 
@@ -246,10 +257,10 @@ def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: l
         with torch.inference_mode():
             if op == "encode":
                 arrays = [load_image(photos[(start + j) % len(photos)], size) for j in range(count)]
-                module.encode(torch.from_numpy(np.stack(arrays))).numpy()
+                module.encode(torch.from_numpy(np.stack(arrays)).to(device)).cpu().numpy()
             else:
                 ids = torch.tensor([tokens[(start + j) % len(tokens)] for j in range(count)], dtype=torch.int64)
-                for pixels in module.decode(ids).numpy():
+                for pixels in module.decode(ids.to(device)).cpu().numpy():
                     encode_png(pixels, png_level)
 
     one_batch(0, batch)  # warm-up
@@ -268,8 +279,9 @@ def png_levels(module: Any, tokens: list, levels: tuple[int, ...] = (0, 1, 3, 6,
 
     from ..core.codec import encode_png
 
+    device = next(module.parameters()).device
     with torch.inference_mode():
-        images = module.decode(torch.tensor(tokens[:16], dtype=torch.int64)).numpy()
+        images = module.decode(torch.tensor(tokens[:16], dtype=torch.int64).to(device)).cpu().numpy()
     rows = ["| PNG level | ms / image | KB / image |", "|---|---|---|"]
     for level in levels:
         t0 = time.perf_counter()
@@ -291,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", type=int, default=0, help="extra encode+decode requests to watch RSS over a long run")
     p.add_argument("--quick", action="store_true", help="a short run: 32 requests, 2 s open loop")
     p.add_argument("--plot", type=Path, help="also draw throughput, latency and RSS to this PNG (needs matplotlib)")
+    p.add_argument("--dtype", help="the service's TITOK_DTYPE: auto (default: the environment's, else auto), float32, "
+                                   "bfloat16 or float16; the raw artifact runs in the dtype the service chose")
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.duration = min(args.requests, 32), min(args.duration, 2.0)
@@ -301,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             sys.stderr.write("titok bench: --plot needs matplotlib (pip install 'titok-service[train]')\n")
             return 2
-    settings = Settings()
+    try:
+        settings = Settings(**({"dtype": args.dtype} if args.dtype else {}))
+    except ValidationError as e:
+        sys.stderr.write(f"titok bench: --dtype: {e.errors()[0]['msg']}\n")
+        return 2
     model = args.model or settings.model_path
     if args.url and urlsplit(args.url).scheme != "http":
         sys.stderr.write(f"titok bench: --url {args.url}: only http:// URLs (the load generator speaks plain "
@@ -321,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             yield args.url.rstrip("/"), None
             return
-        server = Server(model, **overrides)
+        server = Server(model, **{"dtype": settings.dtype, **overrides})
         try:
             yield server.url, server
         finally:
@@ -336,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         info = httpx.get(f"{url}/info", timeout=30).json()
         batch = int(info["batching"]["max_batch_size"])
+        dtype, device = info["model"].get("dtype", "float32"), info["model"].get("device", "cpu")
         items = {"encode": photos, "decode": tokens}
         requests = {op: loadgen.payloads(url, op, items[op]) for op in items}
         rss.append(f"after warm-up {server.rss_mb():.0f} MB" if server else "n/a (--url)")
@@ -356,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             rss.append(f"peak {server.rss_mb('VmHWM'):.0f} MB")
     top = max(levels)
     if not args.url:
-        with service(max_batch_size=1) as (url1, _):
+        with service(max_batch_size=1, dtype=dtype) as (url1, _):  # the same dtype, whatever its own probe says
             for op in ("encode", "decode"):
                 off = loadgen.payloads(url1, op, items[op])
                 results.append(measure("batching off", op, f"closed c={top}", url1,
@@ -366,12 +385,20 @@ def main(argv: list[str] | None = None) -> int:
         from ..core.artifact import load_artifact
 
         torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)  # as the service's model thread
-        module, meta = load_artifact(model)  # loaded once for both directions and the PNG table
+        module, meta = load_artifact(model, device, dtype)  # loaded once for both directions and the PNG table
         for op in ("encode", "decode"):
             results.append(raw_artifact(module, int(meta["image_size"]), op, photos, tokens, batch, args.requests,
-                                        settings.png_compress_level))
-    out(f"\n## titok bench ({info['model']['name']}, {info['model']['device']}, max batch {batch}, "
-        f"{'photos from ' + str(args.images) if args.images else 'synthetic photos'})\n\n{HEADER}\n")
+                                        settings.png_compress_level, device))
+    for r in results:
+        r.dtype = r.dtype or dtype
+    from ..core.engine import cpu_flags  # (imports torch: not at `titok bench --help`)
+
+    probe = info["model"].get("dtype_probe") or {}
+    figures = "; ".join(f"{d} encode {v['encode']:.0f} decode {v['decode']:.0f} img/s"
+                        for d, v in probe.get("images_per_s", {}).items())
+    out(f"\n## titok bench ({info['model']['name']}, {device}, {dtype} (TITOK_DTYPE={settings.dtype}), max batch "
+        f"{batch}, {'photos from ' + str(args.images) if args.images else 'synthetic photos'})\n\n"
+        f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}; start-up dtype probe: {figures or 'n/a'}\n\n{HEADER}\n")
     out("".join(r.row() + "\n" for r in results))
 
     def find(mode: str, op: str, load: str) -> Result | None:

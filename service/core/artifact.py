@@ -26,6 +26,9 @@ from .errors import ModelLoadError
 META_FILE = "meta.json"
 REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
 DTYPES = ("float32", "float16", "bfloat16")
+# The attribute name of the codebook module in every model layout (model.tokenizer.TiTok, model.reference):
+# its weights stay fp32 in every compute dtype, so that the nearest-code search and the looked-up codes are fp32.
+QUANTIZER = "quantize"
 _JIT_DEPRECATED = r".*torch\.jit.*deprecated.*"
 
 
@@ -100,9 +103,10 @@ def _parse_meta(text: str, path: Path) -> dict[str, Any]:
 
 
 def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, dict[str, Any]]:
-    """Load the artifact and its meta.json; raises ModelLoadError with a one-line reason.
+    """Load the artifact and its meta.json, computing in `dtype`; raises ModelLoadError with a one-line reason.
 
-    The file may store fp16 weights to halve its size: compute in fp32 on CPU, in `dtype` on CUDA.
+    The file may store fp16 weights to halve its size; they are cast to `dtype` (the quantizer to fp32) here.
+    Every dtype is allowed on every device: whether bf16/fp16 pays on this CPU is the engine's probe to say.
     """
     path = Path(path)
     if not path.is_file():
@@ -110,8 +114,6 @@ def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32")
                              "such as yucornetto/tokenizer_titok_l32_imagenet: see titok models)")
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if device == "cpu" and dtype != "float32":
-        raise ModelLoadError(f"TITOK_DTYPE={dtype} is for CUDA only; on CPU use float32 (fp16/bf16 are slow there)")
     extra = {META_FILE: ""}
     module = _jit_load(path, device, extra)
     meta = _parse_meta(extra[META_FILE], path)
@@ -119,16 +121,42 @@ def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32")
     return to_compute_dtype(module, dtype), meta
 
 
-def to_compute_dtype(module: Any, dtype: str) -> Any:
-    """Cast a loaded artifact's weights (and its input dtype, which follows them) to `dtype`, in eval mode.
+def _in_quantizer(module_path: str) -> bool:
+    return QUANTIZER in module_path.split(".")
 
-    The one place the served dtype is applied; load_artifact refuses fp16/bf16 on CPU only because it is
-    slow there, so tests run this very path on CPU.
+
+def to_compute_dtype(module: Any, dtype: str) -> Any:
+    """Cast a model's floating-point weights to `dtype` in place, except the quantizer's, which become fp32; eval mode.
+
+    The one place the compute dtype is applied (the service's loader and the export's fp16 storage). Works on the
+    loaded TorchScript module and on the eager model alike. The artifact's input dtype (its `dtype_probe` buffer)
+    follows the transformer's; the codebook and the nearest-neighbour search stay fp32 in every dtype, so tokens
+    move only where the reduced-precision transformer moves the latent itself.
+    Raises ModelLoadError for a dtype outside DTYPES.
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    module = module.float() if dtype == "float32" else module.to(getattr(torch, dtype))
+    target = getattr(torch, dtype)
+    for name, sub in module.named_modules():
+        want = torch.float32 if _in_quantizer(name) else target
+        for t in (*sub.parameters(recurse=False), *sub.buffers(recurse=False)):
+            if t.is_floating_point() and t.dtype != want:
+                t.data = t.data.to(want)
     return module.eval()
+
+
+def weights_snapshot(module: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(holder, its current data) for every floating-point weight: restore_weights() undoes a later cast exactly.
+
+    Costs no copy: to_compute_dtype gives each cast weight new data and leaves the old tensors to this snapshot.
+    """
+    return [(t, t.data) for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+
+
+def restore_weights(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back the weights recorded by weights_snapshot() (e.g. fp32 after a bf16 trial)."""
+    for t, data in snapshot:
+        t.data = data
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

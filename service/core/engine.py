@@ -5,7 +5,9 @@ The artifact itself (format, meta.json, dtype) is service.core.artifact's; the e
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -13,16 +15,43 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .artifact import REQUIRED_META, ModelInfo, load_artifact, resolve_device
+from .artifact import (
+    DTYPES,
+    REQUIRED_META,
+    ModelInfo,
+    load_artifact,
+    resolve_device,
+    restore_weights,
+    to_compute_dtype,
+    weights_snapshot,
+)
+from .errors import ModelLoadError
 from .models import resolve_model
 from .quality import psnr
 
+log = logging.getLogger("titok.engine")
+
 Op = Literal["encode", "decode", "roundtrip"]
+DTYPE_CHOICES = ("auto", *DTYPES)  # TITOK_DTYPE: auto picks by a timed probe at start-up (Engine.choose_dtype)
+PROBE_BATCH = 8  # images per probe call: large enough for the matrix units, small enough for a short start-up
+PROBE_REPEATS = 2  # timed calls per direction and dtype, after one untimed warm-up call
+PROBE_MARGIN = 1.05  # on CPU, bf16 is chosen by auto only when it is at least 5% faster than fp32 (noise guard)
 
 
 def roundtrip_dtype(num_tokens: int) -> np.dtype:
     """One record per image of a roundtrip batch: its tokens and the PSNR of its reconstruction."""
     return np.dtype([("tokens", np.int64, (num_tokens,)), ("psnr", np.float64)])
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's flags that decide reduced-precision speed (amx_bf16, amx_tile, avx512_bf16, ...): [] if unknown."""
+    wanted = ("amx_bf16", "amx_fp16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [w for w in wanted if w in flags]
 
 
 class Engine:
@@ -39,15 +68,99 @@ class Engine:
         self.codebook_size, self.content_hash = info.codebook_size, info.content_hash
         self.prefix_decodable = info.prefix_decodable  # decode takes any first 1 <= k <= K tokens
         self.torch_threads = torch_threads or os.cpu_count() or 1
+        self.dtype_probe: dict[str, Any] = {"requested": dtype, "chosen": dtype, "images_per_s": {}}
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titok-model",
                                           initializer=torch.set_num_threads, initargs=(self.torch_threads,))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", dtype: str = "float32", torch_threads: int = 0) -> Engine:
-        """An artifact path or a Hub name (owner/name[@revision], see models.resolve_model); ModelLoadError if not."""
+    def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto", torch_threads: int = 0,
+             probe_batch: int = PROBE_BATCH) -> Engine:
+        """Load the artifact in fp32, then settle the compute dtype by choose_dtype() (a timed probe).
+
+        path: an artifact path or a Hub name (owner/name[@revision], see models.resolve_model).
+        dtype: auto (the fastest the device supports well), float32, bfloat16 or float16 (honoured on every
+        device; a warning when the probe measured it slower). Raises ModelLoadError for an unknown dtype or a
+        model that cannot be loaded.
+        """
+        if dtype not in DTYPE_CHOICES:
+            raise ModelLoadError(f"TITOK_DTYPE={dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
         dev = resolve_device(device)
-        module, meta = load_artifact(resolve_model(path), dev, dtype)
-        return cls(module, meta, dev, dtype, torch_threads)
+        module, meta = load_artifact(resolve_model(path), dev, "float32")
+        engine = cls(module, meta, dev, "float32", torch_threads)
+        engine.choose_dtype(dtype, probe_batch)
+        return engine
+
+    def choose_dtype(self, requested: str, batch: int = PROBE_BATCH) -> str:
+        """Time encode and decode of `batch` random images in fp32 and in a reduced dtype; set the compute dtype.
+
+        auto: on CUDA bfloat16 where supported (else float16); on CPU bfloat16 only where it measured at least
+        PROBE_MARGIN faster than fp32 (images/s of an encode plus a decode), else float32. An explicit dtype is
+        kept, with a warning when it measured slower than the other. A probe that fails (out of memory, no bf16
+        kernels) is logged; auto then stays float32. The figures land in self.dtype_probe (/info, /metrics).
+        Must be called before serving: it runs on the model thread and casts the weights in place.
+        """
+        if requested not in DTYPE_CHOICES:
+            raise ModelLoadError(f"TITOK_DTYPE={requested!r} is not one of {', '.join(DTYPE_CHOICES)}")
+        cuda = self.device.startswith("cuda")
+        if requested in ("auto", "float32"):
+            reduced = "float16" if cuda and not torch.cuda.is_bf16_supported() else "bfloat16"
+        else:
+            reduced = requested
+        speeds: dict[str, float] = {}
+        probe: dict[str, Any] = {"requested": requested, "batch": batch, "images_per_s": {}, "cpu_flags": cpu_flags()}
+        try:
+            probe["images_per_s"] = self._thread.submit(self._probe, ("float32", reduced), batch).result()
+            speeds = {d: v["roundtrip"] for d, v in probe["images_per_s"].items()}
+        except Exception as e:  # noqa: BLE001  (out of memory, a dtype without kernels: never fatal here)
+            probe["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            log.warning("dtype probe failed (%s); %s", probe["error"],
+                        "falling back to float32" if requested == "auto" else f"keeping TITOK_DTYPE={requested}")
+        if requested != "auto":
+            chosen = requested
+        elif not speeds:
+            chosen = "float32"
+        elif cuda:
+            chosen = reduced
+        else:
+            chosen = reduced if speeds[reduced] >= PROBE_MARGIN * speeds["float32"] else "float32"
+        self._thread.submit(to_compute_dtype, self.module, chosen).result()
+        self.dtype = chosen
+        probe["chosen"] = chosen
+        self.dtype_probe = probe
+        figures = ", ".join(f"{d} encode {v['encode']:.1f} decode {v['decode']:.1f} img/s"
+                            for d, v in probe["images_per_s"].items())
+        log.info("dtype %s (TITOK_DTYPE=%s) on %s; probe at batch %d: %s", chosen, requested, self.device, batch,
+                 figures or "none")
+        faster = [d for d in speeds if speeds[d] > speeds.get(chosen, 0.0)]
+        if requested != "auto" and faster:
+            log.warning("TITOK_DTYPE=%s measured %.2fx slower than %s on this %s; serving %s as asked",
+                        requested, speeds[faster[0]] / speeds[chosen], faster[0], self.device, requested)
+        return chosen
+
+    def _probe(self, dtypes: tuple[str, ...], batch: int) -> dict[str, dict[str, float]]:
+        """On the model thread: dtype -> images/s of encode, decode and both; the fp32 weights are restored."""
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (batch, self.image_size, self.image_size, 3), dtype=np.uint8)
+        tokens = rng.integers(0, self.codebook_size, (batch, self.num_tokens), dtype=np.int64)
+        snapshot = weights_snapshot(self.module)
+        out: dict[str, dict[str, float]] = {}
+        try:
+            for dtype in dtypes:
+                to_compute_dtype(self.module, dtype)
+                seconds = {}
+                for op, x in (("encode", images), ("decode", tokens)):
+                    self._call(op, x)  # warm-up: kernel selection, allocator
+                    t0 = time.perf_counter()
+                    for _ in range(PROBE_REPEATS):
+                        self._call(op, x)
+                    if self.device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    seconds[op] = (time.perf_counter() - t0) / PROBE_REPEATS
+                out[dtype] = {"encode": batch / seconds["encode"], "decode": batch / seconds["decode"],
+                              "roundtrip": batch / (seconds["encode"] + seconds["decode"])}
+        finally:
+            restore_weights(snapshot)
+        return out
 
     def submit(self, op: Op, batch: np.ndarray) -> Future[np.ndarray]:
         """Queue one batch on the model thread.
@@ -87,7 +200,7 @@ class Engine:
         return {"name": self.name, "image_size": self.image_size, "num_tokens": self.num_tokens,
                 "codebook_size": self.codebook_size, "content_hash": self.content_hash,
                 "prefix_decodable": self.prefix_decodable, "device": self.device,
-                "dtype": self.dtype, "torch_threads": self.torch_threads,
+                "dtype": self.dtype, "dtype_probe": self.dtype_probe, "torch_threads": self.torch_threads,
                 "meta": {k: v for k, v in self.meta.items() if k not in (*REQUIRED_META, "content_hash")}}
 
     def close(self) -> None:

@@ -44,11 +44,11 @@ def _folder(src: Path | None, repeat: int, tmp: Path) -> Path:
     return folder
 
 
-def raw_artifact(model: Path, files: list[Path], batch: int) -> float:
-    """Images/s of read + decode + encode in one loop, the module called directly on full batches."""
+def raw_artifact(model: Path, files: list[Path], batch: int, dtype: str = "float32") -> float:
+    """Images/s of read + decode + encode in one loop, the module called directly on full batches in `dtype`."""
     import torch
 
-    module, meta = load_artifact(model)
+    module, meta = load_artifact(model, "cpu", dtype)
     size = int(meta["image_size"])
 
     def run(paths: list[Path]) -> None:
@@ -70,13 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="use the images this many times over (default: 1)")
     p.add_argument("--workers", default="0,1,2", help="decoding worker counts to run the job with (default: 0,1,2)")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call, raw and job (default: 32)")
+    p.add_argument("--dtype", help="as titok tokenize's: auto (default, or TITOK_DTYPE), float32, bfloat16, float16")
     args = p.parse_args(argv)
-    from ..core.engine import Engine
+    from pydantic import ValidationError
+
+    from ..core.engine import Engine, cpu_flags
+    from ..errors import ModelLoadError
     from .inputs import plan_shards
     from .local import JobOptions, run_local
     from .writer import job_meta, prepare_output
 
-    model = args.model or Settings().model_path
+    try:
+        settings = Settings(**({"dtype": args.dtype} if args.dtype else {}))
+    except ValidationError as e:
+        sys.stderr.write(f"titok bench-tokenize: --dtype: {e.errors()[0]['msg']}\n")
+        return 2
+    model = args.model or settings.model_path
     threads = os.cpu_count() or 1
     import torch
 
@@ -85,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = _folder(args.images, args.repeat, tmp)
         files = sorted(f for f in folder.rglob("*") if f.is_file())
-        first_raw = raw_artifact(model, files, args.batch_size)
-        engine = Engine.load(model, "cpu", torch_threads=threads)
+        try:
+            engine = Engine.load(model, "cpu", settings.dtype, torch_threads=threads)  # settles the dtype (probe)
+        except ModelLoadError as e:
+            sys.stderr.write(f"titok bench-tokenize: {e}\n")
+            return 2
+        dtype = engine.dtype
+        first_raw = raw_artifact(model, files, args.batch_size, dtype)
         engine.warmup(args.batch_size)
         info = engine.model_info
-        meta = job_meta(info, "crop")
+        meta = job_meta(info, "crop", compute_dtype=dtype)
         jobs = []
         for w in (int(x) for x in args.workers.split(",")):
             out = tmp / f"out-{w}"
@@ -99,16 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((w, summary))
         engine.close()
         # Once before and once after the jobs; the better of the two: a busy machine cannot flatter the job.
-        raw = max(first_raw, raw_artifact(model, files, args.batch_size))
+        raw = max(first_raw, raw_artifact(model, files, args.batch_size, dtype))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows = [f"| raw artifact (read + decode + encode, one loop; best of 2) | - | {len(files)} | {raw:.1f} | 1.00 |"]
-    rows += [f"| titok tokenize | {w} | {s.images} | {s.images_per_s:.1f} | {s.images_per_s / raw:.2f} |"
+    rows = [f"| raw artifact (read + decode + encode, one loop; best of 2) | {dtype} | - | {len(files)} | {raw:.1f} "
+            "| 1.00 |"]
+    rows += [f"| titok tokenize | {dtype} | {w} | {s.images} | {s.images_per_s:.1f} | {s.images_per_s / raw:.2f} |"
              for w, s in jobs]
     source = f"{len(files)} images from {args.images} x{args.repeat}" if args.images else f"{len(files)} synthetic"
     sys.stdout.write(f"\n#### titok bench-tokenize ({info.name}, cpu, {threads} torch threads, batch "
-                     f"{args.batch_size}, {source})\n\n| run | decoding workers | images | images/s | / raw |\n"
-                     "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+                     f"{args.batch_size}, {source}; TITOK_DTYPE={settings.dtype}; CPU flags: "
+                     f"{' '.join(cpu_flags()) or 'unknown'})\n\n"
+                     "| run | dtype | decoding workers | images | images/s | / raw |\n"
+                     "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     return 0
 
 

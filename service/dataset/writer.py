@@ -4,12 +4,13 @@ For a shard NAME the output directory holds:
     NAME.parquet              one row per image: key, tokens (fixed-size list of the smallest unsigned type
                               that holds the codebook), source, width, height; the file's metadata (key
                               b"titok") names the model, its content hash, image size, tokens, codebook
-                              size and resize mode, and the token budget when one was given (`budget`:
-                              {"num_tokens": k} or {"target_psnr": dB}). num_tokens=k: tokens is a
-                              fixed-size list of k. target_psnr: tokens is a variable-length list
-                              (list<uint16> for a 4096 codebook), with the columns num_tokens (int32, the
-                              row's length), psnr (float32, dB at that length) and reached (bool, false where
-                              the image kept all K tokens without reaching the target)
+                              size, resize mode, the compute dtype of the model (float32, bfloat16, ...),
+                              and the token budget when one was given (`budget`: {"num_tokens": k} or
+                              {"target_psnr": dB}). num_tokens=k: tokens is a fixed-size list of k.
+                              target_psnr: tokens is a variable-length list (list<uint16> for a 4096
+                              codebook), with the columns num_tokens (int32, the row's length), psnr
+                              (float32, dB at that length) and reached (bool, false where the image kept
+                              all K tokens without reaching the target)
     .titok/NAME.errors.jsonl  only when some images failed: {"key", "reason"} per line
     .titok/NAME.done.json     written last: the shard is complete (rows, errors, the input's size-and-mtime
                               digest and its SHA-256)
@@ -48,10 +49,15 @@ RECORDS = ".titok"  # the done records, errors files and temporary files: hidden
 IDENTITY = ("model", "content_hash", "image_size", "num_tokens", "codebook_size", "resize", "budget")
 
 
-def job_meta(info: ModelInfo, resize: str, budget: Budget | None = None) -> dict[str, Any]:
+def job_meta(info: ModelInfo, resize: str, budget: Budget | None = None,
+             compute_dtype: str = "float32") -> dict[str, Any]:
+    """The footer of every shard. budget: num_tokens / target_psnr (part of the job's identity). compute_dtype:
+    the engine's (tokens of bf16/fp16 may differ from fp32's in a few positions; not part of IDENTITY), or
+    "auto" under Ray, where each actor probes for itself."""
     meta = {"model": info.name, "content_hash": info.content_hash, "image_size": info.image_size,
             "num_tokens": info.num_tokens, "codebook_size": info.codebook_size,
-            "token_dtype": info.token_dtype.name, "resize": resize, "format_version": FORMAT_VERSION}
+            "token_dtype": info.token_dtype.name, "resize": resize, "compute_dtype": compute_dtype,
+            "format_version": FORMAT_VERSION}
     if budget is not None and budget.num_tokens is not None:
         meta["budget"] = {"num_tokens": budget.num_tokens}
     elif budget is not None and budget.target_psnr is not None:

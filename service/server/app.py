@@ -68,8 +68,10 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         eng = engine or await asyncio.to_thread(
             Engine.load, settings.model_source, settings.device, settings.dtype, settings.torch_threads)
         state.engine = eng
-        # Half the cores by default: the codec pool and torch's threads must not fight over a small CPU.
-        codec_threads = settings.codec_threads or max(1, (os.cpu_count() or 1) // 2)
+        # As many codec threads as cores by default: with the model in bf16 the codec is the larger share of an
+        # /encode of photos, and measured on 2 cores (scripts/service_speed.py) 2 codec threads beside 2 torch
+        # threads took less server CPU per item than 1 (README, "Compute dtype and speed").
+        codec_threads = settings.codec_threads or os.cpu_count() or 1
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
         state.decode_queue = DecodeQueue(state.codec_pool, codec_threads)
         if hasattr(eng, "warmup"):

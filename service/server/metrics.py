@@ -48,9 +48,15 @@ class Metrics:
                                     registry=r)
         self.model_info = Info("titok_model", "The served model.", registry=r)
         self.ready = Gauge("titok_ready", "1 when warmed up and not draining.", registry=r)
+        self.dtype_probe = Gauge("titok_dtype_probe_images_per_second",
+                                 "Images/s measured by the start-up dtype probe (TITOK_DTYPE), by dtype and op; "
+                                 "titok_model_info's dtype label is the one chosen.", ["dtype", "op"], registry=r)
 
     def set_model_info(self, info: dict[str, Any]) -> None:
         self.model_info.info({k: str(v) for k, v in info.items() if not isinstance(v, dict)})
+        for dtype, speeds in (info.get("dtype_probe") or {}).get("images_per_s", {}).items():
+            for op, value in speeds.items():
+                self.dtype_probe.labels(dtype, op).set(value)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -20,7 +20,8 @@ def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsy
                  "--duration", "0.5", "--rate", "8", "--soak", "20", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
-            "| client CPU ms/req |") in out
+            "| client CPU ms/req | model busy | dtype |") in out
+    assert "CPU flags: " in out and "start-up dtype probe: float32 encode" in out
     for row in ("| service | encode | closed c=1 |", "| service | encode | closed c=4 |",
                 "| service | decode | closed c=4 |", "| service | encode | open 8/s |",
                 "| service | decode | open 8/s |",
@@ -37,6 +38,12 @@ def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsy
     assert "| soak requests | server RSS MB |" in out and "| 20 |" in out and "RSS growth over the soak" in out
     rows = [ln for ln in out.splitlines() if ln.startswith("| service |") or ln.startswith("| batching off |")]
     assert all(ln.split("|")[10].strip() == "0.0%" for ln in rows), rows  # nothing refused at this load
+    raw = [ln for ln in out.splitlines() if ln.startswith("| raw artifact |")]
+    assert len({ln.split("|")[13].strip() for ln in rows + raw}) == 1, rows + raw  # one dtype for every mode
+    assert rows[0].split("|")[13].strip() in ("float32", "bfloat16")
+    busy = [ln.split("|")[12].strip() for ln in rows]  # the model thread's share of each run's wall time
+    assert all(b.endswith("%") and 0 < float(b[:-1]) <= 100 for b in busy), busy
+    assert all(ln.split("|")[12].strip() == "-" for ln in raw)
     assert "| PNG level | ms / image | KB / image |" in out
     with Image.open(plot) as im:  # three panels: throughput, latency, RSS over the soak
         assert im.format == "PNG" and im.width > 2 * im.height

@@ -25,7 +25,7 @@ def prefix_url(prefix_artifact: Path) -> Iterator[str]:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def engine(prefix_artifact: Path) -> Iterator[Engine]:  # noqa: F811
-    eng = Engine.load(prefix_artifact, "cpu")
+    eng = Engine.load(prefix_artifact, "cpu", "float32")
     yield eng
     eng.close()
 

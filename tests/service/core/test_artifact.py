@@ -37,15 +37,18 @@ def test_a_meta_without_required_fields_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_reduced_precision_path_of_cuda_runs_encode_and_decode(tiny_artifact: Path, dtype: str) -> None:
-    """The service refuses fp16/bf16 on CPU (slow there), so this runs the CUDA path's cast on CPU."""
+def test_reduced_precision_casts_the_transformer_and_keeps_the_quantizer_fp32(tiny_artifact: Path, dtype: str) -> None:
     module, meta = load_artifact(tiny_artifact)
     images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     with torch.inference_mode():
         fp32_tokens = module.encode(torch.from_numpy(images))
         fp32_pixels = module.decode(fp32_tokens).numpy()
+    codebook = module.model.quantize.embedding.weight.clone()
     reduced = to_compute_dtype(module, dtype)
-    assert {p.dtype for p in reduced.parameters()} == {getattr(torch, dtype)}
+    assert {p.dtype for p in reduced.model.encoder.parameters()} == {getattr(torch, dtype)}
+    assert {p.dtype for p in reduced.model.decoder.parameters()} == {getattr(torch, dtype)}
+    assert reduced.dtype_probe.dtype == getattr(torch, dtype)  # the artifact casts its pixels to the transformer's
+    assert torch.equal(reduced.model.quantize.embedding.weight, codebook)  # fp32, not rounded through dtype
     engine = Engine(reduced, meta, "cpu", dtype, torch_threads=1)
     try:
         tokens = engine.run("encode", images)
@@ -69,7 +72,7 @@ def test_a_plain_jit_load_of_an_fp16_stored_artifact_encodes_on_cpu(tmp_path: Pa
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
         plain = torch.jit.load(str(tmp_path / "fp16.pt"))  # no map_location, no dtype handling
-    assert {p.dtype for p in plain.parameters()} == {torch.float16}
+    assert {p.dtype for p in plain.model.decoder.parameters()} == {torch.float16}
     tokens = plain.encode(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
     assert tokens.shape == (2, 8) and tokens.dtype == torch.int64
     assert plain.decode(tokens).shape == (2, 32, 32, 3)
@@ -87,3 +90,31 @@ def test_read_meta_refuses_what_is_not_an_artifact(tmp_path: Path) -> None:
         z.writestr("archive/data.pkl", b"")
     with pytest.raises(ModelLoadError, match="no readable meta.json"):
         read_meta(bare)
+
+
+def test_an_fp16_stored_artifact_keeps_its_codebook_in_fp32(tmp_path: Path) -> None:
+    from model.config import get_preset
+    from model.export import export_model
+    from model.tokenizer import TiTok
+
+    cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
+                     dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)
+    model = TiTok(cfg)
+    export_model(model, cfg, tmp_path / "fp16.pt", {"name": "half"}, fp16_storage=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        plain = torch.jit.load(str(tmp_path / "fp16.pt"))
+    assert torch.equal(plain.model.quantize.embedding.weight, model.quantize.embedding.weight)
+    assert {p.dtype for p in plain.model.encoder.parameters()} == {torch.float16}
+
+
+def test_a_cast_can_be_undone_exactly(tiny_artifact: Path) -> None:
+    from service.core.artifact import restore_weights, weights_snapshot
+
+    module, _ = load_artifact(tiny_artifact)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    snapshot = weights_snapshot(module)
+    to_compute_dtype(module, "bfloat16")
+    restore_weights(snapshot)
+    after = module.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())

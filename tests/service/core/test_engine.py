@@ -40,6 +40,7 @@ def test_fp16_stored_weights_are_computed_in_fp32_on_cpu(tmp_path: Path) -> None
     module, meta = load_artifact(path)
     assert meta["weights_dtype"] == "float16"
     assert {p.dtype for p in module.parameters()} == {torch.float32}
+    assert module.dtype_probe.dtype == torch.float32  # the pixels follow: fp32 arithmetic
 
 
 def test_missing_corrupt_and_wrong_dtype_are_clear_errors(tmp_path: Path, tiny_artifact: Path) -> None:
@@ -49,5 +50,85 @@ def test_missing_corrupt_and_wrong_dtype_are_clear_errors(tmp_path: Path, tiny_a
     junk.write_bytes(b"this is not a zip archive" * 10)
     with pytest.raises(ModelLoadError, match="not a valid TorchScript artifact"):
         load_artifact(junk)
-    with pytest.raises(ModelLoadError, match="CUDA only"):
-        load_artifact(tiny_artifact, "cpu", "float16")
+    with pytest.raises(ModelLoadError, match="'float64' is not one of float32, float16, bfloat16"):
+        load_artifact(tiny_artifact, "cpu", "float64")
+    with pytest.raises(ModelLoadError, match="TITOK_DTYPE='fp8' is not one of auto, float32"):
+        Engine.load(tiny_artifact, "cpu", "fp8")
+
+
+def _fake_probe(figures: dict[str, dict[str, float]] | Exception):
+    """An Engine._probe stand-in: fixed images/s per dtype (or a failure), so the choice itself is tested."""
+    def probe(self: Engine, dtypes: tuple[str, ...], batch: int) -> dict[str, dict[str, float]]:
+        if isinstance(figures, Exception):
+            raise figures
+        return {d: {**figures[d], "roundtrip": 1 / (1 / figures[d]["encode"] + 1 / figures[d]["decode"])}
+                for d in dtypes}
+    return probe
+
+
+FAST_BF16 = {"float32": {"encode": 100.0, "decode": 100.0}, "bfloat16": {"encode": 300.0, "decode": 250.0},
+             "float16": {"encode": 20.0, "decode": 20.0}}
+SLOW_BF16 = {"float32": {"encode": 100.0, "decode": 100.0}, "bfloat16": {"encode": 60.0, "decode": 90.0}}
+
+
+@pytest.mark.parametrize(("figures", "chosen"), [(FAST_BF16, "bfloat16"), (SLOW_BF16, "float32")])
+def test_auto_picks_bf16_on_cpu_only_where_it_measured_faster(tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               figures: dict, chosen: str) -> None:
+    monkeypatch.setattr(Engine, "_probe", _fake_probe(figures))
+    engine = Engine.load(tiny_artifact, "cpu", "auto", torch_threads=1)
+    try:
+        assert engine.dtype == chosen
+        assert {p.dtype for p in engine.module.model.encoder.parameters()} == {getattr(torch, chosen)}
+        assert {p.dtype for p in engine.module.model.quantize.parameters()} == {torch.float32}
+        info = engine.info()
+        assert info["dtype"] == chosen and info["dtype_probe"]["requested"] == "auto"
+        assert info["dtype_probe"]["images_per_s"]["bfloat16"]["encode"] == figures["bfloat16"]["encode"]
+        tokens = engine.run("encode", np.zeros((2, 32, 32, 3), np.uint8))
+        assert tokens.shape == (2, 8) and engine.run("decode", tokens).shape == (2, 32, 32, 3)
+    finally:
+        engine.close()
+
+
+def test_an_explicit_dtype_is_honoured_with_a_warning_when_slower(tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(Engine, "_probe", _fake_probe(FAST_BF16))
+    for requested, warned in (("float16", True), ("float32", True), ("bfloat16", False)):
+        caplog.clear()
+        engine = Engine.load(tiny_artifact, "cpu", requested, torch_threads=1)
+        engine.close()
+        assert engine.dtype == requested
+        warnings_ = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(warnings_) == warned, warnings_
+        if warned:
+            assert f"TITOK_DTYPE={requested} measured" in warnings_[0] and "slower" in warnings_[0]
+
+
+def test_a_failed_probe_falls_back_to_fp32_with_a_log_line(tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(Engine, "_probe", _fake_probe(RuntimeError("out of memory at batch 8")))
+    engine = Engine.load(tiny_artifact, "cpu", "auto", torch_threads=1)
+    engine.close()
+    assert engine.dtype == "float32" and "out of memory" in engine.info()["dtype_probe"]["error"]
+    assert any("dtype probe failed" in r.getMessage() and "falling back to float32" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_real_probe_measures_both_dtypes_and_leaves_the_weights_as_chosen(tiny_artifact: Path) -> None:
+    module, meta = load_artifact(tiny_artifact)
+    reference = {k: v.clone() for k, v in module.state_dict().items()}
+    engine = Engine(module, meta, "cpu", "float32", torch_threads=1)
+    try:
+        chosen = engine.choose_dtype("auto", batch=2)
+        speeds = engine.dtype_probe["images_per_s"]
+        assert set(speeds) == {"float32", "bfloat16"} and all(v["encode"] > 0 for v in speeds.values())
+        faster = speeds["bfloat16"]["roundtrip"] >= 1.05 * speeds["float32"]["roundtrip"]
+        assert chosen == ("bfloat16" if faster else "float32") == engine.dtype
+        state = module.state_dict()
+        for k, v in reference.items():  # the probe's bf16 trial left nothing behind but the chosen cast
+            if not v.is_floating_point():
+                assert torch.equal(state[k], v), k
+                continue
+            want = torch.float32 if "quantize" in k or chosen == "float32" else torch.bfloat16
+            assert state[k].dtype == want and torch.equal(state[k].float(), v.to(want).float()), k
+    finally:
+        engine.close()

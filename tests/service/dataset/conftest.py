@@ -10,9 +10,15 @@ import pytest
 from service.core.engine import Engine
 
 
+@pytest.fixture(autouse=True)
+def _exact_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's runs compare their tokens with the fp32 engine's: TITOK_DTYPE=float32 unless a test says otherwise."""
+    monkeypatch.setenv("TITOK_DTYPE", "float32")
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_artifact: Path) -> Iterator[Engine]:
-    eng = Engine.load(tiny_artifact, "cpu", torch_threads=1)
+    eng = Engine.load(tiny_artifact, "cpu", "float32", torch_threads=1)  # fp32: the exact tokens
     yield eng
     eng.close()
 

@@ -19,11 +19,14 @@ def test_bench_tokenize_prints_raw_and_job_rows(tiny_artifact: Path, tmp_path: P
     assert main(["--model", str(tiny_artifact), "--images", str(folder), "--repeat", "2", "--workers", "0,1",
                  "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
-    assert "| run | decoding workers | images | images/s | / raw |" in out
-    assert re.search(r"\| raw artifact \(read \+ decode \+ encode, one loop; best of 2\) \| - \| 10 \| [\d.]+ "
-                     r"\| 1\.00 \|", out)
+    assert "| run | dtype | decoding workers | images | images/s | / raw |" in out
+    assert "TITOK_DTYPE=float32; CPU flags: " in out  # the dataset conftest's setting
+    assert re.search(r"\| raw artifact \(read \+ decode \+ encode, one loop; best of 2\) \| float32 \| - \| 10 \| "
+                     r"[\d.]+ \| 1\.00 \|", out)
     for w in (0, 1):
-        assert re.search(rf"\| titok tokenize \| {w} \| 10 \| [\d.]+ \| [\d.]+ \|", out), out
+        assert re.search(rf"\| titok tokenize \| float32 \| {w} \| 10 \| [\d.]+ \| [\d.]+ \|", out), out
+    assert main(["--model", str(tiny_artifact), "--images", str(folder), "--dtype", "float64"]) == 2
+    assert "--dtype" in capsys.readouterr().err
 
 
 class _Terminal(io.StringIO):

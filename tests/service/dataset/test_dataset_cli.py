@@ -18,6 +18,7 @@ from PIL import Image
 from service.cli import main
 from service.core.engine import Engine
 from service.dataset import load_tokens
+from service.dataset.writer import shard_meta
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -62,6 +63,10 @@ def test_tokenize_then_detokenize_chosen_rows(tmp_path: Path, tiny_artifact: Pat
                  "--workers", "1", "--shard-size", "2"]) == 0
     report = capsys.readouterr().out
     assert "images tokenized                   5" in report and "shards written                     3" in report
+    assert {shard_meta(p)["compute_dtype"] for p in out.glob("*.parquet")} == {"float32"}  # TITOK_DTYPE (conftest)
+    assert main(["tokenize", str(folder), "--out", str(tmp_path / "bf16"), "--model", str(tiny_artifact),
+                 "--dtype", "bf16", "--workers", "0"]) == 0
+    assert {shard_meta(p)["compute_dtype"] for p in (tmp_path / "bf16").glob("*.parquet")} == {"bfloat16"}
     assert main(["detokenize", str(out), "--keys", "sub/3.png", "sub/0.png", "--out", str(tmp_path / "png"),
                  "--model", str(tiny_artifact), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["sub__0.png.png", "sub__3.png.png"]

@@ -115,7 +115,7 @@ def test_a_rerun_skips_complete_shards_and_redoes_changed_input(tmp_path: Path, 
 def test_an_output_dir_of_another_model_is_refused_unless_overwrite(tmp_path: Path, engine: Engine,
                                                                        other_artifact: Path) -> None:
     folder = write_folder(tmp_path / "pics", {f"{i}.png": photo(i) for i in range(3)})
-    other = Engine.load(other_artifact, "cpu", torch_threads=1)
+    other = Engine.load(other_artifact, "cpu", "float32", torch_threads=1)
     try:
         tokenize([folder], tmp_path / "out", other)
         with pytest.raises(DatasetError, match="holds shards of model test-other .* this run is model test-tiny"):
@@ -167,7 +167,7 @@ def test_load_tokens_reads_complete_shards_and_refuses_a_mix_of_models(tmp_path:
     expected = engine.run("encode", np.stack([load_image((folder / k).read_bytes(), 32) for k in keys]))
     np.testing.assert_array_equal(tokens, expected)
 
-    other = Engine.load(other_artifact, "cpu", torch_threads=1)
+    other = Engine.load(other_artifact, "cpu", "float32", torch_threads=1)
     try:
         tokenize([folder], tmp_path / "other", other, shard_size=4)
     finally:

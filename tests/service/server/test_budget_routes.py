@@ -44,7 +44,7 @@ def prefix_client(prefix_artifact: Path) -> Iterator[TestClient]:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def engine(prefix_artifact: Path) -> Iterator[Engine]:  # noqa: F811
-    eng = Engine.load(prefix_artifact, "cpu")
+    eng = Engine.load(prefix_artifact, "cpu", "float32")
     yield eng
     eng.close()
 
@@ -249,7 +249,7 @@ def test_a_fixed_length_model_refuses_short_sequences_saying_why(client: TestCli
 def test_a_real_exported_prefix_model_end_to_end(tiny_prefix_artifact: Path) -> None:  # noqa: F811
     # Random weights: PSNR need not rise with k, so the answer is checked for consistency, not minimality.
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    eng = Engine.load(tiny_prefix_artifact, "cpu")
+    eng = Engine.load(tiny_prefix_artifact, "cpu", "float32")  # the app's dtype (make_settings): the same figures
     try:
         assert eng.prefix_decodable
         full = eng.run("encode", images)

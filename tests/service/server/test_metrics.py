@@ -60,3 +60,19 @@ def test_every_metric_has_the_prefix_and_the_batch_buckets_end_at_the_max() -> N
     assert names and all(n.startswith("titok_") for n in names)
     assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
     assert batch_buckets(1) == (1,)
+
+
+def test_the_dtype_probe_shows_in_info_and_metrics(tiny_artifact: Path) -> None:
+    """TITOK_DTYPE=auto (the default): the start-up probe's figures and its choice, in /info and /metrics."""
+    with TestClient(build_app(make_settings(tiny_artifact, dtype="auto"))) as c:
+        model = c.get("/info").json()["model"]
+        m = scrape(c)
+    probe = model["dtype_probe"]
+    assert probe["requested"] == "auto" and probe["chosen"] == model["dtype"] in ("float32", "bfloat16")
+    for dtype in ("float32", "bfloat16"):
+        for op in ("encode", "decode"):
+            value = m[("titok_dtype_probe_images_per_second", (("dtype", dtype), ("op", op)))]
+            assert value == probe["images_per_s"][dtype][op] > 0
+    info = next(v for (name, labels), v in m.items() if name == "titok_model_info")
+    assert info == 1.0
+    assert any(name == "titok_model_info" and ("dtype", model["dtype"]) in labels for name, labels in m)

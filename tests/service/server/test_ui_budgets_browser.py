@@ -58,7 +58,7 @@ def test_the_slider_the_curve_and_the_target_box(browser: Browser, prefix_site: 
     curve = page.locator(".card .curve")
     expect(curve).to_have_attribute("data-psnr", re.compile(r"^\["))
     model_input = codec.load_image(photo, 32)
-    eng = Engine.load(prefix_artifact, "cpu")
+    eng = Engine.load(prefix_artifact, "cpu", "float32")
     try:
         full = eng.run("encode", model_input[None].copy())
         expected = [float(psnr(eng.run("decode", full[:, :k]), model_input[None])[0]) for k in range(1, K + 1)]

@@ -1,0 +1,210 @@
+"""Where the service's time goes, and its throughput under several settings against the raw engine, in one run.
+
+    python scripts/service_speed.py --images photos/dev-eval
+    python scripts/service_speed.py --images photos/dev-eval --configs "today:dtype=float32" "new:" --rounds 2
+
+1. Per image, single-threaded: the codec (photo decode + resize; PNG encode) against the model's share of a
+   batch in each dtype; this says what sets the pace once the model is faster.
+2. The service (`python -m service`) under each configuration (TITOK_* overrides; "today" is the settings before
+   TITOK_DTYPE=auto: float32, torch threads = cores, codec threads = half the cores), closed loop, one item per
+   request: /encode of JPEG/PNG photos (JSON answer), /decode of one token list as JSON -> PNG and as .npy -> .npy.
+   Configurations run in turn, `--rounds` times over (interleaved, so a busy neighbour hurts each alike); each cell
+   is the best round.
+3. The raw engine (the artifact called on full batches with the same decoding / PNG encoding, one thread of
+   work) in the dtype the default service chose: the ceiling the service is measured against.
+Prints markdown tables; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from service.bench import loadgen
+from service.bench.bench import PHOTO_SUFFIXES, Server, raw_artifact, synthetic_photos
+from service.core.arrays import NPY, write_npy
+from service.core.artifact import load_artifact
+from service.core.codec import encode_png, load_image
+from service.core.engine import cpu_flags
+from service.settings import DEFAULT_MODEL_PATH
+
+OPS = ("encode photo", "decode -> PNG", "decode .npy")
+# The defaults before TITOK_DTYPE=auto: fp32, torch threads = cores, codec threads = half the cores.
+TODAY = f"today:dtype=float32,torch_threads=0,codec_threads={max(1, (os.cpu_count() or 1) // 2)}"
+
+
+def per_image_costs(model: Path, photos: list[bytes], batch: int) -> str:
+    """ms per image of the codec and of the model (at `batch`), one torch thread: a markdown table."""
+    torch.set_num_threads(1)
+    module, meta = load_artifact(model, "cpu", "float32")
+    size = int(meta["image_size"])
+
+    def ms(fn, n: int) -> float:  # CPU time of this process (one thread of work): robust to a busy machine
+        fn()
+        t0 = time.process_time()
+        for _ in range(3):
+            fn()
+        return 1000 * (time.process_time() - t0) / 3 / n
+
+    images = np.stack([load_image(photos[i % len(photos)], size) for i in range(batch)])
+    with torch.inference_mode():
+        tokens = module.encode(torch.from_numpy(images))
+        pixels = module.decode(tokens).numpy()
+    rows = ["| cost per image, 1 thread | CPU ms |", "|---|---|",
+            f"| photo decode + resize to {size} px (mean of {len(photos)} photos) | "
+            f"{ms(lambda: [load_image(p, size) for p in photos], len(photos)):.2f} |",
+            f"| PNG encode (level 1) | {ms(lambda: [encode_png(p) for p in pixels], len(pixels)):.2f} |",
+            f"| .npy write of the pixels | {ms(lambda: [write_npy(p[None]) for p in pixels], len(pixels)):.3f} |"]
+    for dtype in ("float32", "bfloat16"):
+        m, _ = load_artifact(model, "cpu", dtype)
+        with torch.inference_mode():
+            rows.append(f"| model encode, batch {batch}, {dtype} | "
+                        f"{ms(lambda m=m: m.encode(torch.from_numpy(images)), batch):.2f} |")
+            rows.append(f"| model decode, batch {batch}, {dtype} | {ms(lambda m=m: m.decode(tokens), batch):.2f} |")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return "\n".join(rows) + "\n"
+
+
+def requests_for(url: str, op: str, photos: list[bytes], tokens: list[list[int]]) -> list[bytes]:
+    if op == "encode photo":
+        kinds = [("image/png" if p[:4] == b"\x89PNG" else "image/jpeg") for p in photos]
+        return [loadgen.post(url, "/encode", p, k) for p, k in zip(photos, kinds, strict=True)]
+    if op == "decode -> PNG":
+        return [loadgen.post(url, "/decode", json.dumps({"tokens": t}).encode(), "application/json") for t in tokens]
+    return [loadgen.post(url, "/decode", write_npy(np.array([t], np.int64)), NPY, NPY) for t in tokens]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], tokens: list[list[int]],
+                  requests: int, concurrency: int) -> tuple[dict[str, float], dict[str, float], str]:
+    """items/s and server CPU ms per item for each op under one configuration, and the dtype it chose.
+
+    CPU ms per item hardly depends on what else runs on the machine (unlike items/s): cores * 1000 / it is the
+    throughput this configuration could reach on an idle machine if the server kept every core busy.
+    """
+    env = {k: v for k, v in overrides.items() if k.isupper()}  # e.g. OMP_WAIT_POLICY=PASSIVE: the process's own
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        server = Server(model, **{k: v for k, v in overrides.items() if not k.isupper()})
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    try:
+        dtype = httpx.get(f"{server.url}/info", timeout=30).json()["model"]["dtype"]
+        rate, cpu = {}, {}
+        for op in OPS:
+            reqs = requests_for(server.url, op, photos, tokens)
+            loadgen.run(partial(loadgen.closed_loop, server.url, reqs, concurrency, min(64, requests)))  # warm
+            c0 = cpu_seconds(server.proc.pid)
+            tally, seconds = loadgen.run(partial(loadgen.closed_loop, server.url, reqs, concurrency, requests))
+            cpu[op] = 1000 * (cpu_seconds(server.proc.pid) - c0) / max(tally.ok, 1)
+            rate[op] = tally.ok / seconds if tally.failed == 0 else float("nan")
+        return rate, cpu, dtype
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    p.add_argument("--images", type=Path, help="photos to upload (default: synthetic 320 px JPEGs)")
+    p.add_argument("--configs", nargs="+", default=[TODAY, "new:"],
+                   help="NAME:key=value,... TITOK_* overrides per configuration (lower-case keys; upper-case keys "
+                        "are environment variables of the server, e.g. OMP_WAIT_POLICY=PASSIVE); default: today, new")
+    p.add_argument("--requests", type=int, default=256)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32, help="the raw engine's batch (the service's max batch)")
+    args = p.parse_args(argv)
+    if args.images:
+        files = sorted(f for f in args.images.rglob("*") if f.suffix.lower() in PHOTO_SUFFIXES)
+        photos = [f.read_bytes() for f in files]
+    else:
+        photos = synthetic_photos(16)
+    configs = {}
+    for spec in args.configs:
+        name, _, rest = spec.partition(":")
+        configs[name] = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    out = sys.stdout.write
+    out(f"## service_speed ({args.model.name}, {os.cpu_count()} cores, CPU flags: {' '.join(cpu_flags())}, "
+        f"{len(photos)} photos, closed loop c={args.concurrency}, {args.requests} requests per cell)\n\n")
+    out(per_image_costs(args.model, photos, args.batch) + "\n")
+    module, meta = load_artifact(args.model, "cpu", "float32")
+    size = int(meta["image_size"])
+    with torch.inference_mode():
+        tokens = module.encode(torch.from_numpy(np.stack([load_image(ph, size) for ph in photos]))).tolist()
+    best: dict[str, dict[str, float]] = {name: {} for name in configs}
+    least_cpu: dict[str, dict[str, float]] = {name: {} for name in configs}
+    dtypes: dict[str, str] = {}
+    for r in range(args.rounds):
+        for name, overrides in configs.items():
+            got, cpu, dtypes[name] = service_round(args.model, overrides, photos, tokens, args.requests,
+                                                   args.concurrency)
+            for op, v in got.items():
+                best[name][op] = max(best[name].get(op, 0.0), v)
+                least_cpu[name][op] = min(least_cpu[name].get(op, float("inf")), cpu[op])
+            out(f"round {r + 1} {name} ({dtypes[name]}): " + ", ".join(
+                f"{op} {v:.1f}/s {cpu[op]:.1f} CPU ms/item" for op, v in got.items()) + "\n")
+            sys.stdout.flush()
+    default_dtype = dtypes.get("new", next(iter(dtypes.values())))
+    module, _ = load_artifact(args.model, "cpu", default_dtype)
+    torch.set_num_threads(os.cpu_count() or 1)
+    n = max(args.batch * 4, 128)
+    ids = torch.tensor([tokens[i % len(tokens)] for i in range(args.batch)])
+
+    def decode_npy() -> None:
+        with torch.inference_mode():
+            for _ in range(n // args.batch):
+                write_npy(module.decode(ids).numpy())
+
+    raw: dict[str, float] = {}
+    raw_cpu: dict[str, float] = {}
+    for _ in range(args.rounds):
+        loop = partial(raw_artifact, module, size, photos=photos, tokens=tokens, batch=args.batch, n=n, png_level=1)
+        for op, run in (("encode photo", partial(loop, op="encode")), ("decode -> PNG", partial(loop, op="decode")),
+                        ("decode .npy", decode_npy)):
+            if op == "decode .npy":
+                decode_npy()  # warm-up (raw_artifact warms up by itself)
+            c0, t0 = time.process_time(), time.perf_counter()
+            run()
+            items = n if op != "decode .npy" else (n // args.batch) * args.batch
+            raw[op] = max(raw.get(op, 0.0), items / (time.perf_counter() - t0))
+            raw_cpu[op] = min(raw_cpu.get(op, float("inf")), 1000 * (time.process_time() - c0) / items)
+    out(f"\n| items/s (best of {args.rounds}) | " + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
+    for name in configs:
+        out(f"| service {name} ({dtypes[name]}; {configs[name] or 'defaults'}) | "
+            + " | ".join(f"{best[name][op]:.1f}" for op in OPS) + " |\n")
+    out(f"| raw engine ({default_dtype}, batch {args.batch}) | " + " | ".join(f"{raw[op]:.1f}" for op in OPS) + " |\n")
+    if "today" in best and "new" in best:
+        out("| new / today | " + " | ".join(f"{best['new'][op] / best['today'][op]:.2f}" for op in OPS) + " |\n")
+        out("| new / raw engine | " + " | ".join(f"{best['new'][op] / raw[op]:.2f}" for op in OPS) + " |\n")
+    out(f"\n| CPU ms per item (least of {args.rounds}; the server process, or the raw loop's) | "
+        + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
+    for name in configs:
+        out(f"| service {name} | " + " | ".join(f"{least_cpu[name][op]:.1f}" for op in OPS) + " |\n")
+    out(f"| raw engine ({default_dtype}) | " + " | ".join(f"{raw_cpu[op]:.1f}" for op in OPS) + " |\n")
+    if "today" in best and "new" in best:
+        out("| raw engine / new (CPU per item) | " + " | ".join(
+            f"{raw_cpu[op] / least_cpu['new'][op]:.2f}" for op in OPS) + " |\n")
+        out("| today / new (CPU per item) | " + " | ".join(
+            f"{least_cpu['today'][op] / least_cpu['new'][op]:.2f}" for op in OPS) + " |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
