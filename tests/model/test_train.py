@@ -263,3 +263,19 @@ def test_init_copies_a_shorter_models_tokens_first(tmp_path, micro_cfg):
     assert torch.equal(target.quantize.embedding.weight, source.quantize.embedding.weight)
     with pytest.raises(SystemExit, match="no file"):
         init_from(target, tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot read"):
+        init_from(target, tmp_path / "junk.pt")
+
+
+def test_init_from_an_exported_artifact(tmp_path, micro_cfg):
+    from model.export import export_model
+
+    cfg = micro_cfg()
+    torch.manual_seed(0)
+    source = TiTok(cfg)
+    export_model(source, cfg, tmp_path / "a.pt")
+    target = TiTok(micro_cfg(num_tokens=32, tail_drop=True))
+    init_from(target, tmp_path / "a.pt")
+    assert torch.equal(target.encoder.latent_tokens[:16], source.encoder.latent_tokens)
+    assert torch.equal(target.quantize.embedding.weight, source.quantize.embedding.weight)
