@@ -360,14 +360,19 @@ def init_from(model: nn.Module, path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"--init: no file at {path}")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        source = ckpt.get("ema") or ckpt["model"]
-    except Exception:  # not a checkpoint: an exported TorchScript artifact
+    if _is_torchscript(path):  # an exported artifact
         from service.core.artifact import load_artifact
 
         module, _ = load_artifact(path)
         source = {k.removeprefix("model."): v for k, v in module.state_dict().items()}
+    else:
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, or one holding more than tensors
+            raise SystemExit(f"--init: cannot read {path} as a checkpoint ({exc})") from None
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise SystemExit(f"--init: {path} is neither a training checkpoint nor an exported artifact")
+        source = ckpt.get("ema") or ckpt["model"]
     copied = 0
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -378,6 +383,17 @@ def init_from(model: nn.Module, path: str | Path) -> int:
             t[region] = src[region].to(t.dtype)
             copied += 1
     return copied
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether a file is a TorchScript archive (a zip with a code/ folder) rather than a torch.save checkpoint."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except zipfile.BadZipFile:
+        return False
 
 
 def choose_precision(wanted: str, model: TiTok, cfg: TiTokConfig, batch_size: int,
