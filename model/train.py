@@ -252,7 +252,14 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         from tqdm import tqdm
 
         bar = tqdm(total=args.steps, initial=step, dynamic_ncols=True)
-    precision, speeds = choose_precision(args.precision, model, cfg, args.batch_size, device)
+    wanted = args.precision
+    if wanted == "auto" and ckpt is not None and ckpt.get("training", {}).get("precision") in ("fp32", "bf16"):
+        wanted = ckpt["training"]["precision"]  # a resumed run keeps its precision: resume is exact
+    precision, speeds = choose_precision(wanted, model, cfg, args.batch_size, device)
+    if d.world > 1:  # one precision for every rank: rank 0's measurement decides
+        chosen = [precision]
+        dist.broadcast_object_list(chosen, src=0)
+        precision = chosen[0]
     if d.master:
         measured = ", ".join(f"{k} {v:.1f} images/s" for k, v in speeds.items())
         log.info(f"precision {precision}" + (f" (measured: {measured})" if speeds else ""))
