@@ -36,8 +36,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME_OR_PATH", help="artifact path or Hugging Face Hub name (owner/name"
                    "[@revision], see `titok models`) (default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
     p.add_argument("--device", help="auto (default, or TITOK_DEVICE), cpu or cuda")
-    p.add_argument("--dtype", help="auto (default, or TITOK_DTYPE: bf16 where it measures faster), float32 "
-                   "(exact tokens), bfloat16 or float16")
+    p.add_argument("--dtype", help="auto (default, or TITOK_DTYPE: bf16 where it measures faster; float32 with "
+                   "--ray on CPUs, so that every actor agrees), float32 (exact tokens), bfloat16 or float16")
 
 
 def tokenize_parser() -> argparse.ArgumentParser:
@@ -127,10 +127,14 @@ def _tokenize(args: argparse.Namespace) -> int:
         info = ModelInfo.from_meta(read_meta(model))
         budget = _budget(args, info)
         opts = JobOptions(out, args.resize, batch_size, args.workers, max_pixels, max_bytes, budget=budget)
-        meta = job_meta(info, args.resize, budget, compute_dtype=settings.dtype)
-        prepare_output(out, meta, args.overwrite)
+        # One dtype for every actor: on CPUs `auto` is a timed probe, which actors on a busy cluster could
+        # answer differently, mixing tokens of two dtypes in one output. So under Ray it is float32 there (ask
+        # for bfloat16 where the nodes have matrix units); on CUDA `auto` is a fixed rule (bf16 where supported).
         gpus = args.num_gpus if args.num_gpus is not None else (1.0 if settings.device == "cuda" else 0.0)
-        summary = run_ray(shards, model, settings.device, settings.dtype, meta, opts, args.ray_address,
+        dtype = "float32" if settings.dtype == "auto" and not gpus else settings.dtype
+        meta = job_meta(info, args.resize, budget, compute_dtype=dtype)
+        prepare_output(out, meta, args.overwrite)
+        summary = run_ray(shards, model, settings.device, dtype, meta, opts, args.ray_address,
                           args.concurrency, gpus, args.ray_stall_timeout)
     else:
         from ..core.engine import Engine

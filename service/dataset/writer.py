@@ -25,7 +25,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +56,8 @@ IDENTITY = ("model", "content_hash", "image_size", "num_tokens", "codebook_size"
 def job_meta(info: ModelInfo, resize: str, budget: Budget | None = None,
              compute_dtype: str = "float32") -> dict[str, Any]:
     """The footer of every shard. budget: num_tokens / target_psnr (part of the job's identity). compute_dtype:
-    the engine's (tokens of bf16/fp16 may differ from fp32's in a few positions; not part of IDENTITY), or
-    "auto" under Ray, where each actor probes for itself."""
+    the engine's (tokens of bf16/fp16 may differ from fp32's in a few positions; not part of IDENTITY); under Ray
+    "auto" only on GPUs, whose rule (bf16 where supported) every actor applies alike."""
     meta = {"model": info.name, "content_hash": info.content_hash, "image_size": info.image_size,
             "num_tokens": info.num_tokens, "codebook_size": info.codebook_size,
             "token_dtype": info.token_dtype.name, "resize": resize, "compute_dtype": compute_dtype,
@@ -233,6 +237,23 @@ class ShardRows:
             self.quality[row] = quality
 
 
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C waits for the block to end (then raises KeyboardInterrupt as usual): a shard's Parquet file and its
+    done record are written together or not at all. Only the main thread can hold signals; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def write_shard(out: Path, rows: ShardRows, meta: dict[str, Any]) -> None:
     """Errors file, then Parquet file, then done record, each atomically."""
     name, k = rows.shard.name, row_tokens(meta)
@@ -264,9 +285,10 @@ def write_shard(out: Path, rows: ShardRows, meta: dict[str, Any]) -> None:
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta)})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _write_atomic(out / f"{name}{PARQUET}", sink.getvalue().to_pybytes())
     state = rows.state or InputState.of(rows.shard)
-    record = {"shard": name, "source": rows.shard.source, "rows": n, "errors": len(rows.errors),
-              "stat": state.stat, "sha256": state.sha256, "content_hash": meta["content_hash"],
-              "format_version": FORMAT_VERSION}
-    _write_atomic(done_path(out, name), json.dumps(record).encode())
+    with _sigint_deferred():
+        _write_atomic(out / f"{name}{PARQUET}", sink.getvalue().to_pybytes())
+        record = {"shard": name, "source": rows.shard.source, "rows": n, "errors": len(rows.errors),
+                  "stat": state.stat, "sha256": state.sha256, "content_hash": meta["content_hash"],
+                  "format_version": FORMAT_VERSION}
+        _write_atomic(done_path(out, name), json.dumps(record).encode())
