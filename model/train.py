@@ -368,7 +368,7 @@ def init_from(model: nn.Module, path: str | Path) -> int:
     if not path.is_file():
         raise SystemExit(f"--init: no file at {path}")
     if _is_torchscript(path):  # an exported artifact
-        from service.core.artifact import load_artifact
+        from titok.core.artifact import load_artifact
 
         module, _ = load_artifact(path)
         source = {k.removeprefix("model."): v for k, v in module.state_dict().items()}

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.evaluate import main as eval_main
-from model.export import export_model
-from model.tokenizer import TiTok
+from titok.model.evaluate import main as eval_main
+from titok.model.export import export_model
+from titok.model.tokenizer import TiTok
 
 
 @pytest.mark.parametrize("tail_drop", [False, True])

@@ -12,9 +12,9 @@ from PIL import Image
 from prefix_helpers import K, banded_images, prefix_artifact, psnr_by_k  # noqa: F401  (prefix_artifact: fixture)
 from service_helpers import make_settings, serving
 
-from service.client import AsyncTitokClient, TargetTokens, TitokClient, TitokError
-from service.core.engine import Engine
-from service.server.app import build_app
+from titok.client import AsyncTitokClient, TargetTokens, TitokClient, TitokError
+from titok.core.engine import Engine
+from titok.server.app import build_app
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sample_images import all_formats, save
 
-from service.core.errors import InvalidArray, InvalidImage, ModelLoadError
-from service.core.tokenizer import Tokenizer
+from titok.core.errors import InvalidArray, InvalidImage, ModelLoadError
+from titok.core.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
