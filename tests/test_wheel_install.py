@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -40,9 +41,11 @@ def test_the_wheel_installs_beside_a_model_py_and_a_service_py(tmp_path: Path) -
     # Every site-packages this interpreter sees (a .pth of a .pth is not followed), and no checkout path.
     deps = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()] or [sysconfig.get_paths()["purelib"]]
     (site / "deps.pth").write_text("".join(p + "\n" for p in deps))
+    # Without PYTHONPATH: a checkout on it would show pip this project as installed already, and pip would skip it.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
                               "--no-index", "-q", str(wheel)], capture_output=True, text=True, timeout=600,
-                             check=False)
+                             check=False, env=clean)
     assert install.returncode == 0, install.stderr[-3000:]
     assert not (site / "service").exists() and not (site / "model").exists()  # one top-level name: titok
 
