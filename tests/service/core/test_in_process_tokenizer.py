@@ -112,3 +112,18 @@ def test_bad_input_is_named(tok: Tokenizer, tmp_path: Path) -> None:
 def test_load_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=f"model file not found: {tmp_path / 'nope.pt'}"):
         Tokenizer.load(tmp_path / "nope.pt", device="cpu")
+
+
+def test_wrong_kinds_of_input_raise_the_documented_errors(tok: Tokenizer, tiny_artifact: Path) -> None:
+    with pytest.raises(InvalidArray, match=r"different lengths; send integer token ids of shape \(B, 8\)"):
+        tok.decode([[1, 2], [3]])
+    with pytest.raises(InvalidArray, match="dtype object"):
+        tok.decode(None)  # type: ignore[arg-type]
+    for junk in (None, 5):
+        with pytest.raises(InvalidImage, match=f"images must be one image .* or a sequence of them, not "
+                                               f"{type(junk).__name__}"):
+            tok.encode(junk)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="resize must be one of crop, pad, stretch, not 'bogus'"):
+        tok.encode(_structured(40, 40), resize="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="resize must be one of"):
+        Tokenizer(tok.engine, resize="bogus")  # type: ignore[arg-type]
