@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -110,11 +111,16 @@ def _tokenize(args: argparse.Namespace) -> int:
     batch_size = settings.max_batch_size if args.batch_size is None else args.batch_size
     max_pixels = settings.max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
     max_bytes = settings.max_upload_bytes if args.max_image_bytes is None else args.max_image_bytes
-    if min(batch_size, args.concurrency, max_pixels, max_bytes) < 1 or args.workers < 0:
-        raise DatasetError("--batch-size, --concurrency, --max-image-pixels and --max-image-bytes must be at least 1; "
-                           "--workers >= 0")
-    if args.ray_stall_timeout <= 0:
-        raise DatasetError("--ray-stall-timeout must be positive")
+    counts = {"--batch-size": batch_size, "--concurrency": args.concurrency, "--max-image-pixels": max_pixels,
+              "--max-image-bytes": max_bytes}
+    for option, value in counts.items():
+        if value < 1:
+            raise DatasetError(f"{option} is {value}; it must be at least 1")
+    if args.workers < 0:
+        raise DatasetError(f"--workers is {args.workers}; it must be 0 or more")
+    if not math.isfinite(args.ray_stall_timeout) or args.ray_stall_timeout <= 0:
+        raise DatasetError(f"--ray-stall-timeout is {args.ray_stall_timeout}; it must be a finite number of seconds "
+                           "above 0")
     shards = plan_shards(args.inputs, args.shard_size, args.image_column)  # every input checked before any work
     from .local import JobOptions
 
