@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ..core.artifact import ModelInfo
 from ..core.codec import Resize
-from ..core.models import resolve_model
+from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
 from ..settings import Settings
 from .inputs import AUTO, DatasetError
@@ -34,8 +34,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NAME_OR_PATH", help="artifact path or Hugging Face Hub name (owner/name"
-                   "[@revision], see `titok models`) (default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--model", type=model_argument, metavar="NAME_OR_PATH",
+                   help="artifact path or Hugging Face Hub name (owner/name[@revision], see `titok models`) "
+                   "(default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
     p.add_argument("--device", help="auto (default, or TITOK_DEVICE), cpu or cuda")
     p.add_argument("--dtype", help="auto (default, or TITOK_DTYPE: bf16 where it measures faster), float32 "
                    "(exact tokens), bfloat16 or float16")
