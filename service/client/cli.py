@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,21 @@ def _explain(e: TitokError) -> str:
     return e.message if e.status is None else f"{e.status} {e.message}"
 
 
+def _seconds(text: str) -> float:
+    """argparse `type` for --timeout: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"service base URL (default {DEFAULT_URL})")
     p.add_argument("--api-key", help="API key, when the service needs one (default: $TITOK_API_KEY)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer (default 120)")
+    p.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait for each answer (default 120)")
 
 
 def encode_main(argv: list[str] | None = None) -> int:
@@ -82,7 +94,10 @@ def decode_main(argv: list[str] | None = None) -> int:
     outs = [args.out] if len(images) == 1 else [args.out.with_name(f"{args.out.stem}-{i}.png")
                                                  for i in range(len(images))]
     for path, image in zip(outs, images, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path, format="PNG")
+        except OSError as e:
+            return _fail(f"cannot write {path}: {e.strerror or e}")
         sys.stdout.write(f"{path}\n")
     return 0
