@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .core import DEFAULT_URL, TitokError
+from .core import DEFAULT_URL, TargetTokens, TitokError
 from .sync import TitokClient
 
 
@@ -47,11 +47,18 @@ def encode_main(argv: list[str] | None = None) -> int:
     p.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
                    help="fitting the image to the model's square: crop (default) scales the shorter side and "
                         "keeps the centre; pad scales the longer side and pads with black; stretch scales both")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--num-tokens", type=int, metavar="K",
+                        help="a prefix-decodable model only: each image's first K tokens (see README, Token budgets)")
+    budget.add_argument("--target-psnr", type=float, metavar="DB",
+                        help="a prefix-decodable model only: each image's fewest tokens whose reconstruction reaches "
+                             "DB of PSNR (adds psnr, target_psnr and reached to the answer)")
     _common(p)
     args = p.parse_args(argv)
     try:
         with TitokClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
-            tokens = client.encode(args.files, resize=args.resize)
+            tokens = client.encode(args.files, resize=args.resize, num_tokens=args.num_tokens,
+                                   target_psnr=args.target_psnr)
             server = client.server
     except OSError as e:
         return _fail(f"cannot read {e.filename}: {e.strerror}")
@@ -59,8 +66,14 @@ def encode_main(argv: list[str] | None = None) -> int:
         return _fail(_explain(e))
     # /encode's own answer (the model's content hash included), plus the files in order: /decode and
     # `titok decode --tokens @FILE` take it as it is, and refuse it on another model.
-    body = {"model": server.name, "content_hash": server.content_hash, "num_tokens": server.num_tokens,
-            "codebook_size": server.codebook_size, "tokens": tokens.tolist(), "files": [str(f) for f in args.files]}
+    body: dict[str, Any] = {"model": server.name, "content_hash": server.content_hash,
+                            "num_tokens": args.num_tokens or server.num_tokens, "codebook_size": server.codebook_size}
+    if isinstance(tokens, TargetTokens):  # /encode?target_psnr='s own fields: each image its own length
+        body.update(num_tokens=tokens.num_tokens.tolist(), tokens=[t.tolist() for t in tokens.tokens],
+                    psnr=tokens.psnr.tolist(), target_psnr=args.target_psnr, reached=tokens.reached.tolist())
+    else:
+        body["tokens"] = tokens.tolist()
+    body["files"] = [str(f) for f in args.files]
     sys.stdout.write(json.dumps(body) + "\n")
     return 0
 
