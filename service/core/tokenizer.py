@@ -11,6 +11,7 @@ modes), and the model runs on the service's own Engine, so the tokens are those 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -89,20 +90,46 @@ class Tokenizer:
     def decode(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
         """Token ids (B, K) or (K,) of any integer type -> uint8 (B, S, S, 3) (B = 1 for a single sequence).
 
-        Raises InvalidArray naming the first id outside [0, codebook_size), or a wrong shape or dtype (sequences of
-        different lengths too).
+        A prefix-decodable model (info.prefix_decodable) takes (B, k) for any 1 <= k <= K too, and a list of
+        sequences of different lengths (row i decoded from its own first k_i tokens). Raises InvalidArray naming
+        the first id outside [0, codebook_size), or a wrong shape, length or dtype.
         """
         info = self.info
+        prefix = bool(getattr(self.engine, "prefix_decodable", False))
         try:
             a = np.asarray(tokens)
         except ValueError:  # NumPy cannot make one array of sequences of different lengths
-            raise InvalidArray(f"the token sequences have different lengths; send integer token ids of shape "
-                               f"(B, {info.num_tokens})") from None
+            if not prefix:
+                raise InvalidArray(f"the token sequences have different lengths; send integer token ids of shape "
+                                   f"(B, {info.num_tokens})") from None
+            return self._decode_ragged(list(tokens))  # type: ignore[arg-type]
         if a.ndim == 1:
             a = a[None]
-        a = check_tokens(a, info.num_tokens, info.codebook_size, max(len(a) if a.ndim else 1, 1)).astype(np.int64)
+        a = check_tokens(a, info.num_tokens, info.codebook_size, max(len(a) if a.ndim else 1, 1),
+                         prefix=prefix).astype(np.int64)
         out = [self.engine.run("decode", a[i:i + self.batch_size]) for i in range(0, len(a), self.batch_size)]
         return np.concatenate(out)
+
+    def _decode_ragged(self, sequences: list[Sequence[int]]) -> np.ndarray:
+        """Sequences of different lengths (a prefix-decodable model): one decode per length, rows in order."""
+        by_length: dict[int, list[int]] = {}
+        for i, seq in enumerate(sequences):
+            try:
+                row = np.asarray(seq)
+            except ValueError:
+                row = np.empty((0, 0))
+            if row.ndim != 1:
+                raise InvalidArray(f"tokens[{i}] is not a flat sequence of token ids")
+            by_length.setdefault(row.shape[0], []).append(i)
+        out: list[np.ndarray | None] = [None] * len(sequences)
+        for rows in by_length.values():
+            try:
+                pixels = self.decode(np.asarray([sequences[i] for i in rows]))
+            except InvalidArray as e:
+                raise InvalidArray(_renumbered(e.message, rows)) from None
+            for j, i in enumerate(rows):
+                out[i] = pixels[j]
+        return np.stack(out)  # type: ignore[arg-type]
 
     def _pixel_batches(self, items: list[ImageInput], mode: codec.Resize) -> Iterator[np.ndarray]:
         s = self.info.image_size
@@ -139,6 +166,14 @@ class Tokenizer:
         i = self.info
         return (f"Tokenizer({i.name!r}, image_size={i.image_size}, num_tokens={i.num_tokens}, "
                 f"codebook_size={i.codebook_size}, device={self.engine.device!r})")
+
+
+def _renumbered(message: str, rows: list[int]) -> str:
+    """An InvalidArray message about a group of rows, with `tokens[j]` named by its index in the caller's list."""
+    found = re.match(r"tokens\[(\d+)\]", message)
+    if found is None:
+        return f"tokens[{rows[0]}]: {message}"
+    return f"tokens[{rows[int(found[1])]}]" + message[found.end():]
 
 
 def _as_list(images: object) -> list[ImageInput]:
