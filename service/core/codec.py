@@ -79,7 +79,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
                 raise
             img = Image.open(io.BytesIO(stripped), formats=FORMATS)
     except Image.DecompressionBombError:  # over Pillow's own bound (2 x Image.MAX_IMAGE_PIXELS): name ours
-        raise ImageTooLarge(f"the image declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; the limit is "
+        bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageTooLarge(f"the image is too large: its header declares more than {bound} pixels; the limit is "
                             f"{max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"
