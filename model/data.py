@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 # The service's own codec (decoding, EXIF, RGB, resize modes) and tar reader: evaluation measures what it serves.
-from service.core import codec
-from service.core.errors import CoreError
-from service.dataset.inputs import iter_tar
+from titok.core import codec
+from titok.core.errors import CoreError
+from titok.dataset.inputs import iter_tar
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _chw01(pixels: np.ndarray) -> torch.Tensor:
 
 
 def center_crop(img: np.ndarray, size: int) -> torch.Tensor:
-    """The service's "crop" resize (service.core.codec.fit): uint8 (H, W, 3) -> float (3, size, size) in [0, 1]."""
+    """The service's "crop" resize (titok.core.codec.fit): uint8 (H, W, 3) -> float (3, size, size) in [0, 1]."""
     return _chw01(codec.fit(img, size, "crop"))
 
 

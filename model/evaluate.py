@@ -42,7 +42,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def load_codec(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """(encode uint8 BHWC -> tokens, decode tokens -> uint8 BHWC, meta) for either input kind."""
     if args.artifact:
-        from service.core.artifact import load_artifact
+        from titok.core.artifact import load_artifact
 
         module, meta = load_artifact(args.artifact)
         return module.encode, module.decode, meta

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.core.artifact import save_artifact, to_compute_dtype  # the artifact format has one owner
+from titok.core.artifact import save_artifact, to_compute_dtype  # the artifact format has one owner
 
 from .config import TiTokConfig
 from .data import portable_paths
@@ -136,7 +136,7 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     """Script, check and save; returns the meta.json written into the artifact.
 
     fp16_storage halves the file by storing weights in fp16; they are cast back to fp32 on load
-    by the loader (service.core.artifact), so the arithmetic stays fp32 on CPU.
+    by the loader (titok.core.artifact), so the arithmetic stays fp32 on CPU.
     """
     model = model.float().eval()
     scripted = script(model, cfg)
@@ -157,7 +157,7 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     }
     if fp16_storage:
         # Script a half copy (casting the scripted module would also cast the caller's model); the codebook
-        # stays fp32, as in every compute dtype (service.core.artifact.to_compute_dtype).
+        # stays fp32, as in every compute dtype (titok.core.artifact.to_compute_dtype).
         scripted = script(to_compute_dtype(copy.deepcopy(model), "float16"), cfg)
     save_artifact(scripted, out, full_meta)
     return full_meta

@@ -5,7 +5,7 @@
     titok serve --model NAME / TITOK_MODEL=NAME / Tokenizer.load(NAME)   the same, then serve or load
 
 The download is huggingface_hub's own (HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE and its cache, HF_HOME); the
-checkpoint's preset is recognised from its config.json (model.convert.check_reference_config) and
+checkpoint's preset is recognised from its config.json (titok.model.convert.check_reference_config) and
 cross-checked against its tensors by the conversion itself. The artifact is cached under
 TITOK_CACHE_DIR (default ~/.cache/titok) at a name made of the checkpoint's content and CONVERTER_VERSION:
 a new revision with the same weights reuses it, a new converter converts again. It is written to a
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.core.artifact import read_meta
-from service.core.errors import ModelLoadError
+from titok.core.artifact import read_meta
+from titok.core.errors import ModelLoadError
 
 CACHE_ENV = "TITOK_CACHE_DIR"  # read by every door that loads by name (serve, pull, tokenize, Tokenizer.load)
 CONVERTER_VERSION = "1"  # bump when the conversion's output changes: every cached artifact is then redone

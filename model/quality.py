@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from service.core import quality as core_quality  # the one PSNR: the service's
+from titok.core import quality as core_quality  # the one PSNR: the service's
 
 
 def to_uint8(x01: torch.Tensor) -> torch.Tensor:
@@ -18,7 +18,7 @@ def to_uint8(x01: torch.Tensor) -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB between uint8-valued tensors (B, 3, H, W) in 0..255 -> float64 (B,) on a's device.
 
-    service.core.quality.psnr computes it, so the evaluation's figure is the service's ?quality=true one.
+    titok.core.quality.psnr computes it, so the evaluation's figure is the service's ?quality=true one.
     """
     value = core_quality.psnr(a.detach().cpu().numpy(), b.detach().cpu().numpy())
     return torch.from_numpy(value).to(a.device)

@@ -216,7 +216,7 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def build_model(cfg: TiTokConfig) -> nn.Module:
-    """The model for a config: ours, or the published layout (model.reference) when cfg.arch says so."""
+    """The model for a config: ours, or the published layout (titok.model.reference) when cfg.arch says so."""
     if cfg.arch == "reference":
         from .reference import build_reference_model
 

@@ -364,7 +364,7 @@ def init_from(model: nn.Module, path: str | Path) -> int:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
         source = ckpt.get("ema") or ckpt["model"]
     except Exception:  # not a checkpoint: an exported TorchScript artifact
-        from service.core.artifact import load_artifact
+        from titok.core.artifact import load_artifact
 
         module, _ = load_artifact(path)
         source = {k.removeprefix("model."): v for k, v in module.state_dict().items()}

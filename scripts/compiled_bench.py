@@ -4,7 +4,7 @@
     python scripts/compiled_bench.py --model runs/random-l32.pt --batch 8 --variants jit,frozen
 
 Variants (each in each --dtypes):
-  jit       the TorchScript artifact as the service loads it (service.core.artifact.load_artifact)
+  jit       the TorchScript artifact as the service loads it (titok.core.artifact.load_artifact)
   frozen    the same after torch.jit.freeze(preserved encode/decode) + torch.jit.optimize_for_inference
   compile   the eager model (rebuilt from meta.json's config and the artifact's weights) under torch.compile
   aoti      the eager model through torch.export + AOTInductor (a .pt2 package, compiled for this batch size)
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.core.artifact import load_artifact, to_compute_dtype
-from service.core.engine import cpu_flags
-from service.settings import DEFAULT_MODEL_PATH
+from titok.core.artifact import load_artifact, to_compute_dtype
+from titok.core.engine import cpu_flags
+from titok.settings import DEFAULT_MODEL_PATH
 
 VARIANTS = ("jit", "frozen", "compile", "aoti")
 Runner = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
@@ -41,9 +41,9 @@ Runner = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], 
 
 def eager_tokenizer(scripted: Any, meta: dict[str, Any]) -> torch.nn.Module:
     """The eager ExportedTokenizer of the artifact's model: meta.json's config, the artifact's fp32 weights."""
-    from model.config import TiTokConfig
-    from model.export import ExportedTokenizer
-    from model.tokenizer import build_model
+    from titok.model.config import TiTokConfig
+    from titok.model.export import ExportedTokenizer
+    from titok.model.tokenizer import build_model
 
     cfg = TiTokConfig.from_dict(meta["config"])
     model = build_model(cfg)
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     ref, meta = load_artifact(args.model, "cpu", "float32")
     size = int(meta["image_size"])
-    from service.bench.bench import synthetic_photos
-    from service.core.codec import load_image
+    from titok.bench.bench import synthetic_photos
+    from titok.core.codec import load_image
 
     photos = synthetic_photos(args.batch)
     images = torch.from_numpy(np.stack([load_image(ph, size) for ph in photos]))  # (B, S, S, 3) uint8

@@ -4,7 +4,7 @@
     python scripts/dtype_agreement.py --images photos/dev-eval --device cuda --dtypes bfloat16,float16 MODEL...
 
 Each model is loaded once in fp32 (the exact tokens), then cast in place to each dtype the way the service does
-it (service.core.artifact.to_compute_dtype: the transformer in the dtype, the quantizer in fp32) and back.
+it (titok.core.artifact.to_compute_dtype: the transformer in the dtype, the quantizer in fp32) and back.
 Prints one markdown row per model and dtype; asserts nothing.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.bench.bench import PHOTO_SUFFIXES
-from service.core.artifact import load_artifact, resolve_device, restore_weights, to_compute_dtype, weights_snapshot
-from service.core.codec import load_image
+from titok.bench.bench import PHOTO_SUFFIXES
+from titok.core.artifact import load_artifact, resolve_device, restore_weights, to_compute_dtype, weights_snapshot
+from titok.core.codec import load_image
 
 HEADER = ("| model | device | dtype | images | positions | equal to fp32 | encode s (all images) |\n"
           "|---|---|---|---|---|---|---|")

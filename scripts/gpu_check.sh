@@ -71,7 +71,7 @@ if ! $PY -c 'import fastapi, pydantic_settings, uvicorn, multipart' 2>/dev/null;
         FAILED=$((FAILED + 1))
     fi
 fi
-TITOK=("$PY" -m service.cli)
+TITOK=("$PY" -m titok.cli)
 
 # 2. Engine and app tests with TITOK_DEVICE=cuda: all of them in float32, the CUDA-marked ones in fp16 and bf16.
 for dtype in float32 float16 bfloat16; do
@@ -93,7 +93,7 @@ step "build random $BIG_PRESET" "$CAP_BIG" "$OUT/bench.md" $PY scripts/random_mo
 if ! ls "$IMAGES" > /dev/null 2>&1; then
     IMAGES="$WORK/synthetic"
     $PY -c "
-import sys, pathlib; from service.bench.bench import synthetic_photos
+import sys, pathlib; from titok.bench.bench import synthetic_photos
 d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)
 [(d / f'{i}.jpg').write_bytes(b) for i, b in enumerate(synthetic_photos(8))]" "$IMAGES"
 fi

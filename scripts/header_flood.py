@@ -23,8 +23,8 @@ import time
 import httpx
 from PIL import Image
 
-from service.bench.bench import Server
-from service.settings import DEFAULT_MODEL_PATH
+from titok.bench.bench import Server
+from titok.settings import DEFAULT_MODEL_PATH
 
 CHUNK = b"a" * 65536
 
@@ -156,7 +156,7 @@ def httptools_server() -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.server.app:build_app",
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "titok.server.app:build_app",
                              "--http", "httptools", "--port", str(port), "--log-level", "warning"],
                             env={**os.environ, "TITOK_MODEL_PATH": str(DEFAULT_MODEL_PATH)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

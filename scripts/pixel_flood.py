@@ -17,8 +17,8 @@ import time
 import httpx
 from PIL import Image
 
-from service.bench.bench import Server, synthetic_photos
-from service.settings import DEFAULT_MODEL_PATH
+from titok.bench.bench import Server, synthetic_photos
+from titok.settings import DEFAULT_MODEL_PATH
 
 
 def black_png(side: int) -> bytes:

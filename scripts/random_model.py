@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from model.config import get_preset
-from model.export import export_model
-from model.tokenizer import build_model
+from titok.model.config import get_preset
+from titok.model.export import export_model
+from titok.model.tokenizer import build_model
 
 
 def make(preset: str, out: Path, fp16: bool = False, seed: int = 0) -> Path:

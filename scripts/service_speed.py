@@ -5,7 +5,7 @@
 
 1. Per image, single-threaded: the codec (photo decode + resize; PNG encode) against the model's share of a
    batch in each dtype; this says what sets the pace once the model is faster.
-2. The service (`python -m service`) under each configuration (TITOK_* overrides; "today" is the settings before
+2. The service (`python -m titok`) under each configuration (TITOK_* overrides; "today" is the settings before
    TITOK_DTYPE=auto: float32, torch threads = cores, codec threads = half the cores), closed loop, one item per
    request: /encode of JPEG/PNG photos (JSON answer), /decode of one token list as JSON -> PNG and as .npy -> .npy.
    Configurations run in turn, `--rounds` times over (interleaved, so a busy neighbour hurts each alike); each cell
@@ -29,13 +29,13 @@ import httpx
 import numpy as np
 import torch
 
-from service.bench import loadgen
-from service.bench.bench import PHOTO_SUFFIXES, Server, raw_artifact, synthetic_photos
-from service.core.arrays import NPY, write_npy
-from service.core.artifact import load_artifact
-from service.core.codec import encode_png, load_image
-from service.core.engine import cpu_flags
-from service.settings import DEFAULT_MODEL_PATH
+from titok.bench import loadgen
+from titok.bench.bench import PHOTO_SUFFIXES, Server, raw_artifact, synthetic_photos
+from titok.core.arrays import NPY, write_npy
+from titok.core.artifact import load_artifact
+from titok.core.codec import encode_png, load_image
+from titok.core.engine import cpu_flags
+from titok.settings import DEFAULT_MODEL_PATH
 
 OPS = ("encode photo", "decode -> PNG", "decode .npy")
 # The defaults before TITOK_DTYPE=auto: fp32, torch threads = cores, codec threads = half the cores.

@@ -18,8 +18,8 @@ from collections import Counter
 
 import httpx
 
-from service.bench.bench import Server
-from service.settings import DEFAULT_MODEL_PATH
+from titok.bench.bench import Server
+from titok.settings import DEFAULT_MODEL_PATH
 
 _BOUNDARY = (b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
              b"Content-Type: image/jpeg\r\n\r\n")

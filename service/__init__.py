@@ -1,10 +1,10 @@
 """The TiTok tokenizer: its public API at the top, each name imported only when first used.
 
-    from service import Tokenizer       # in-process: images <-> tokens (needs the [serve] extra: torch)
-    from service import TitokClient     # a running service over HTTP (the bare install: httpx, numpy, Pillow)
-    from service import load_tokens     # a `titok tokenize` output directory (pyarrow)
+    from titok import Tokenizer       # in-process: images <-> tokens (needs the [serve] extra: torch)
+    from titok import TitokClient     # a running service over HTTP (the bare install: httpx, numpy, Pillow)
+    from titok import load_tokens     # a `titok tokenize` output directory (pyarrow)
 
-So `from service import TitokClient` loads neither torch nor the web framework.
+So `from titok import TitokClient` loads neither torch nor the web framework.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m service` / `titok serve`: load the model (a bad file stops here), then run uvicorn, one worker.
+"""`python -m titok` / `titok serve`: load the model (a bad file stops here), then run uvicorn, one worker.
 
 SIGTERM: readiness goes false and new work gets 503 for TITOK_DRAIN_GRACE_S while the server still listens,
 queued work is finished, exit 0 (see server/drain.py). SIGINT: the same without the grace period.

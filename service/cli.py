@@ -33,25 +33,25 @@ class Command:
 DESCRIPTION = "TiTok 1D image tokenizer: serve, train, evaluate and export models."
 
 COMMANDS: dict[str, Command] = {
-    "serve": Command("run the HTTP service (POST /encode, POST /decode, GET /metrics)", "service.__main__:main"),
-    "bench": Command("benchmark the service against the raw engine and print a table", "service.bench.bench:main"),
-    "encode": Command("client: send images to a running service, print token IDs", "service.client.cli:encode_main"),
-    "decode": Command("client: send token IDs to a running service, save the PNG", "service.client.cli:decode_main"),
-    "train": Command("train a tokenizer (single process or under torchrun)", "model.train"),
-    "eval": Command("evaluate a checkpoint or exported model on held-out images", "model.evaluate"),
-    "export": Command("export a checkpoint to the TorchScript file the service loads", "model.export"),
-    "tokenize": Command("tokenize a dataset into Parquet shards of tokens", "service.dataset.cli:tokenize_main"),
-    "bench-tokenize": Command("benchmark titok tokenize against the raw artifact", "service.dataset.bench:main"),
+    "serve": Command("run the HTTP service (POST /encode, POST /decode, GET /metrics)", "titok.__main__:main"),
+    "bench": Command("benchmark the service against the raw engine and print a table", "titok.bench.bench:main"),
+    "encode": Command("client: send images to a running service, print token IDs", "titok.client.cli:encode_main"),
+    "decode": Command("client: send token IDs to a running service, save the PNG", "titok.client.cli:decode_main"),
+    "train": Command("train a tokenizer (single process or under torchrun)", "titok.model.train"),
+    "eval": Command("evaluate a checkpoint or exported model on held-out images", "titok.model.evaluate"),
+    "export": Command("export a checkpoint to the TorchScript file the service loads", "titok.model.export"),
+    "tokenize": Command("tokenize a dataset into Parquet shards of tokens", "titok.dataset.cli:tokenize_main"),
+    "bench-tokenize": Command("benchmark titok tokenize against the raw artifact", "titok.dataset.bench:main"),
     "bench-budgets": Command("benchmark /decode against k and the target-PSNR encode",
-                             "service.bench.bench_budgets:main"),
-    "detokenize": Command("decode rows of a tokenized directory to PNGs", "service.dataset.cli:detokenize_main"),
-    "convert": Command("convert a published TiTok checkpoint to a servable file", "model.convert"),
+                             "titok.bench.bench_budgets:main"),
+    "detokenize": Command("decode rows of a tokenized directory to PNGs", "titok.dataset.cli:detokenize_main"),
+    "convert": Command("convert a published TiTok checkpoint to a servable file", "titok.model.convert"),
     "pull": Command("fetch a published tokenizer from the Hugging Face Hub and convert it once (cached)",
-                    "model.hub"),
-    "models": Command("list the published tokenizers known by name, with their sizes", "model.hub:models_main"),
+                    "titok.model.hub"),
+    "models": Command("list the published tokenizers known by name, with their sizes", "titok.model.hub:models_main"),
     "data": Command(
         "build training data",
-        children={"photos": Command("build the offline photo set from Debian/PyPI packages", "model.photos")},
+        children={"photos": Command("build the offline photo set from Debian/PyPI packages", "titok.model.photos")},
     ),
 }
 
@@ -103,10 +103,10 @@ def _import(prog: str, module_name: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("model", "service"):
+        if exc.name and exc.name.split(".")[0] in ("titok",):
             raise
         # A third-party package from an optional extra (torch for serving, tqdm for training) is not installed.
-        extra = "train" if module_name.startswith("model.") and module_name != "model.hub" else "serve"
+        extra = "train" if module_name.startswith("titok.model.") and module_name != "titok.model.hub" else "serve"
         raise SystemExit(
             f"{prog}: needs the Python package {exc.name!r}, which is not installed; "
             f"install the extras with: pip install 'titok-service[{extra}]'"
@@ -142,5 +142,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if code is None else int(code)
 
 
-if __name__ == "__main__":  # `torchrun --nproc_per_node=N -m service.cli train ...`
+if __name__ == "__main__":  # `torchrun --nproc_per_node=N -m titok.cli train ...`
     sys.exit(main())

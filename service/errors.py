@@ -1,6 +1,6 @@
 """The HTTP door's errors: each carries its HTTP status and a stable machine-readable code.
 
-The core's own errors (service.core.errors: bad images, tokens, arrays) are plain exceptions; CORE_STATUS
+The core's own errors (titok.core.errors: bad images, tokens, arrays) are plain exceptions; CORE_STATUS
 gives each of their codes its HTTP status, and `answer` turns either kind into (status, code, message,
 headers). No web framework here: the answer's JSON body is built in service/server/answers.py.
 """

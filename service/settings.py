@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     @property
     def model_source(self) -> str | Path:
-        """What to load: TITOK_MODEL when set, else TITOK_MODEL_PATH (service.core.models.resolve_model reads it)."""
+        """What to load: TITOK_MODEL when set, else TITOK_MODEL_PATH (titok.core.models.resolve_model reads it)."""
         return self.model or self.model_path
 
     @field_validator("dtype", mode="before")

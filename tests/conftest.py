@@ -26,9 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
                      dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)

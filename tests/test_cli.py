@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cli
+from titok import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +30,9 @@ def _imported_after(call: str) -> tuple[int, dict[str, object]]:
     """Run `call` (an expression returning an exit code) and report the code and the project modules loaded."""
     proc = _python(
         "import json, sys\n"
-        "from service import cli\n"
+        "from titok import cli\n"
         f"code = {call}\n"
-        "mods = sorted(m for m in sys.modules if m.split('.')[0] in ('model', 'service'))\n"
+        "mods = sorted(m for m in sys.modules if m.split('.')[0] in ('titok',))\n"
         "print('\\n' + json.dumps({'code': code, 'mods': mods}))\n"
     )
     assert proc.returncode == 0, proc.stderr
@@ -46,12 +46,12 @@ def test_help_lists_every_subcommand_without_importing_them() -> None:
     for name, command in cli.COMMANDS.items():
         assert name in out["stdout"]
         assert command.help in out["stdout"]
-    assert out["mods"] == ["service", "service.cli"]
+    assert out["mods"] == ["titok", "titok.cli"]
 
 
 def test_console_script_module_entry_point_help() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "titok.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: titok")
@@ -64,8 +64,8 @@ def test_serve_does_not_import_model_code() -> None:
     code, out = _imported_after("cli.main(['serve', '--help'])")
     assert code == 0, out["stderr"]
     assert "usage:" in out["stdout"]
-    assert "service.__main__" in out["mods"]
-    assert not [m for m in out["mods"] if m == "model" or m.startswith("model.")], out["mods"]
+    assert "titok.__main__" in out["mods"]
+    assert not [m for m in out["mods"] if m == "titok.model" or m.startswith("titok.model.")], out["mods"]
 
 
 def test_unknown_subcommand_exits_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,8 +156,8 @@ def test_every_target_exists(target: str) -> None:
                                   ["detokenize", "out", "--out", "png", "--model", " "]])
 def test_an_empty_model_is_refused_not_read_as_the_default(argv: list[str], monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    import service.__main__
+    import titok.__main__
 
-    monkeypatch.setattr(service.__main__, "serve", lambda *a, **k: 0)  # never listen, whatever the parse
+    monkeypatch.setattr(titok.__main__, "serve", lambda *a, **k: 0)  # never listen, whatever the parse
     assert cli.main(argv) == 2
     assert "argument --model: is empty: give a Hugging Face Hub name" in capsys.readouterr().err

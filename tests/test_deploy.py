@@ -16,9 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.server.drain import SETTLE_S
-from service.server.metrics import Metrics
-from service.settings import Settings
+from titok.server.drain import SETTLE_S
+from titok.server.metrics import Metrics
+from titok.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-PKG, MODEL = "service", "model"  # the installed import names of the package and of its model code
+PKG, MODEL = "titok", "titok.model"  # the installed import names of the package and of its model code
 WEB = ("fastapi", "starlette", "uvicorn", f"{PKG}.server", f"{PKG}.errors")
 
 
@@ -42,10 +42,10 @@ def test_the_public_api_is_at_the_top_and_each_name_loads_only_its_own_dependenc
     loaded = _loaded(PKG, f"from {PKG} import Tokenizer, ModelLoadError")
     assert "torch" in loaded and _top(loaded, (MODEL, *WEB)) == []
 
-    import service as api
-    from service.client import TitokClient
-    from service.core.tokenizer import Tokenizer
-    from service.dataset import load_tokens
+    import titok as api
+    from titok.client import TitokClient
+    from titok.core.tokenizer import Tokenizer
+    from titok.dataset import load_tokens
 
     assert (api.Tokenizer, api.TitokClient, api.load_tokens) == (Tokenizer, TitokClient, load_tokens)
     assert set(api.__all__) == set(api._WHERE) and set(api.__all__) <= set(dir(api))  # noqa: SLF001

@@ -23,11 +23,11 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from model.hub import CACHE_ENV
-from service import cli, errors
-from service.client.core import API_KEY_ENV
-from service.server.metrics import Metrics
-from service.settings import DEFAULT_MODEL_PATH, Settings
+from titok import cli, errors
+from titok.client.core import API_KEY_ENV
+from titok.model.hub import CACHE_ENV
+from titok.server.metrics import Metrics
+from titok.settings import DEFAULT_MODEL_PATH, Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -467,8 +467,8 @@ def test_ci_script_runs_the_readme_test_command() -> None:
 
 
 def test_console_script_and_package_data_globs() -> None:
-    assert PYPROJECT["project"]["scripts"] == {"titok": "service.cli:main"}
-    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["service"]
+    assert PYPROJECT["project"]["scripts"] == {"titok": "titok.cli:main"}
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["titok"]
     assert any(fnmatch.fnmatch("models/default.pt", g) for g in globs)
     assert not any("pyyaml" in d.lower() or "pytest" in d.lower() for d in PYPROJECT["project"]["dependencies"])
 
@@ -531,26 +531,26 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_wheel_has_the_console_script_and_both_packages(wheel_files: dict[str, bytes]) -> None:
-    assert {"service/cli.py", "service/__main__.py", "service/server/app.py", "model/export.py"} <= set(wheel_files)
+    assert {"titok/cli.py", "titok/__main__.py", "titok/server/app.py", "titok/model/export.py"} <= set(wheel_files)
     entry_points = next(v.decode() for n, v in wheel_files.items() if n.endswith(".dist-info/entry_points.txt"))
-    assert re.search(r"^titok = service\.cli:main$", entry_points, flags=re.M)
+    assert re.search(r"^titok = titok\.cli:main$", entry_points, flags=re.M)
 
 
 @pytest.mark.slow
 def test_wheel_carries_the_default_model(wheel_files: dict[str, bytes]) -> None:
-    assert "service/models/default.pt" in wheel_files, "the image would have no model to serve"
+    assert "titok/models/default.pt" in wheel_files, "the image would have no model to serve"
 
 
 def test_wheel_carries_the_web_page(wheel_files: dict[str, bytes]) -> None:
-    from service.server import ui
+    from titok.server import ui
 
     served = {"index.html", *ui._ASSETS}  # noqa: SLF001
-    assert {f"service/server/ui/{name}" for name in served} <= set(wheel_files), "a wheel install would serve no page"
+    assert {f"titok/server/ui/{name}" for name in served} <= set(wheel_files), "a wheel install would serve no page"
 
 
 @pytest.mark.slow
 def test_wheel_carries_the_offline_docs_assets(wheel_files: dict[str, bytes]) -> None:
     """/docs loads Swagger UI from the package, never from a CDN: its files and licence ship in the wheel."""
-    assets = {f"service/server/static/swagger-ui/{name}" for name in
+    assets = {f"titok/server/static/swagger-ui/{name}" for name in
               ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "NOTICE")}
     assert assets <= set(wheel_files)

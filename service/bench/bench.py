@@ -92,7 +92,7 @@ HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | 
 
 
 class Server:
-    """`python -m service` on a free loopback port, with setting overrides."""
+    """`python -m titok` on a free loopback port, with setting overrides."""
 
     def __init__(self, model: Path, **settings: object) -> None:
         with socket.socket() as s:
@@ -102,7 +102,7 @@ class Server:
         env = {**os.environ, "TITOK_MODEL_PATH": str(model), "TITOK_LOG_FORMAT": "text",
                **{f"TITOK_{k.upper()}": str(v) for k, v in settings.items()}}
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "titok", "--host", "127.0.0.1", "--port",
                                       str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and self.proc.poll() is None:

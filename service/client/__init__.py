@@ -1,6 +1,6 @@
 """The Python client of the service: `TitokClient` (sync) and `AsyncTitokClient` (asyncio), on httpx.
 
-    from service.client import TitokClient
+    from titok.client import TitokClient
     with TitokClient("http://127.0.0.1:8000") as tk:      # key: api_key=... or TITOK_API_KEY
         tokens = tk.encode(["a.jpg", "b.png"])            # np.ndarray (2, K)
         images = tk.decode(tokens)                        # [PIL.Image, PIL.Image]

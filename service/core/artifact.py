@@ -26,7 +26,7 @@ from .errors import ModelLoadError
 META_FILE = "meta.json"
 REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
 DTYPES = ("float32", "float16", "bfloat16")
-# The attribute name of the codebook module in every model layout (model.tokenizer.TiTok, model.reference):
+# The attribute name of the codebook module in every model layout (titok.model.tokenizer.TiTok, model.reference):
 # its weights stay fp32 in every compute dtype, so that the nearest-code search and the looked-up codes are fp32.
 QUANTIZER = "quantize"
 _JIT_DEPRECATED = r".*torch\.jit.*deprecated.*"

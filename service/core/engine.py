@@ -1,6 +1,6 @@
 """The engine: owns the TorchScript module and its device; one dedicated thread runs every model call.
 
-The artifact itself (format, meta.json, dtype) is service.core.artifact's; the engine only runs it.
+The artifact itself (format, meta.json, dtype) is titok.core.artifact's; the engine only runs it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Which model to load: an artifact path, or a published checkpoint on the Hugging Face Hub by name.
 
-Only a name loads the hub code (model.hub: huggingface_hub and the converter); a path never does.
+Only a name loads the hub code (titok.model.hub: huggingface_hub and the converter); a path never does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def model_argument(text: str) -> str:
 
 def resolve_model(name_or_path: str | Path) -> Path:
     """An artifact path as given, or a Hugging Face Hub name (`owner/name[@revision]`) pulled, converted and
-    cached (model.hub.pull) -> the artifact's path.
+    cached (titok.model.hub.pull) -> the artifact's path.
 
     A string that names an existing file, or ends in .pt, is a path; otherwise `owner/name` is a Hub name.
     Raises ModelLoadError (missing file, unknown repository, offline without a cached copy, ...).
@@ -34,7 +34,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if path.exists() or not _looks_like_hub_name(text):
         return path
     try:
-        from model.hub import pull  # the converter needs the model code; a plain artifact path never loads it
+        from titok.model.hub import pull  # the converter needs the model code; a plain artifact path never loads it
     except ImportError as e:
         raise ModelLoadError(f"{text} is not a file here, and loading it by name from the Hugging Face Hub needs "
                              f"the [serve] extra ({e.name} is missing): pip install 'titok-service[serve]'") from None

@@ -1,11 +1,11 @@
 """`Tokenizer`: the tokenizer in-process, for a training loop or a notebook; no server, no HTTP.
 
-    from service.core.tokenizer import Tokenizer
+    from titok.core.tokenizer import Tokenizer
     tok = Tokenizer.load("yucornetto/tokenizer_titok_l32_imagenet")   # or a .pt artifact path
     tokens = tok.encode(["a.jpg", "b.png"])        # np.ndarray int64 (2, K)
     pixels = tok.decode(tokens)                    # np.ndarray uint8 (2, S, S, 3)
 
-Images go through the service's own codec (service.core.codec: decoding, EXIF, alpha, 16-bit, the resize
+Images go through the service's own codec (titok.core.codec: decoding, EXIF, alpha, 16-bit, the resize
 modes), and the model runs on the service's own Engine, so the tokens are those /encode answers.
 """
 

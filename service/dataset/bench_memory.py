@@ -1,6 +1,6 @@
 """The dataset job's memory against images done: one tar shard of N tiny PNGs, RSS sampled as the job goes.
 
-    python -m service.dataset.bench_memory [--images 20000] [--model PATH | --tiny-model] [--workers 0]
+    python -m titok.dataset.bench_memory [--images 20000] [--model PATH | --tiny-model] [--workers 0]
 
 A shard is written only when its last image has its tokens, so everything the job keeps per image grows
 until then; this prints the main process's resident memory at each tenth of the images and the growth per
@@ -64,9 +64,9 @@ class RssProgress(Progress):
 
 
 def _tiny_model(tmp: Path) -> Path:
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
                      dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)
@@ -75,7 +75,7 @@ def _tiny_model(tmp: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.dataset.bench_memory", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m titok.dataset.bench_memory", description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=20_000, help="tiny PNGs in the one shard (default: %(default)s)")
     p.add_argument("--model", type=Path, help="artifact (default: TITOK_MODEL_PATH or the bundled model)")
     p.add_argument("--tiny-model", action="store_true", help="a random 32 px, 8-token model exported on the spot "

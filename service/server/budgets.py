@@ -1,4 +1,4 @@
-"""Token budgets at the HTTP door: /encode's `num_tokens` and `target_psnr` (see service.core.budgets).
+"""Token budgets at the HTTP door: /encode's `num_tokens` and `target_psnr` (see titok.core.budgets).
 
 Every model call goes through the batcher: the encode (or, for a target, the encode with its decode at
 K in one call, the `roundtrip` op), then each round of the target search as decode items of their own

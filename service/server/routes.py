@@ -205,7 +205,7 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
 
 async def _encode_budgeted(request: Request, svc: Any, images: list[Any], budget: Any, quality: bool,
                            deadline: float, started: float, codec_s: float) -> Response:
-    """The rest of /encode under num_tokens or target_psnr (see service.server.budgets)."""
+    """The rest of /encode under num_tokens or target_psnr (see titok.server.budgets)."""
     eng = svc.engine
     done = await budgets.encode_with_budget(svc.batcher, svc.codec_pool, images, budget, quality,
                                             lambda: _remaining(deadline), lambda w: unless_disconnected(request, w))

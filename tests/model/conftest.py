@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.config import get_preset
+from titok.model.config import get_preset
 
 MICRO = dict(image_size=32, patch_size=8, num_tokens=16, enc_width=64, enc_depth=2, enc_heads=2,
              dec_width=64, dec_depth=2, dec_heads=2, codebook_size=256, head_channels=8, dead_code_steps=20,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import convert
-from model.config import PRESETS, get_preset
-from model.export import state_hash
-from model.tokenizer import build_model
-from service.core.artifact import load_artifact
+from titok.core.artifact import load_artifact
+from titok.model import convert
+from titok.model.config import PRESETS, get_preset
+from titok.model.export import state_hash
+from titok.model.tokenizer import build_model
 
 # The published layouts at toy widths: same key names, 256 x 256 pixels, patch 16, K tokens.
 SMALL = dict(enc_width=64, enc_depth=1, enc_heads=2, dec_width=64, dec_depth=1, dec_heads=2,

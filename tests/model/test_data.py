@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.data import portable_paths
+from titok.model.data import portable_paths
 
 
 @pytest.mark.parametrize(("paths", "recorded"), [

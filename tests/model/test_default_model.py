@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import center_crop
-from model.quality import psnr, thumbnail_baseline, to_uint8
-from service.core.artifact import load_artifact
+from titok.core.artifact import load_artifact
+from titok.model.data import center_crop
+from titok.model.quality import psnr, thumbnail_baseline, to_uint8
 
 DEFAULT = Path(__file__).resolve().parents[2] / "service" / "models" / "default.pt"
 

@@ -6,9 +6,9 @@ import textwrap
 import pytest
 import torch
 
-from model.export import export_checkpoint, export_model
-from model.tokenizer import TiTok
-from service.core.artifact import load_artifact
+from titok.core.artifact import load_artifact
+from titok.model.export import export_checkpoint, export_model
+from titok.model.tokenizer import TiTok
 
 
 def test_artifact_matches_eager_model_and_carries_meta(tmp_path, micro_cfg):
@@ -56,7 +56,7 @@ def test_export_from_checkpoint_uses_ema_weights(tmp_path, micro_cfg):
     assert meta["weights"] == "ema" and meta["step"] == 7 and meta["training"] == {"steps": 7}
     ref = TiTok(cfg)
     ref.load_state_dict(ema)
-    from model.export import state_hash
+    from titok.model.export import state_hash
 
     assert meta["content_hash"] == state_hash(ref.float())
 
@@ -73,7 +73,7 @@ def test_export_records_data_paths_without_the_training_machines_folders(tmp_pat
     eval_json.write_text(json.dumps({"psnr": 1.0, "data": [str(root / "photos/dev-eval")]}))
     import argparse
 
-    from model.export import add_args, run
+    from titok.model.export import add_args, run
 
     parser = argparse.ArgumentParser()
     add_args(parser)
@@ -91,10 +91,10 @@ def test_artifact_runs_where_model_package_cannot_be_imported(tmp_path, micro_cf
     export_model(TiTok(cfg), cfg, tmp_path / "a.pt", {"name": "standalone"})
     script = textwrap.dedent(f"""
         import sys, json, warnings
-        sys.modules["model"] = None  # any import of the training package now fails
+        sys.modules["titok.model"] = None  # any import of the training package now fails
         import torch
         try:
-            import model  # noqa: F401
+            import titok.model  # noqa: F401
             raise SystemExit("model should not be importable")
         except ImportError:
             pass

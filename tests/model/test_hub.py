@@ -17,12 +17,12 @@ import pytest
 import torch
 from hub_server import FakeHub
 
-from model import convert, hub
-from model.config import PRESETS, get_preset
-from model.tokenizer import build_model
-from service.core.artifact import read_meta
-from service.core.errors import ModelLoadError
-from service.core.tokenizer import Tokenizer
+from titok.core.artifact import read_meta
+from titok.core.errors import ModelLoadError
+from titok.core.tokenizer import Tokenizer
+from titok.model import convert, hub
+from titok.model.config import PRESETS, get_preset
+from titok.model.tokenizer import build_model
 
 SMALL = dict(enc_width=64, enc_depth=1, enc_heads=2, dec_width=64, dec_depth=1, dec_heads=2,
              pixel_channels=32, pixel_res_blocks=1, pixel_codebook_size=64, pixel_code_dim=32)
@@ -113,8 +113,8 @@ def test_first_pull_converts_and_serves_then_the_cache_serves_without_the_networ
     from huggingface_hub import constants
     from PIL import Image
 
-    from service.server.app import build_app
-    from service.settings import Settings
+    from titok.server.app import build_app
+    from titok.settings import Settings
 
     conversions = _count_conversions(monkeypatch)
     path = hub.pull(REPO)
@@ -255,7 +255,7 @@ def test_a_half_written_artifact_is_never_served(fake_hub: FakeHub, tmp_path: Pa
 
 
 def test_titok_models_lists_the_known_names_with_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    from service.cli import main
+    from titok.cli import main
 
     assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -268,7 +268,7 @@ def test_titok_models_lists_the_known_names_with_sizes(capsys: pytest.CaptureFix
 
 
 def test_titok_pull_cli_answers_a_refusal_in_one_line(fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
-    from service.cli import main
+    from titok.cli import main
 
     assert main(["pull", "someone/nothing_here"]) == 2
     err = capsys.readouterr().err
@@ -279,9 +279,9 @@ def test_titok_pull_cli_answers_a_refusal_in_one_line(fake_hub: FakeHub, capsys:
 def test_titok_tokenize_and_serve_take_a_name(fake_hub: FakeHub, tmp_path: Path) -> None:
     from PIL import Image
 
-    from service.__main__ import serve
-    from service.dataset import load_tokens, read_dir_meta
-    from service.dataset.cli import tokenize_main
+    from titok.__main__ import serve
+    from titok.dataset import load_tokens, read_dir_meta
+    from titok.dataset.cli import tokenize_main
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -304,9 +304,9 @@ def test_two_processes_pulling_at_once_convert_once(fake_hub: FakeHub, tmp_path:
 
     code = textwrap.dedent(f"""
         import sys
-        from model.config import PRESETS
+        from titok.model.config import PRESETS
         PRESETS[{TOY!r}] = {{**PRESETS["titok-bl-64-vq8k"], **{SMALL!r}}}
-        from model import hub
+        from titok.model import hub
         print(hub.pull({REPO!r}, progress=lambda m: print(m, file=sys.stderr)))
     """)
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_CACHE": str(tmp_path / "hf"),

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from model import archives, photos
-from model.photos import ManifestRow
+from titok.model import archives, photos
+from titok.model.photos import ManifestRow
 
 # --------------------------------------------------------------------------------------------------
 # A tiny Qt .rcc writer (the layout rcc produces: header, tree, data, names; children contiguous)
@@ -323,7 +323,7 @@ def test_lists_hold_332_train_and_8_dev_eval_photos() -> None:
 
 def test_command_line_parses_out_and_big(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from service import cli
+    from titok import cli
 
     seen = {}
 

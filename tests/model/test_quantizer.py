@@ -1,6 +1,6 @@
 import torch
 
-from model.quantizer import VectorQuantizer, codebook_stats
+from titok.model.quantizer import VectorQuantizer, codebook_stats
 
 
 def test_lookup_gives_back_exactly_the_quantized_vectors_in_eval():

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import get_preset
-from model.reference import (
+from titok.model.config import get_preset
+from titok.model.reference import (
     PatchesToImage,
     PixelDecoder,
     ReferenceQuantizer,
@@ -18,7 +18,7 @@ from model.reference import (
     latents_to_conv_input,
     same_conv,
 )
-from model.tokenizer import build_model
+from titok.model.tokenizer import build_model
 
 # The reference L-32 state dict (key, shape), from building the reference code (see the brief in shared/).
 TSV = Path(__file__).parent / "titok-l32-state-dict.tsv"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model.config import PRESETS, TiTokConfig, get_preset
-from model.tokenizer import TiTok, build_model
+from titok.model.config import PRESETS, TiTokConfig, get_preset
+from titok.model.tokenizer import TiTok, build_model
 
 # Parameter counts of our own presets, pinned so that a change of architecture is a visible decision.
 # (The published presets are pinned against the reference's counts in test_reference.py.)

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import TiTokConfig
-from model.data import load_images
-from model.quality import psnr, thumbnail_baseline, to_uint8
-from model.tokenizer import TiTok
-from model.train import choose_precision, draw_prefix, init_from
-from model.train import main as train_main
+from titok.model.config import TiTokConfig
+from titok.model.data import load_images
+from titok.model.quality import psnr, thumbnail_baseline, to_uint8
+from titok.model.tokenizer import TiTok
+from titok.model.train import choose_precision, draw_prefix, init_from
+from titok.model.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO_SET = ["--set", "image_size=32", "--set", "patch_size=8", "--set", "num_tokens=16", "--set", "enc_width=64",
@@ -38,9 +38,9 @@ def test_overfits_a_few_images_well_above_the_equal_bits_baseline(tmp_path, phot
     assert train(photo_dir, out, 300, "--lr", "3e-3", "--ema", "0", "--eval-data", str(photo_dir),
                  "--eval-every", "300") == 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    model = TiTok(__import__("model.config", fromlist=["x"]).TiTokConfig.from_dict(ckpt["config"])).eval()
+    model = TiTok(__import__("titok.model.config", fromlist=["x"]).TiTokConfig.from_dict(ckpt["config"])).eval()
     model.load_state_dict(ckpt["model"])
-    from model.data import center_crop
+    from titok.model.data import center_crop
 
     raw, _ = load_images([photo_dir], max_side=64)
     x = torch.stack([center_crop(im, 32) for im in raw])
@@ -111,7 +111,7 @@ def test_reads_webdataset_tar_shards(tmp_path, photo_dir):
     assert train(shard, tmp_path / "run", 3) == 0
 
 
-DDP_SCRIPT = ("import argparse, os, sys, torch\nfrom model.train import add_args, fit\n"
+DDP_SCRIPT = ("import argparse, os, sys, torch\nfrom titok.model.train import add_args, fit\n"
               "out = os.environ['OUT_DIR']; rank = os.environ['RANK']\n"
               "open(f'{out}/pid{rank}', 'w').write(str(os.getpid()))\n"
               "p = argparse.ArgumentParser()\nadd_args(p)\nmodel = fit(p.parse_args(sys.argv[1:]))\n"
@@ -212,7 +212,7 @@ def test_tail_drop_training_orders_the_tokens(tmp_path, photo_dir):
     assert len(set(prefixes)) > 5 and min(prefixes) >= 1 and max(prefixes) <= 16  # one k per step, varied
     model = TiTok(TiTokConfig.from_dict(ckpt["config"])).eval()
     model.load_state_dict(ckpt["model"])
-    from model.data import center_crop
+    from titok.model.data import center_crop
 
     raw, _ = load_images([photo_dir], max_side=64)
     x = torch.stack([center_crop(im, 32) for im in raw])

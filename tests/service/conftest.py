@@ -13,7 +13,7 @@ with warnings.catch_warnings():  # this starlette warns that httpx is deprecated
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from service.server.app import build_app
+from titok.server.app import build_app
 
 
 @pytest.fixture(scope="module")

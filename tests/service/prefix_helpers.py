@@ -1,6 +1,6 @@
 """A toy prefix-decodable artifact whose PSNR rises strictly with k, and images to feed it.
 
-The toy model (TorchScript, saved with service.core.artifact.save_artifact, meta `prefix_decodable: true`)
+The toy model (TorchScript, saved with titok.core.artifact.save_artifact, meta `prefix_decodable: true`)
 cuts a 32 x 32 image into K = 8 bands of 4 rows; token j is band j's mean level // 4 (codebook 64).
 decode(k tokens) paints the first k bands at their level and the others mid-grey. For images whose bands
 are far from grey (`banded_images`), each further token replaces a big error by a small one, so the PSNR
@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.core.artifact import save_artifact
+from titok.core.artifact import save_artifact
 
 SIZE, K, CODEBOOK = 32, 8, 64
 META = {"name": "toy-prefix", "image_size": SIZE, "num_tokens": K, "codebook_size": CODEBOOK,
@@ -78,7 +78,7 @@ def banded_images(n: int, seed: int = 0) -> np.ndarray:
 
 def psnr_by_k(engine: object, image: np.ndarray) -> list[float]:
     """The PSNR of `image` decoded from its first k tokens, for k = 1..K, by direct engine calls."""
-    from service.core.engine import psnr
+    from titok.core.engine import psnr
 
     tokens = engine.run("encode", image[None])  # type: ignore[attr-defined]
     return [float(psnr(engine.run("decode", tokens[:, :k]), image[None])[0])  # type: ignore[attr-defined]
@@ -88,9 +88,9 @@ def psnr_by_k(engine: object, image: np.ndarray) -> list[float]:
 @pytest.fixture(scope="session")
 def tiny_prefix_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-weight TiTok of tests/conftest.py, exported with tail drop: a real prefix-decodable artifact."""
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
                      dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8, tail_drop=True)

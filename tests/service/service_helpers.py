@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import uvicorn
 
-from service.__main__ import uvicorn_config
-from service.settings import Settings
+from titok.__main__ import uvicorn_config
+from titok.settings import Settings
 
 
 def make_settings(model_path: Path, **overrides: Any) -> Settings:
@@ -26,7 +26,7 @@ def make_settings(model_path: Path, **overrides: Any) -> Settings:
 
 
 class FakeEngine:
-    """Stands in for service.core.engine.Engine: echoes shapes, can be held at a gate or made to fail."""
+    """Stands in for titok.core.engine.Engine: echoes shapes, can be held at a gate or made to fail."""
 
     name, image_size, num_tokens, codebook_size = "fake", 32, 8, 64
     content_hash = "fa4e" * 16

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bench import bench_formats
-from service.bench.bench import Result, main, merge
+from titok.bench import bench_formats
+from titok.bench.bench import Result, main, merge
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prefix_helpers import prefix_artifact  # noqa: F401  (a fixture)
 
-from service.bench.bench_budgets import main
+from titok.bench.bench_budgets import main
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sample_images import float_samples, float_tiff, save, two_halves
 from service_helpers import FakeEngine, make_settings, serving
 
-from service.client import AsyncTitokClient, Retry, TitokClient, TitokError
-from service.server.app import build_app
+from titok.client import AsyncTitokClient, Retry, TitokClient, TitokError
+from titok.server.app import build_app
 
 KEY = "client-key-0123456789abcdef"
 FAST = Retry(attempts=3, backoff_s=0.01, max_wait_s=0.05)  # for connection errors, where no Retry-After comes

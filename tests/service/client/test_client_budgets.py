@@ -13,9 +13,9 @@ from PIL import Image
 from prefix_helpers import K, banded_images, prefix_artifact, psnr_by_k  # noqa: F401  (prefix_artifact: fixture)
 from service_helpers import make_settings, serving
 
-from service.client import AsyncTitokClient, TargetTokens, TitokClient, TitokError
-from service.core.engine import Engine
-from service.server.app import build_app
+from titok.client import AsyncTitokClient, TargetTokens, TitokClient, TitokError
+from titok.core.engine import Engine
+from titok.server.app import build_app
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_a_fixed_length_model_refuses_a_budget_through_the_client(live_url: str)
 
 def test_titok_encode_takes_a_budget_and_decode_takes_its_answer_back(prefix_url: str, engine: Engine,
                                                                     tmp_path: Path, capsys) -> None:
-    from service.client.cli import decode_main, encode_main
+    from titok.client.cli import decode_main, encode_main
 
     images = banded_images(2, seed=5)
     files = [tmp_path / f"{i}.png" for i in range(2)]

@@ -13,8 +13,8 @@ from PIL import Image
 from sample_images import all_formats
 from service_helpers import make_settings, serving
 
-from service.client.cli import decode_main, encode_main
-from service.server.app import build_app
+from titok.client.cli import decode_main, encode_main
+from titok.server.app import build_app
 
 
 def test_encode_then_decode_round_trip(live_url: str, tmp_path: Path, capsys) -> None:

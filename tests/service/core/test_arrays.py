@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from npy_strategies import npy_files
 
-from service.core.arrays import media_types, parse_images, parse_tokens, read_npy, stack, wants_npy, write_npy
-from service.errors import ANSWERABLE, InvalidArray, MalformedArray, TooManyImages, answer
+from titok.core.arrays import media_types, parse_images, parse_tokens, read_npy, stack, wants_npy, write_npy
+from titok.errors import ANSWERABLE, InvalidArray, MalformedArray, TooManyImages, answer
 
 
 def npy(a: np.ndarray, **kw) -> bytes:

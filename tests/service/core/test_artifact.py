@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.core.artifact import (
+from titok.core.artifact import (
     ModelInfo,
     load_artifact,
     read_meta,
@@ -18,8 +18,8 @@ from service.core.artifact import (
     to_compute_dtype,
     token_dtype,
 )
-from service.core.engine import Engine
-from service.errors import ModelLoadError
+from titok.core.engine import Engine
+from titok.errors import ModelLoadError
 
 
 @pytest.mark.parametrize(("codebook", "dtype"), [(2, np.uint8), (256, np.uint8), (257, np.uint16),
@@ -70,9 +70,9 @@ def test_reduced_precision_casts_the_transformer_and_keeps_the_quantizer_fp32(ti
 
 
 def test_a_plain_jit_load_of_an_fp16_stored_artifact_encodes_on_cpu(tmp_path: Path) -> None:
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
                      dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)
@@ -101,9 +101,9 @@ def test_read_meta_refuses_what_is_not_an_artifact(tmp_path: Path) -> None:
 
 
 def test_an_fp16_stored_artifact_keeps_its_codebook_in_fp32(tmp_path: Path) -> None:
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
                      dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)
@@ -117,7 +117,7 @@ def test_an_fp16_stored_artifact_keeps_its_codebook_in_fp32(tmp_path: Path) -> N
 
 
 def test_a_cast_can_be_undone_exactly(tiny_artifact: Path) -> None:
-    from service.core.artifact import restore_weights, weights_snapshot
+    from titok.core.artifact import restore_weights, weights_snapshot
 
     module, _ = load_artifact(tiny_artifact)
     before = {k: v.clone() for k, v in module.state_dict().items()}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.core.budgets import (
+from titok.core.budgets import (
     MAX_TARGET_PSNR,
     Budget,
     TargetSearch,
@@ -15,8 +15,8 @@ from service.core.budgets import (
     max_search_decodes,
     search_target,
 )
-from service.core.engine import psnr
-from service.errors import InvalidBudget, NotPrefixDecodable
+from titok.core.engine import psnr
+from titok.errors import InvalidBudget, NotPrefixDecodable
 
 
 def run(curves: np.ndarray, target: float) -> tuple[TargetSearch, list[int]]:

@@ -21,7 +21,7 @@ from sample_images import (
     two_halves,
 )
 
-from service.core.codec import (
+from titok.core.codec import (
     encode_png,
     fit,
     load_image,
@@ -31,7 +31,7 @@ from service.core.codec import (
     to_uint8,
     upright,
 )
-from service.errors import ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, TooManyImages, answer
+from titok.errors import ImageTooLarge, InvalidImage, InvalidTokens, MalformedJSON, TooManyImages, answer
 
 
 def close_to(pixel: np.ndarray, colour: tuple[int, int, int], tol: int = 12) -> bool:

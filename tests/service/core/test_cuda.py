@@ -14,10 +14,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.core.artifact import load_artifact
-from service.core.engine import Engine
-from service.server.app import build_app
-from service.settings import Settings
+from titok.core.artifact import load_artifact
+from titok.core.engine import Engine
+from titok.server.app import build_app
+from titok.settings import Settings
 
 pytestmark = pytest.mark.cuda
 DTYPE = os.environ.get("TITOK_DTYPE", "auto")

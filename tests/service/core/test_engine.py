@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.core.artifact import load_artifact
-from service.core.engine import Engine
-from service.errors import ModelLoadError
+from titok.core.artifact import load_artifact
+from titok.core.engine import Engine
+from titok.errors import ModelLoadError
 
 
 def test_engine_runs_both_directions(tiny_artifact: Path) -> None:
@@ -29,9 +29,9 @@ def test_engine_runs_both_directions(tiny_artifact: Path) -> None:
 
 
 def test_fp16_stored_weights_are_computed_in_fp32_on_cpu(tmp_path: Path) -> None:
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
                      dec_width=32, dec_depth=1, dec_heads=2, codebook_size=64, head_channels=8)

@@ -12,8 +12,8 @@ from PIL import Image
 from prefix_helpers import banded_images, prefix_artifact  # noqa: F401  (prefix_artifact: fixture)
 from sample_images import all_formats, save
 
-from service.core.errors import InvalidArray, InvalidImage, ModelLoadError
-from service.core.tokenizer import Tokenizer
+from titok.core.errors import InvalidArray, InvalidImage, ModelLoadError
+from titok.core.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

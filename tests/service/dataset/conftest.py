@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.engine import Engine
+from titok.core.engine import Engine
 
 
 @pytest.fixture(autouse=True)
@@ -27,9 +27,9 @@ def engine(tiny_artifact: Path) -> Iterator[Engine]:
 def other_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from model.config import get_preset
-    from model.export import export_model
-    from model.tokenizer import TiTok
+    from titok.model.config import get_preset
+    from titok.model.export import export_model
+    from titok.model.tokenizer import TiTok
 
     torch.manual_seed(7)
     cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,

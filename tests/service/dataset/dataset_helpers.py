@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from service.core.engine import Engine
-from service.dataset.inputs import plan_shards
-from service.dataset.local import JobOptions, run_local
-from service.dataset.progress import Summary
-from service.dataset.writer import job_meta, prepare_output
+from titok.core.engine import Engine
+from titok.dataset.inputs import plan_shards
+from titok.dataset.local import JobOptions, run_local
+from titok.dataset.progress import Summary
+from titok.dataset.writer import job_meta, prepare_output
 
 
 def photo(seed: int, size: tuple[int, int] = (48, 36), fmt: str = "PNG") -> bytes:

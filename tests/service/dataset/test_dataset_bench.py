@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from dataset_helpers import photo, write_folder
 
-from service.dataset.bench import main
-from service.dataset.progress import Progress, Summary
+from titok.dataset.bench import main
+from titok.dataset.progress import Progress, Summary
 
 
 def test_bench_tokenize_prints_raw_and_job_rows(tiny_artifact: Path, tmp_path: Path,

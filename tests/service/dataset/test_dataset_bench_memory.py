@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.dataset.bench_memory import main
+from titok.dataset.bench_memory import main
 
 
 def test_the_memory_benchmark_prints_rss_against_images_done(tiny_artifact: Path,

@@ -14,11 +14,11 @@ from dataset_helpers import photo, write_folder
 from PIL import Image
 from prefix_helpers import K, prefix_artifact, psnr_by_k  # noqa: F401  (prefix_artifact: fixture)
 
-from service.cli import main
-from service.core.codec import load_image
-from service.core.engine import Engine
-from service.dataset import load_ragged_tokens, load_tokens, read_dir_meta
-from service.dataset.inputs import DatasetError
+from titok.cli import main
+from titok.core.codec import load_image
+from titok.core.engine import Engine
+from titok.dataset import load_ragged_tokens, load_tokens, read_dir_meta
+from titok.dataset.inputs import DatasetError
 
 
 def run(folder: Path, out: Path, model: Path, *flags: str) -> int:

@@ -15,10 +15,10 @@ import pytest
 from dataset_helpers import done_names, photo, rows, tokenize, write_folder
 from PIL import Image
 
-from service.cli import main
-from service.core.engine import Engine
-from service.dataset import load_tokens
-from service.dataset.writer import shard_meta
+from titok.cli import main
+from titok.core.engine import Engine
+from titok.dataset import load_tokens
+from titok.dataset.writer import shard_meta
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -136,7 +136,7 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
     folder = tmp_path / "pics"
     _big_photos(folder, 30)  # 10 shards of 3
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "service.cli", "tokenize", str(folder), "--out", str(out), "--model",
+    cmd = [sys.executable, "-m", "titok.cli", "tokenize", str(folder), "--out", str(out), "--model",
            str(tiny_artifact), "--device", "cpu", "--workers", "1", "--shard-size", "3", "--batch-size", "3",
            "--torch-threads", "1"]
     log = open(tmp_path / "killed.log", "wb")  # not a pipe: nothing may hold the test up after the kill
@@ -174,7 +174,7 @@ def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path
     folder = tmp_path / "pics"
     _big_photos(folder, 30)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "service.cli", "tokenize", str(folder), "--out", str(out), "--model",
+    cmd = [sys.executable, "-m", "titok.cli", "tokenize", str(folder), "--out", str(out), "--model",
            str(tiny_artifact), "--device", "cpu", "--workers", "2", "--shard-size", "3", "--batch-size", "3",
            "--torch-threads", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

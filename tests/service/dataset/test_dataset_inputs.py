@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dataset_helpers import photo, plain, write_folder, write_parquet, write_tar
 
-from service.dataset.inputs import DatasetError, expand_braces, iter_records, plan_shards, resolve_inputs
+from titok.dataset.inputs import DatasetError, expand_braces, iter_records, plan_shards, resolve_inputs
 
 
 def test_brace_ranges_keep_zero_padding_and_lists_expand() -> None:

@@ -13,11 +13,11 @@ import pytest
 from dataset_helpers import done_names, photo, plain, record, rows, tokenize, write_folder, write_parquet, write_tar
 from sample_images import exif_rotated_jpeg, header_only_png
 
-from service.core.codec import load_image
-from service.core.engine import Engine
-from service.dataset import load_tokens, read_dir_meta
-from service.dataset import writer as writer_module
-from service.dataset.inputs import DatasetError
+from titok.core.codec import load_image
+from titok.core.engine import Engine
+from titok.dataset import load_tokens, read_dir_meta
+from titok.dataset import writer as writer_module
+from titok.dataset.inputs import DatasetError
 
 
 def _mixed_inputs(tmp: Path) -> list[Path]:

@@ -11,9 +11,9 @@ from dataset_helpers import photo, rows, tokenize, write_folder
 from sample_images import all_formats, save, two_halves
 from service_helpers import make_settings
 
-from service.core.codec import Resize
-from service.core.engine import Engine
-from service.server.app import build_app
+from titok.core.codec import Resize
+from titok.core.engine import Engine
+from titok.server.app import build_app
 
 with warnings.catch_warnings():  # this starlette warns that httpx is deprecated for its TestClient
     warnings.simplefilter("ignore")

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from dataset_helpers import photo, record, rows, tokenize, write_folder, write_parquet, write_tar
 
-from service.core.engine import Engine
-from service.dataset.inputs import plan_shards
-from service.dataset.local import JobOptions
-from service.dataset.on_ray import run_ray
-from service.dataset.writer import job_meta, prepare_output
+from titok.core.engine import Engine
+from titok.dataset.inputs import plan_shards
+from titok.dataset.local import JobOptions
+from titok.dataset.on_ray import run_ray
+from titok.dataset.writer import job_meta, prepare_output
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install 'titok-service[ray]' (CI installs it)")
 ROOT = Path(__file__).resolve().parents[3]
@@ -72,8 +72,8 @@ def test_ray_data_writes_the_rows_of_the_local_job(tmp_path: Path, tiny_artifact
 def test_ray_with_a_target_psnr_writes_the_rows_of_the_local_job(tmp_path: Path, local_ray: None) -> None:
     from prefix_helpers import write_toy_prefix_artifact
 
-    from service.core.budgets import Budget
-    from service.dataset.local import run_local
+    from titok.core.budgets import Budget
+    from titok.dataset.local import run_local
 
     model = write_toy_prefix_artifact(tmp_path / "toy-prefix.pt")
     folder = write_folder(tmp_path / "pics", {f"{i}.png": photo(i) for i in range(7)} | {"bad.png": b"not a png"})
@@ -99,7 +99,7 @@ def test_ray_with_a_target_psnr_writes_the_rows_of_the_local_job(tmp_path: Path,
 @pytest.mark.slow
 def test_a_cluster_too_small_for_the_plan_is_refused_saying_what_it_lacks(tmp_path: Path, tiny_artifact: Path,
                                                                          engine: Engine, local_ray: None) -> None:
-    from service.dataset.inputs import DatasetError
+    from titok.dataset.inputs import DatasetError
 
     tar = write_tar(tmp_path / "a.tar", [("a.png", photo(1))])
     meta = job_meta(engine.model_info, "crop")
@@ -134,7 +134,7 @@ def test_no_progress_for_the_stall_timeout_stops_the_run_with_a_message(tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "RAY_USAGE_STATS_ENABLED": "0"}
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "service.cli", "tokenize", str(tar), "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "titok.cli", "tokenize", str(tar), "--out", str(tmp_path / "out"),
                            "--model", str(tiny_artifact), "--ray", "--ray-stall-timeout", "0.2"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
@@ -147,7 +147,7 @@ def test_no_progress_for_the_stall_timeout_stops_the_run_with_a_message(tmp_path
 def test_a_read_task_refuses_an_input_its_node_cannot_see(tmp_path: Path) -> None:
     from dataclasses import asdict
 
-    from service.dataset.on_ray import _read_and_decode
+    from titok.dataset.on_ray import _read_and_decode
 
     tar = write_tar(tmp_path / "a.tar", [("a.png", photo(1))])
     (shard,) = plan_shards([str(tar)])

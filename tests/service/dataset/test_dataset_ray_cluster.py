@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from dataset_helpers import done_names, photo, rows, tokenize, write_tar
 
-from service.core.engine import Engine
+from titok.core.engine import Engine
 
 pytest.importorskip("ray", reason="the ray extra: pip install 'titok-service[ray]' (CI installs it)")
 ROOT = Path(__file__).resolve().parents[3]

@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from dataset_helpers import done_names, photo, plain, record, rows, tokenize, write_folder, write_parquet, write_tar
 
-from service.core.engine import Engine
-from service.dataset import load_tokens
-from service.dataset.inputs import DatasetError, iter_records, plan_shards
-from service.dataset.local import JobOptions, run_local
-from service.dataset.parquet_pages import oversized_row_groups
-from service.dataset.progress import Progress
-from service.dataset.writer import ShardRows, job_meta, prepare_output
+from titok.core.engine import Engine
+from titok.dataset import load_tokens
+from titok.dataset.inputs import DatasetError, iter_records, plan_shards
+from titok.dataset.local import JobOptions, run_local
+from titok.dataset.parquet_pages import oversized_row_groups
+from titok.dataset.progress import Progress
+from titok.dataset.writer import ShardRows, job_meta, prepare_output
 
 
 def _errors(out: Path, name: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from PIL import Image
 from sample_images import all_formats
 from service_helpers import FakeEngine, make_settings
 
-from service.server.app import build_app
+from titok.server.app import build_app
 
 
 def test_encode_every_format_in_one_multipart_request(client: TestClient) -> None:

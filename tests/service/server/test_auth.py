@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_helpers import FakeEngine, make_settings, serving
 
-from service.keys import key_id, parse_keys
-from service.server.app import build_app
-from service.server.middleware import LogFormatter
-from service.settings import Settings
+from titok.keys import key_id, parse_keys
+from titok.server.app import build_app
+from titok.server.middleware import LogFormatter
+from titok.settings import Settings
 
 OLD, NEW = "old-key-0123456789abcdef", "new-key-fedcba9876543210"
 GUARDED = [("POST", "/encode"), ("POST", "/decode"), ("GET", "/info"), ("POST", "/ui/input"),

@@ -9,8 +9,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.errors import DeadlineExceeded, Draining, ModelError, QueueFull
-from service.server.batcher import Batcher
+from titok.errors import DeadlineExceeded, Draining, ModelError, QueueFull
+from titok.server.batcher import Batcher
 
 
 class HeldEngine:

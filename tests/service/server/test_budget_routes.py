@@ -26,10 +26,10 @@ from prefix_helpers import (  # noqa: F401  (prefix_artifact, tiny_prefix_artifa
 )
 from service_helpers import make_settings
 
-from service.core.arrays import NPY, read_npy, write_npy
-from service.core.budgets import MAX_TARGET_PSNR, max_search_decodes
-from service.core.engine import Engine, psnr
-from service.server.app import build_app
+from titok.core.arrays import NPY, read_npy, write_npy
+from titok.core.budgets import MAX_TARGET_PSNR, max_search_decodes
+from titok.core.engine import Engine, psnr
+from titok.server.app import build_app
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

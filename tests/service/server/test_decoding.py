@@ -18,11 +18,11 @@ from PIL import Image
 from sample_images import header_only_png
 from service_helpers import make_settings
 
-from service.core import codec
-from service.errors import DeadlineExceeded, InvalidImage, TooManyPixels
-from service.server import decoding
-from service.server.app import build_app
-from service.server.decoding import DecodeQueue
+from titok.core import codec
+from titok.errors import DeadlineExceeded, InvalidImage, TooManyPixels
+from titok.server import decoding
+from titok.server.app import build_app
+from titok.server.decoding import DecodeQueue
 
 
 def png(size: tuple[int, int], seed: int = 0) -> bytes:
@@ -154,7 +154,7 @@ def test_memory_of_big_decodes_goes_back_to_the_system(tmp_path: Path) -> None:
         import io
         from concurrent.futures import ThreadPoolExecutor
         from PIL import Image
-        from service.server import decoding
+        from titok.server import decoding
 
         def rss_mb():
             return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1]) / 1024

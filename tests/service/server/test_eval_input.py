@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sample_images import all_formats, save
 
-from model.data import load_center_crops
-from model.quality import psnr as eval_psnr
-from service.core.quality import psnr as service_psnr
+from titok.core.quality import psnr as service_psnr
+from titok.model.data import load_center_crops
+from titok.model.quality import psnr as eval_psnr
 
 
 def _structured(w: int, h: int) -> Image.Image:

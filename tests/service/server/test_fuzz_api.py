@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from service_helpers import make_settings, serving
 
-from service.server.app import build_app
+from titok.server.app import build_app
 
 KEY = "fuzz-key-0123456789abcdef"
 EXAMPLES = 100  # per operation and phase

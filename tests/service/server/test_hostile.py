@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving
 
-from service.server.app import build_app
+from titok.server.app import build_app
 
 BODY_TIMEOUT_S = 1.0
 BOUNDARY = "hostile"
@@ -100,7 +100,7 @@ def test_a_trickling_body_is_cut_at_the_deadline_not_kept_alive_by_each_byte(liv
 
 def test_an_unexpected_error_is_a_json_500_with_the_request_id(
         tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from service.core import codec
+    from titok.core import codec
 
     def broken(*args: object) -> None:
         raise RuntimeError("a bug")

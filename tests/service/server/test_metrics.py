@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sample_images import all_formats
 from service_helpers import make_settings
 
-from service.server.app import build_app
-from service.server.metrics import Metrics, batch_buckets
+from titok.server.app import build_app
+from titok.server.metrics import Metrics, batch_buckets
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from npy_strategies import npy_files
 from PIL import Image
 
-from service.core.artifact import read_meta
+from titok.core.artifact import read_meta
 
 NPY = "application/x-npy"
 

@@ -1,4 +1,4 @@
-"""`python -m service` as a real process: start-up failures, and a graceful SIGTERM with requests in flight."""
+"""`python -m titok` as a real process: start-up failures, and a graceful SIGTERM with requests in flight."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def env(**settings: str) -> dict[str, str]:
 
 
 def start_server(*args: str, **settings: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service", *args], env=env(**settings), cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "titok", *args], env=env(**settings), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -92,7 +92,7 @@ def test_sigterm_keeps_listening_for_the_grace_answers_everyone_finishes_queued_
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # A long batch delay keeps every early request queued until SIGTERM: draining must not wait it out.
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "titok.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             env=env(model_path=str(tiny_artifact), device="cpu", max_batch_delay_ms="10000",
                                     max_batch_size="64", torch_threads="1", codec_threads="1", drain_grace_s="3"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

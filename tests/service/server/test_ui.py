@@ -15,8 +15,8 @@ from PIL import Image
 from sample_images import all_formats, header_only_png, save, two_halves
 from service_helpers import make_settings, serving
 
-from service.core import codec
-from service.server.app import build_app
+from titok.core import codec
+from titok.server.app import build_app
 
 
 def test_the_page_and_its_files_are_served_with_a_self_only_policy(client: TestClient) -> None:

@@ -25,9 +25,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sample_images import save, two_halves
 from service_helpers import FakeEngine, make_settings, serving
 
-from model.quality import psnr
-from service.core import codec
-from service.server.app import build_app
+from titok.core import codec
+from titok.model.quality import psnr
+from titok.server.app import build_app
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "

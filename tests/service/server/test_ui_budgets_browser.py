@@ -19,9 +19,9 @@ from prefix_helpers import K, prefix_artifact  # noqa: F401  (a fixture)
 from service_helpers import make_settings, serving
 from test_ui_browser import PHOTO, browser, open_page, server_decode, shown_pixels, site  # noqa: F401  (fixtures)
 
-from service.core import codec
-from service.core.engine import Engine, psnr
-from service.server.app import build_app
+from titok.core import codec
+from titok.core.engine import Engine, psnr
+from titok.server.app import build_app
 
 
 @pytest.fixture(scope="module")
