@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from .core.engine import Engine
+from .core.models import model_argument
 from .errors import ModelLoadError
 from .server.app import build_app
 from .server.drain import DrainingServer
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "Settings come from TITOK_* environment variables (see service/settings.py).")
     parser.add_argument("--host", help="address to bind (default: TITOK_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: TITOK_PORT or 8000)")
-    parser.add_argument("--model", metavar="NAME_OR_PATH",
+    parser.add_argument("--model", type=model_argument, metavar="NAME_OR_PATH",
                         help="a Hugging Face Hub name (owner/name[@revision], see `titok models`) or an artifact "
                              "path (default: TITOK_MODEL, else TITOK_MODEL_PATH, else the bundled model)")
     args = parser.parse_args(argv)

@@ -149,3 +149,15 @@ def test_every_target_exists(target: str) -> None:
     names = [func_name] if func_name else ["add_args", "run"]
     for name in names:
         assert f"def {name}(" in source, f"{module_name} has no {name}()"
+
+
+@pytest.mark.parametrize("argv", [["serve", "--model", ""], ["serve", "--model", "  "],
+                                  ["tokenize", "photos", "--out", "out", "--model", ""],
+                                  ["detokenize", "out", "--out", "png", "--model", " "]])
+def test_an_empty_model_is_refused_not_read_as_the_default(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import titok.__main__
+
+    monkeypatch.setattr(titok.__main__, "serve", lambda *a, **k: 0)  # never listen, whatever the parse
+    assert cli.main(argv) == 2
+    assert "argument --model: is empty: give a Hugging Face Hub name" in capsys.readouterr().err

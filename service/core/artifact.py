@@ -33,11 +33,20 @@ _JIT_DEPRECATED = r".*torch\.jit.*deprecated.*"
 
 
 def resolve_device(device: str) -> str:
-    """auto -> cuda when present, else cpu; cuda without a device is an error."""
+    """auto -> cuda when present, else cpu; cpu, cuda and cuda:N are taken as they are.
+
+    Raises ModelLoadError for another name, or for cuda without a CUDA device.
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device cuda was asked for but no CUDA device is available (use auto or cpu)")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ModelLoadError(f"device {device!r} is not one of auto, cpu, cuda (or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device} was asked for but no CUDA device is available (use auto or cpu)")
     return device
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,6 +19,7 @@ from .errors import CoreError, ImageTooLarge, InvalidImage, InvalidTokens, Malfo
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")  # the file names of FORMATS: the one list
 Resize = Literal["crop", "pad", "stretch"]
+RESIZE_MODES: tuple[str, ...] = get_args(Resize)
 _ORIENTATION = 0x0112  # the EXIF tag
 # EXIF orientation -> the turn that shows the image upright (2..8; 1 and anything else: as stored)
 _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -77,8 +78,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             if stripped is None:
                 raise
             img = Image.open(io.BytesIO(stripped), formats=FORMATS)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"the image is too large to decode ({e})") from None
+    except Image.DecompressionBombError:  # over Pillow's own bound (2 x Image.MAX_IMAGE_PIXELS): name ours
+        bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageTooLarge(f"the image is too large: its header declares more than {bound} pixels; the limit is "
+                            f"{max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         reason = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"
         raise InvalidImage(f"the data starts like a {fmt} image but cannot be read; it may be truncated or "
@@ -188,8 +191,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX
 
 
+def check_resize(mode: object) -> None:
+    """Raise ValueError unless `mode` is one of RESIZE_MODES (crop, pad, stretch)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {mode!r}")
+
+
 def _resize(img: Image.Image, size: int, mode: Resize) -> Image.Image:
+    check_resize(mode)
     w, h = img.size
+    if min(w, h) == 0:
+        raise InvalidImage(f"the image is empty ({w} x {h} pixels)")
     if mode == "stretch":
         return img.resize((size, size), _RESAMPLE, reducing_gap=_REDUCING_GAP)
     if mode == "crop":  # shorter side to `size`, then the centre square
@@ -209,8 +221,10 @@ def fit(image: Image.Image | np.ndarray, size: int, resize: Resize = "crop") -> 
     image: a PIL image of any mode (turned upright by its EXIF orientation) or an array of samples of any
     numeric dtype, (H, W), (H, W, 1), (H, W, 3) or (H, W, 4). Samples become 8-bit by `to_uint8`'s rule,
     transparency becomes white, and the picture is resized (crop: shorter side, then the centre; pad: longer
-    side, centred on black; stretch: both sides). Raises InvalidImage for another shape or a non-numeric dtype.
+    side, centred on black; stretch: both sides). Raises InvalidImage for another shape, a non-numeric dtype or an
+    empty image; ValueError for a `resize` that is none of crop, pad, stretch.
     """
+    check_resize(resize)
     if isinstance(image, np.ndarray):
         a = to_uint8(image)
         if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):

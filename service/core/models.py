@@ -5,11 +5,21 @@ Only a name loads the hub code (titok.model.hub: huggingface_hub and the convert
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .errors import ModelLoadError
 
 __all__ = ["resolve_model"]
+
+
+def model_argument(text: str) -> str:
+    """argparse `type` for a --model option: the text as given; ArgumentTypeError for an empty or blank one (which
+    would otherwise mean "the default model" without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a Hugging Face Hub name (owner/name[@revision], see "
+                                         "`titok models`) or an artifact path, or leave the option out for the default")
+    return text
 
 
 def resolve_model(name_or_path: str | Path) -> Path:

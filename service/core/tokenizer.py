@@ -11,6 +11,7 @@ modes), and the model runs on the service's own Engine, so the tokens are those 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -22,7 +23,7 @@ from . import codec
 from .arrays import check_tokens
 from .artifact import ModelInfo
 from .engine import Engine
-from .errors import ImageTooLarge, InvalidImage
+from .errors import ImageTooLarge, InvalidArray, InvalidImage
 
 ImageInput = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
 DEFAULT_BATCH_SIZE = 32
@@ -40,6 +41,7 @@ class Tokenizer:
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        codec.check_resize(resize)
         self.engine = engine
         self.resize = resize
         self.batch_size = batch_size
@@ -68,9 +70,11 @@ class Tokenizer:
         Each image is a path (str or Path), encoded bytes, a PIL image or a uint8 array (H, W), (H, W, 3),
         (H, W, 4) of any size; a single image is a batch of one. `resize` (crop, pad, stretch; default the
         tokenizer's) fits it to S x S as /encode's `resize` does. A 4-D uint8 array (B, S, S, 3) is taken as it is.
-        Raises InvalidImage / ImageTooLarge (naming images[i]), FileNotFoundError for a missing path.
+        Raises InvalidImage / ImageTooLarge (naming images[i]; InvalidImage for `images` that is neither an image
+        nor a sequence), FileNotFoundError for a missing path, ValueError for an unknown `resize`.
         """
         mode = resize or self.resize
+        codec.check_resize(mode)
         s = self.info.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
             if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
@@ -78,7 +82,7 @@ class Tokenizer:
             batches: Iterable[np.ndarray] = (images[i:i + self.batch_size] for i in range(0, len(images),
                                                                                            self.batch_size))
         else:
-            items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+            items = [images] if _is_single(images) else _as_list(images)
             batches = self._pixel_batches(items, mode)
         out = [self.engine.run("encode", np.ascontiguousarray(b)) for b in batches]
         return np.concatenate(out) if out else np.empty((0, self.info.num_tokens), np.int64)
@@ -86,15 +90,46 @@ class Tokenizer:
     def decode(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
         """Token ids (B, K) or (K,) of any integer type -> uint8 (B, S, S, 3) (B = 1 for a single sequence).
 
-        Raises InvalidArray naming the first id outside [0, codebook_size), or a wrong shape or dtype.
+        A prefix-decodable model (info.prefix_decodable) takes (B, k) for any 1 <= k <= K too, and a list of
+        sequences of different lengths (row i decoded from its own first k_i tokens). Raises InvalidArray naming
+        the first id outside [0, codebook_size), or a wrong shape, length or dtype.
         """
-        a = np.asarray(tokens)
+        info = self.info
+        prefix = bool(getattr(self.engine, "prefix_decodable", False))
+        try:
+            a = np.asarray(tokens)
+        except ValueError:  # NumPy cannot make one array of sequences of different lengths
+            if not prefix:
+                raise InvalidArray(f"the token sequences have different lengths; send integer token ids of shape "
+                                   f"(B, {info.num_tokens})") from None
+            return self._decode_ragged(list(tokens))  # type: ignore[arg-type]
         if a.ndim == 1:
             a = a[None]
-        info = self.info
-        a = check_tokens(a, info.num_tokens, info.codebook_size, max(len(a), 1)).astype(np.int64)
+        a = check_tokens(a, info.num_tokens, info.codebook_size, max(len(a) if a.ndim else 1, 1),
+                         prefix=prefix).astype(np.int64)
         out = [self.engine.run("decode", a[i:i + self.batch_size]) for i in range(0, len(a), self.batch_size)]
         return np.concatenate(out)
+
+    def _decode_ragged(self, sequences: list[Sequence[int]]) -> np.ndarray:
+        """Sequences of different lengths (a prefix-decodable model): one decode per length, rows in order."""
+        by_length: dict[int, list[int]] = {}
+        for i, seq in enumerate(sequences):
+            try:
+                row = np.asarray(seq)
+            except ValueError:
+                row = np.empty((0, 0))
+            if row.ndim != 1:
+                raise InvalidArray(f"tokens[{i}] is not a flat sequence of token ids")
+            by_length.setdefault(row.shape[0], []).append(i)
+        out: list[np.ndarray | None] = [None] * len(sequences)
+        for rows in by_length.values():
+            try:
+                pixels = self.decode(np.asarray([sequences[i] for i in rows]))
+            except InvalidArray as e:
+                raise InvalidArray(_renumbered(e.message, rows)) from None
+            for j, i in enumerate(rows):
+                out[i] = pixels[j]
+        return np.stack(out)  # type: ignore[arg-type]
 
     def _pixel_batches(self, items: list[ImageInput], mode: codec.Resize) -> Iterator[np.ndarray]:
         s = self.info.image_size
@@ -131,6 +166,22 @@ class Tokenizer:
         i = self.info
         return (f"Tokenizer({i.name!r}, image_size={i.image_size}, num_tokens={i.num_tokens}, "
                 f"codebook_size={i.codebook_size}, device={self.engine.device!r})")
+
+
+def _renumbered(message: str, rows: list[int]) -> str:
+    """An InvalidArray message about a group of rows, with `tokens[j]` named by its index in the caller's list."""
+    found = re.match(r"tokens\[(\d+)\]", message)
+    if found is None:
+        return f"tokens[{rows[0]}]: {message}"
+    return f"tokens[{rows[int(found[1])]}]" + message[found.end():]
+
+
+def _as_list(images: object) -> list[ImageInput]:
+    try:
+        return list(images)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidImage(f"images must be one image (a path, bytes, a PIL image or a uint8 array) or a sequence "
+                           f"of them, not {type(images).__name__}") from None
 
 
 def _is_single(images: object) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from ..core.artifact import ModelInfo
 from ..core.codec import Resize
-from ..core.models import resolve_model
+from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
 from ..settings import Settings
 from .inputs import AUTO, DatasetError
@@ -33,8 +34,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NAME_OR_PATH", help="artifact path or Hugging Face Hub name (owner/name"
-                   "[@revision], see `titok models`) (default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--model", type=model_argument, metavar="NAME_OR_PATH",
+                   help="artifact path or Hugging Face Hub name (owner/name[@revision], see `titok models`) "
+                   "(default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
     p.add_argument("--device", help="auto (default, or TITOK_DEVICE), cpu or cuda")
     p.add_argument("--dtype", help="auto (default, or TITOK_DTYPE: bf16 where it measures faster; float32 with "
                    "--ray on CPUs, so that every actor agrees), float32 (exact tokens), bfloat16 or float16")
@@ -110,11 +112,16 @@ def _tokenize(args: argparse.Namespace) -> int:
     batch_size = settings.max_batch_size if args.batch_size is None else args.batch_size
     max_pixels = settings.max_image_pixels if args.max_image_pixels is None else args.max_image_pixels
     max_bytes = settings.max_upload_bytes if args.max_image_bytes is None else args.max_image_bytes
-    if min(batch_size, args.concurrency, max_pixels, max_bytes) < 1 or args.workers < 0:
-        raise DatasetError("--batch-size, --concurrency, --max-image-pixels and --max-image-bytes must be at least 1; "
-                           "--workers >= 0")
-    if args.ray_stall_timeout <= 0:
-        raise DatasetError("--ray-stall-timeout must be positive")
+    counts = {"--batch-size": batch_size, "--concurrency": args.concurrency, "--max-image-pixels": max_pixels,
+              "--max-image-bytes": max_bytes}
+    for option, value in counts.items():
+        if value < 1:
+            raise DatasetError(f"{option} is {value}; it must be at least 1")
+    if args.workers < 0:
+        raise DatasetError(f"--workers is {args.workers}; it must be 0 or more")
+    if not math.isfinite(args.ray_stall_timeout) or args.ray_stall_timeout <= 0:
+        raise DatasetError(f"--ray-stall-timeout is {args.ray_stall_timeout}; it must be a finite number of seconds "
+                           "above 0")
     shards = plan_shards(args.inputs, args.shard_size, args.image_column)  # every input checked before any work
     from .local import JobOptions
 

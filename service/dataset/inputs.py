@@ -388,6 +388,18 @@ def _image_choice(sample: _Sample, column: str) -> tuple[str | None, str]:
     return None, f"the sample has no {f'.{column} file' if column != AUTO else 'image'} (its files: {files})"
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """A header block cut short or not a header at all, after the first member, ends a tar silently in Python's
+    tarfile (it reads as the end of the archive); here it is an error, so a truncated archive says so."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            raise tarfile.SubsequentHeaderError(f"a member header is {e}") from None
+
+
 def iter_tar(source: str | Path, column: str = AUTO,
              max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Record]:
     """A WebDataset tar's samples as records, streamed: one record per sample (its image by the module's rule,
@@ -400,6 +412,7 @@ def iter_tar(source: str | Path, column: str = AUTO,
     count = 0
     seen: set[str] = set()
     sample: _Sample | None = None
+    reading = False
 
     def close(s: _Sample) -> Record:
         ext, why = _image_choice(s, column)
@@ -408,7 +421,7 @@ def iter_tar(source: str | Path, column: str = AUTO,
         return _with_key(s.images[ext], s.key)
 
     try:
-        with tarfile.open(source, mode="r|*") as tar:  # streamed: one pass, no index, bounded memory
+        with tarfile.open(source, mode="r|*", tarinfo=_StrictTarInfo) as tar:  # streamed: one pass, bounded memory
             for member in tar:
                 tar.members = []  # tarfile keeps every TarInfo it has read (~400 bytes a member), even streamed
                 if member.isdir():
@@ -431,6 +444,11 @@ def iter_tar(source: str | Path, column: str = AUTO,
                         continue
                     seen.add(key)
                     sample = _Sample(key)
+                if ext in sample.exts:  # the same file twice in one sample: keep the first, say so of the second
+                    yield Record(key, None, f"member {member.name} repeats {ext!r} of sample {key!r}; the first is "
+                                            "kept")
+                    count += 1
+                    continue
                 sample.exts.append(ext)
                 final = ext.rpartition(".")[2]
                 if (target is None and (ext in IMAGE_EXTS or final in IMAGE_EXTS)) or (target and (
@@ -439,11 +457,16 @@ def iter_tar(source: str | Path, column: str = AUTO,
                     if reason:
                         sample.images[ext] = Record(key, None, reason)
                     else:
+                        reading = True  # a failure from here on leaves this sample incomplete
                         f = tar.extractfile(member)
                         sample.images[ext] = Record(key, f.read() if f else b"")
+                        reading = False
             if sample is not None:
                 yield close(sample)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        if sample is not None and not reading:  # whole: the failure is in the next member's header
+            yield close(sample)
+            count += 1
         yield Record("", None, f"the tar archive is truncated or corrupt after {count} samples ({e})")
 
 

@@ -52,17 +52,25 @@ def budget_from_query(request: Request, engine: Any) -> Budget:
     target: float | None = None
     if values["num_tokens"] is not None:
         try:
-            num_tokens = int(values["num_tokens"])
+            num_tokens = int(_plain(values["num_tokens"]))
         except ValueError:
             raise InvalidBudget(f"num_tokens is {_shown(values['num_tokens'])}; it must be an integer in "
                                 f"[1, {max_tokens}]") from None
     if values["target_psnr"] is not None:
         try:
-            target = float(values["target_psnr"])
+            target = float(_plain(values["target_psnr"]))
         except ValueError:
             raise InvalidBudget(f"target_psnr is {_shown(values['target_psnr'])}; it must be a number of dB in "
                                 f"(0, {MAX_TARGET_PSNR:g}]") from None
     return check_budget(num_tokens, target, max_tokens, getattr(engine, "prefix_decodable", False), engine.name)
+
+
+def _plain(value: str) -> str:
+    """`value` when it is written as the schema's integer or number is; ValueError for what Python's int() and
+    float() take beyond that (digit separators "1_0", surrounding spaces, non-ASCII digits)."""
+    if not value.isascii() or "_" in value or value.strip() != value:
+        raise ValueError(value)
+    return value
 
 
 def _shown(value: str) -> str:

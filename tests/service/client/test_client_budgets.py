@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,31 @@ def test_a_fixed_length_model_refuses_a_budget_through_the_client(live_url: str)
         assert refused.value.status == 422 and refused.value.code == "not_prefix_decodable"
         with pytest.raises(ValueError, match="tokens\\[1\\] must be a flat sequence"):
             client.decode([[1, 2], [[3]]])
+
+
+def test_titok_encode_takes_a_budget_and_decode_takes_its_answer_back(prefix_url: str, engine: Engine,
+                                                                    tmp_path: Path, capsys) -> None:
+    from titok.client.cli import decode_main, encode_main
+
+    images = banded_images(2, seed=5)
+    files = [tmp_path / f"{i}.png" for i in range(2)]
+    for f, im in zip(files, images, strict=True):
+        Image.fromarray(im).save(f)
+    full = engine.run("encode", images)
+    assert encode_main([*map(str, files), "--url", prefix_url, "--num-tokens", "3"]) == 0
+    fixed = json.loads(capsys.readouterr().out)
+    assert fixed["num_tokens"] == 3 and fixed["tokens"] == full[:, :3].tolist()
+    assert encode_main([*map(str, files), "--url", prefix_url, "--target-psnr", "12"]) == 0
+    target = json.loads(capsys.readouterr().out)
+    expected = [next(k for k, p in enumerate(psnr_by_k(engine, im), 1) if p >= 12.0) for im in images]
+    assert target["num_tokens"] == expected and target["target_psnr"] == 12.0 and all(target["reached"])
+    assert target["tokens"] == [full[i, :k].tolist() for i, k in enumerate(expected)] and len(target["psnr"]) == 2
+    (tmp_path / "target.json").write_text(json.dumps(target))
+    assert decode_main(["--tokens", f"@{tmp_path / 'target.json'}", "--out", str(tmp_path / "r.png"),
+                        "--url", prefix_url]) == 0
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == ["r-0.png", "r-1.png"]
+    capsys.readouterr()
+    assert encode_main([str(files[0]), "--url", prefix_url, "--num-tokens", str(K + 1)]) == 1
+    assert f"422 num_tokens is {K + 1}; it must be in [1, {K}]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not both
+        encode_main([str(files[0]), "--num-tokens", "2", "--target-psnr", "10"])

@@ -94,3 +94,24 @@ def test_the_api_key_from_an_option_or_the_environment(tiny_artifact: Path, tmp_
         monkeypatch.setenv("TITOK_API_KEY", key)
         assert decode_main(["--tokens", json.dumps(tokens), "--out", str(tmp_path / "r.png"), "--url", url]) == 0
         assert (tmp_path / "r.png").exists()
+
+
+def test_an_unwritable_out_is_named_in_one_line(live_url: str, tmp_path: Path, capsys) -> None:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(image)
+    assert encode_main([str(image), "--url", live_url]) == 0
+    (tmp_path / "tokens.json").write_text(capsys.readouterr().out)
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path, tmp_path / "file" / "x.png"):  # a folder; a path under a file
+        assert decode_main(["--tokens", f"@{tmp_path / 'tokens.json'}", "--out", str(out), "--url", live_url]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot write {out}") and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "soon"])
+def test_a_timeout_that_is_no_duration_is_refused_by_name(timeout: str, tmp_path: Path, capsys) -> None:
+    for main, args in ((encode_main, [str(tmp_path / "a.png")]), (decode_main, ["--tokens", "[1]", "--out", "x.png"])):
+        with pytest.raises(SystemExit) as stopped:
+            main([*args, "--timeout", timeout, "--url", "http://127.0.0.1:9"])
+        assert stopped.value.code == 2
+        assert f"argument --timeout: '{timeout}' is not a number of seconds above 0" in capsys.readouterr().err

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from titok.core.artifact import ModelInfo, load_artifact, read_meta, save_artifact, to_compute_dtype, token_dtype
+from titok.core.artifact import (
+    ModelInfo,
+    load_artifact,
+    read_meta,
+    resolve_device,
+    save_artifact,
+    to_compute_dtype,
+    token_dtype,
+)
 from titok.core.engine import Engine
 from titok.errors import ModelLoadError
 
@@ -118,3 +126,16 @@ def test_a_cast_can_be_undone_exactly(tiny_artifact: Path) -> None:
     restore_weights(snapshot)
     after = module.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("device", ["tpu", "", "cuda:x", "mps"])
+def test_an_unknown_device_is_named_before_the_artifact_is_read(device: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"^device .* is not one of auto, cpu, cuda \(or cuda:N\)$"):
+        resolve_device(device)
+    with pytest.raises(ModelLoadError, match="is not one of auto, cpu, cuda"):  # not "not a valid TorchScript artifact"
+        Engine.load(tmp_path / "missing.pt", device)
+
+
+def test_cpu_and_auto_resolve() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")

@@ -276,3 +276,24 @@ def test_png_round_trip() -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     for level in (0, 1, 9):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(pixels, level)))), pixels)
+
+
+def test_an_image_over_pillows_own_bound_names_the_services_limit() -> None:
+    data = header_only_png(2**31 - 1, 2**31 - 1)  # far past Pillow's decompression-bomb bound, refused at open
+    with pytest.raises(ImageTooLarge, match=r"more than \d+ pixels; the limit is 50000000 pixels") as refused:
+        load_image(data, 32, max_pixels=50_000_000)
+    assert "bomb" not in refused.value.message
+
+
+@pytest.mark.parametrize("image", [np.zeros((8, 8, 3), np.uint8), np.zeros((32, 32, 3), np.uint8), solid()])
+def test_an_unknown_resize_mode_is_refused_not_padded(image) -> None:
+    with pytest.raises(ValueError, match="resize must be one of crop, pad, stretch, not 'bogus'"):
+        fit(image, 32, "bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="resize must be one of"):
+        load_image(save(solid(), "PNG"), 32, "bogus")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (5, 0)])
+def test_an_empty_pil_image_is_refused(size: tuple[int, int]) -> None:
+    with pytest.raises(InvalidImage, match="the image is empty"):
+        fit(Image.new("RGB", size), 32)

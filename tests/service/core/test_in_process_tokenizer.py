@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prefix_helpers import banded_images, prefix_artifact  # noqa: F401  (prefix_artifact: fixture)
 from sample_images import all_formats, save
 
 from titok.core.errors import InvalidArray, InvalidImage, ModelLoadError
@@ -112,3 +113,35 @@ def test_bad_input_is_named(tok: Tokenizer, tmp_path: Path) -> None:
 def test_load_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=f"model file not found: {tmp_path / 'nope.pt'}"):
         Tokenizer.load(tmp_path / "nope.pt", device="cpu")
+
+
+def test_wrong_kinds_of_input_raise_the_documented_errors(tok: Tokenizer, tiny_artifact: Path) -> None:
+    with pytest.raises(InvalidArray, match=r"different lengths; send integer token ids of shape \(B, 8\)"):
+        tok.decode([[1, 2], [3]])
+    with pytest.raises(InvalidArray, match="dtype object"):
+        tok.decode(None)  # type: ignore[arg-type]
+    for junk in (None, 5):
+        with pytest.raises(InvalidImage, match=f"images must be one image .* or a sequence of them, not "
+                                               f"{type(junk).__name__}"):
+            tok.encode(junk)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="resize must be one of crop, pad, stretch, not 'bogus'"):
+        tok.encode(_structured(40, 40), resize="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="resize must be one of"):
+        Tokenizer(tok.engine, resize="bogus")  # type: ignore[arg-type]
+
+
+def test_a_prefix_decodable_model_decodes_prefixes_and_ragged_lists(prefix_artifact: Path) -> None:  # noqa: F811
+    with Tokenizer.load(prefix_artifact, device="cpu", dtype="float32", batch_size=2) as tk:
+        images = banded_images(3, seed=2)
+        full = tk.encode(images)
+        assert np.array_equal(tk.decode(full[:, :3]), tk.engine.run("decode", full[:, :3]))
+        ragged = [full[0, :2].tolist(), full[1].tolist(), full[2, :2].tolist()]
+        got = tk.decode(ragged)
+        for i, row in enumerate(ragged):
+            assert np.array_equal(got[i], tk.engine.run("decode", np.array([row]))[0])
+        with pytest.raises(InvalidArray, match=r"^tokens\[2\]\[1\] is 99; token ids must be in \[0, 64\)"):
+            tk.decode([full[0, :2].tolist(), full[1].tolist(), [1, 99]])
+        with pytest.raises(InvalidArray, match=r"^tokens\[1\] is not a flat sequence"):
+            tk.decode([[1, 2], 3])
+        with pytest.raises(InvalidArray, match=r"^tokens\[1\]: .*shape \(1, 9\)"):
+            tk.decode([[1, 2], list(range(9))])

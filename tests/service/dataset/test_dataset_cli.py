@@ -50,6 +50,15 @@ def test_bad_options_are_refused_with_a_reason(tmp_path: Path, tiny_artifact: Pa
     assert "--dtype" in capsys.readouterr().err
     assert main([*base, "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+    for option, value, words in [("--max-image-bytes", "0", "--max-image-bytes is 0; it must be at least 1"),
+                                 ("--concurrency", "-1", "--concurrency is -1; it must be at least 1"),
+                                 ("--workers", "-2", "--workers is -2; it must be 0 or more"),
+                                 ("--ray-stall-timeout", "nan", "--ray-stall-timeout is nan; it must be a finite"),
+                                 ("--ray-stall-timeout", "inf", "--ray-stall-timeout is inf; it must be a finite"),
+                                 ("--ray-stall-timeout", "-5", "--ray-stall-timeout is -5.0; it must be a finite")]:
+        assert main([*base, option, value]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     assert main([*base, "--resize", "zoom"]) == 2  # argparse: invalid choice
     assert main(["tokenize", str(folder), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no.pt")]) == 2
     assert "model file not found" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,32 @@ def test_inputs_with_the_same_name_get_distinct_shards(tmp_path: Path) -> None:
     names = [s.name for s in plan_shards([str(a), str(b)])]
     assert len(set(names)) == 2 and all(n.startswith("x-") for n in names)
     assert [s.name for s in plan_shards([str(b)])] == names[1:]  # a name does not depend on the other inputs
+
+
+@pytest.mark.parametrize("cut", [100, 300, 511])
+def test_a_tar_cut_inside_a_member_header_is_an_error_not_a_short_archive(tmp_path: Path, cut: int) -> None:
+    tar = write_tar(tmp_path / "t.tar", [(f"{i}.png", photo(i, size=(8, 8))) for i in range(3)])
+    members = tarfile.open(tar).getmembers()
+    data = tar.read_bytes()
+    tar.write_bytes(data[: members[1].offset + cut])  # member 0 whole, member 1's header block cut short
+    records = list(iter_records(plan_shards([str(tar)])[0]))
+    assert [r.key for r in records if not r.error] == ["0"]
+    assert records[-1].key == "" and "truncated or corrupt after 1 samples" in records[-1].error
+
+
+def test_junk_after_a_member_is_an_error_not_the_end(tmp_path: Path) -> None:
+    tar = write_tar(tmp_path / "t.tar", [(f"{i}.png", photo(i, size=(8, 8))) for i in range(2)])
+    members = tarfile.open(tar).getmembers()
+    data = bytearray(tar.read_bytes())
+    data[members[1].offset:members[1].offset + 512] = b"\x07" * 512  # member 1's header: no header at all
+    tar.write_bytes(bytes(data))
+    records = list(iter_records(plan_shards([str(tar)])[0]))
+    assert [r.key for r in records if not r.error] == ["0"] and "truncated or corrupt" in records[-1].error
+
+
+def test_a_file_repeated_in_one_sample_is_an_error_line_and_the_first_is_kept(tmp_path: Path) -> None:
+    tar = write_tar(tmp_path / "t.tar", [("a.png", photo(1)), ("a.png", photo(2)), ("b.png", photo(3))])
+    records = list(iter_records(plan_shards([str(tar)])[0]))
+    assert [(r.key, r.data, r.error) for r in records] == [
+        ("a", None, "member a.png repeats 'png' of sample 'a'; the first is kept"), ("a", photo(1), ""),
+        ("b", photo(3), "")]

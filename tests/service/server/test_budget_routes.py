@@ -182,6 +182,11 @@ PREFIX_CASES: list[tuple[str, dict[str, Any], str, int, str, str]] = [
     ("infinite target", {"target_psnr": "inf"}, "json", 422, "invalid_budget", "(0, 100]"),
     ("absurd target", {"target_psnr": "1e6"}, "json", 422, "invalid_budget", "(0, 100]"),
     ("target a word", {"target_psnr": "high"}, "json", 422, "invalid_budget", "(0, 100]"),
+    ("num_tokens with a digit separator", {"num_tokens": "1_0"}, "json", 422, "invalid_budget", "an integer in"),
+    ("num_tokens with spaces", {"num_tokens": " 2"}, "json", 422, "invalid_budget", "an integer in"),
+    ("num_tokens in other digits", {"num_tokens": "\u0663"}, "json", 422, "invalid_budget", "an integer in"),
+    ("target with a digit separator", {"target_psnr": "2_0"}, "json", 422, "invalid_budget", "(0, 100]"),
+    ("target with spaces", {"target_psnr": "20 "}, "json", 422, "invalid_budget", "(0, 100]"),
     ("target as .npy", {"target_psnr": "20"}, "npy", 406, "not_acceptable", "ask for JSON"),
 ]
 
