@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..core.artifact import ModelInfo
+from ..core.artifact import DTYPES, ModelInfo, read_meta
 from ..core.codec import Resize
 from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
@@ -104,6 +104,21 @@ def _budget(args: argparse.Namespace, info: ModelInfo) -> typing.Any:
             from None
 
 
+def _dtype_of_the_run(out: Path, dtype: str, content_hash: str) -> str:
+    """`auto` on a rerun into a directory whose shards this model made: their compute dtype, so that one output
+    holds tokens of one dtype (a timed probe could answer otherwise this time). Else `dtype` as given."""
+    from .reader import read_dir_meta
+
+    if dtype != "auto":
+        return dtype
+    try:
+        before = read_dir_meta(out)
+    except DatasetError:  # no complete shard yet (or a mix the job will refuse anyway)
+        return dtype
+    kept = before.get("compute_dtype")
+    return kept if before.get("content_hash") == content_hash and kept in DTYPES else dtype
+
+
 def _tokenize(args: argparse.Namespace) -> int:
     from .inputs import plan_shards
     from .writer import job_meta, prepare_output
@@ -127,7 +142,6 @@ def _tokenize(args: argparse.Namespace) -> int:
 
     out = args.out.resolve()  # every path is resolved here, on the driver: Ray's workers have other working dirs
     if args.ray:
-        from ..core.artifact import read_meta
         from .on_ray import run_ray
 
         model = Path(settings.model_path).resolve()
@@ -138,7 +152,8 @@ def _tokenize(args: argparse.Namespace) -> int:
         # answer differently, mixing tokens of two dtypes in one output. So under Ray it is float32 there (ask
         # for bfloat16 where the nodes have matrix units); on CUDA `auto` is a fixed rule (bf16 where supported).
         gpus = args.num_gpus if args.num_gpus is not None else (1.0 if settings.device == "cuda" else 0.0)
-        dtype = "float32" if settings.dtype == "auto" and not gpus else settings.dtype
+        dtype = _dtype_of_the_run(out, settings.dtype, info.content_hash)
+        dtype = "float32" if dtype == "auto" and not gpus else dtype
         meta = job_meta(info, args.resize, budget, compute_dtype=dtype)
         prepare_output(out, meta, args.overwrite)
         summary = run_ray(shards, model, settings.device, dtype, meta, opts, args.ray_address,
@@ -147,7 +162,8 @@ def _tokenize(args: argparse.Namespace) -> int:
         from ..core.engine import Engine
         from .local import run_local
 
-        engine = Engine.load(settings.model_path, settings.device, settings.dtype, args.torch_threads)
+        dtype = _dtype_of_the_run(out, settings.dtype, ModelInfo.from_meta(read_meta(settings.model_path)).content_hash)
+        engine = Engine.load(settings.model_path, settings.device, dtype, args.torch_threads)
         try:
             budget = _budget(args, engine.model_info)
             opts = JobOptions(out, args.resize, batch_size, args.workers, max_pixels, max_bytes, budget=budget)

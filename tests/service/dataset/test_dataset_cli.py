@@ -64,6 +64,25 @@ def test_bad_options_are_refused_with_a_reason(tmp_path: Path, tiny_artifact: Pa
     assert "model file not found" in capsys.readouterr().err
 
 
+def test_a_rerun_with_dtype_auto_keeps_the_dtype_the_directory_was_made_in(
+        tmp_path: Path, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # auto is a timed probe: a rerun (more inputs, or a resume) must not mix its answer with the first run's
+    first = write_folder(tmp_path / "a", {f"{i}.png": photo(i) for i in range(3)})
+    second = write_folder(tmp_path / "b", {f"{i}.png": photo(10 + i) for i in range(3)})
+    out = tmp_path / "out"
+    base = ["tokenize", "--out", str(out), "--model", str(tiny_artifact), "--device", "cpu", "--workers", "0"]
+    assert main([*base[:1], str(first), *base[1:], "--dtype", "bfloat16"]) == 0
+    monkeypatch.setenv("TITOK_DTYPE", "auto")
+    monkeypatch.setattr("titok.core.engine.PROBE_MARGIN", 1e9)  # this time the probe would answer float32
+    assert main([*base[:1], str(first), str(second), *base[1:]]) == 0
+    assert len(list(out.glob("*.parquet"))) == 2
+    assert {shard_meta(p)["compute_dtype"] for p in out.glob("*.parquet")} == {"bfloat16"}
+    # an explicit dtype is still honoured
+    again = [*base[:1], str(first), str(second), *base[1:], "--dtype", "float32", "--out", str(tmp_path / "o2")]
+    assert main(again) == 0
+    assert {shard_meta(p)["compute_dtype"] for p in (tmp_path / "o2").glob("*.parquet")} == {"float32"}
+
+
 def test_tokenize_then_detokenize_chosen_rows(tmp_path: Path, tiny_artifact: Path, engine: Engine,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     folder = write_folder(tmp_path / "pics", {f"sub/{i}.png": photo(i) for i in range(5)})
