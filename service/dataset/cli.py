@@ -183,6 +183,10 @@ def _run(prog: str, parser: argparse.ArgumentParser, body: typing.Callable[[argp
         return body(args)
     except (DatasetError, ModelLoadError) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
+        if getattr(e, "exit_hard", False):  # a Ray run this process started failed under Ray Data's threads
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; the shards already written are kept (a rerun resumes)\n")

@@ -210,6 +210,7 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job's own bar says it once
     progress = Progress(sum(s.size_bytes for s in todo), len(todo))
     collector = _Collector(todo, meta, opts.out, summary, progress)
+    pumping = False  # Ray Data's threads are running: from then on, shutting Ray down races them
     try:
         check_cluster(ray.cluster_resources(), concurrency, num_gpus)
         model_ref = ray.put(Path(model).read_bytes())
@@ -225,6 +226,7 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
         inbox: queue.Queue[Any] = queue.Queue(maxsize=8)
         threading.Thread(target=_pump, args=(ds.iter_batches(batch_size=None, batch_format="numpy"), inbox),
                          name="ray-rows", daemon=True).start()
+        pumping = True
         while True:
             try:
                 kind, value = inbox.get(timeout=stall_timeout_s)
@@ -249,10 +251,14 @@ def run_ray(shards: list[Shard], model: Path, device: str, dtype: str, meta: dic
         _quiet_ray()
         progress.close()
         raise
-    except BaseException:
+    except BaseException as e:
         _quiet_ray()
         progress.close()
-        if started_here:
+        if started_here and pumping:
+            # As for Ctrl-C: a ray.shutdown() under Ray Data's running threads can end the process (exit 1)
+            # before the error is said; the caller says it, then exits at once (exit_hard).
+            e.exit_hard = True  # type: ignore[attr-defined]
+        elif started_here:
             ray.shutdown()
         raise
     progress.close()
