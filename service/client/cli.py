@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..core.codec import RESIZE_MODES
 from .core import DEFAULT_URL, TargetTokens, TitokError
 from .sync import TitokClient
 
@@ -44,7 +45,7 @@ def encode_main(argv: list[str] | None = None) -> int:
                                 "/encode's JSON answer (model, content_hash, num_tokens, codebook_size, tokens: one "
                                 "sequence per file, in order) plus the files.")
     p.add_argument("files", nargs="+", type=Path, help="image files (PNG, JPEG, WebP, GIF, BMP, TIFF)")
-    p.add_argument("--resize", choices=("crop", "pad", "stretch"), default="crop",
+    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="fitting the image to the model's square: crop (default) scales the shorter side and "
                         "keeps the centre; pad scales the longer side and pads with black; stretch scales both")
     budget = p.add_mutually_exclusive_group()

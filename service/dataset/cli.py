@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..core.artifact import DTYPES, ModelInfo, read_meta
-from ..core.codec import Resize
+from ..core.codec import RESIZE_MODES
 from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
 from ..settings import Settings
@@ -51,7 +51,7 @@ def tokenize_parser() -> argparse.ArgumentParser:
                         "'shards/train-{000000..000099}.tar' are expanded (quote them)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     _model_args(p)
-    p.add_argument("--resize", default="crop", choices=typing.get_args(Resize),
+    p.add_argument("--resize", default="crop", choices=RESIZE_MODES,
                    help="as /encode's ?resize=: crop (default), pad or stretch")
     p.add_argument("--batch-size", type=int,
                    help=f"images per model call (default: TITOK_MAX_BATCH_SIZE, {_DEFAULTS['max_batch_size'].default})")
