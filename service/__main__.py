@@ -41,7 +41,8 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         return 2
     configure_logging(settings.log_format)
     try:
-        engine = Engine.load(settings.model_source, settings.device, settings.dtype, settings.torch_threads)
+        engine = Engine.load(settings.model_source, settings.device, settings.dtype, settings.torch_threads,
+                             workers=settings.model_workers)
     except ModelLoadError as e:
         sys.stderr.write(f"titok serve: {e}\n")
         return 2

@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(
         200_000_000, ge=1, description="Most decoded pixels (width x height, summed over its images) in one request, "
         "checked from the image headers before decoding (413).")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0: the number of CPU cores.")
+    model_workers: int = Field(
+        0, ge=0, le=64, description="Model calls (batches) that may run at once; 0: 1 on a GPU, on a CPU one per "
+        "core up to 2.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads of each model call; 0: the CPU cores "
+                                                    "shared out among the model workers.")
     codec_threads: int = Field(
         0, ge=0, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
     png_compress_level: int = Field(

@@ -35,6 +35,7 @@ Op = Literal["encode", "decode", "roundtrip"]
 DTYPE_CHOICES = ("auto", *DTYPES)  # TITOK_DTYPE: auto picks by a timed probe at start-up (Engine.choose_dtype)
 PROBE_BATCH = 8  # images per probe call: large enough for the matrix units, small enough for a short start-up
 PROBE_REPEATS = 2  # timed calls per direction and dtype, after one untimed warm-up call
+MAX_CPU_WORKERS = 2  # see default_workers
 PROBE_MARGIN = 1.05  # on CPU, bf16 is chosen by auto only when it is at least 5% faster than fp32 (noise guard)
 
 
@@ -54,11 +55,22 @@ def cpu_flags() -> list[str]:
     return [w for w in wanted if w in flags]
 
 
+def default_workers(device: str) -> int:
+    """Model calls that run at once by default: one on a GPU; on a CPU, one per core up to MAX_CPU_WORKERS.
+
+    Measured on 2 cores in bf16 (README, "Compute dtype and speed"): two calls of one thread each kept both cores
+    busy where one call of two threads waited on its own barriers and on the codec and HTTP threads beside it.
+    """
+    if device.startswith("cuda"):
+        return 1
+    return max(1, min(MAX_CPU_WORKERS, os.cpu_count() or 1))
+
+
 class Engine:
-    """Runs encode/decode batches on one thread; callers pass and get numpy arrays."""
+    """Runs encode/decode batches on `workers` threads (one model call each); callers pass and get numpy arrays."""
 
     def __init__(self, module: Any, meta: dict[str, Any], device: str = "cpu", dtype: str = "float32",
-                 torch_threads: int = 0) -> None:
+                 torch_threads: int = 0, workers: int = 1) -> None:
         self.module = module
         self.meta = meta
         self.device = device
@@ -67,26 +79,30 @@ class Engine:
         self.name, self.image_size, self.num_tokens = info.name, info.image_size, info.num_tokens
         self.codebook_size, self.content_hash = info.codebook_size, info.content_hash
         self.prefix_decodable = info.prefix_decodable  # decode takes any first 1 <= k <= K tokens
-        self.torch_threads = torch_threads or os.cpu_count() or 1
+        self.workers = max(1, workers)
+        # Threads per model call: the cores shared out among the workers unless set.
+        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
         self.dtype_probe: dict[str, Any] = {"requested": dtype, "chosen": dtype, "images_per_s": {}}
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titok-model",
+        self._thread = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="titok-model",
                                           initializer=torch.set_num_threads, initargs=(self.torch_threads,))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto", torch_threads: int = 0,
-             probe_batch: int = PROBE_BATCH) -> Engine:
+             probe_batch: int = PROBE_BATCH, workers: int = 1) -> Engine:
         """Load the artifact in fp32, then settle the compute dtype by choose_dtype() (a timed probe).
 
         path: an artifact path or a Hub name (owner/name[@revision], see models.resolve_model).
         dtype: auto (the fastest the device supports well), float32, bfloat16 or float16 (honoured on every
         device; a warning when the probe measured it slower). Raises ModelLoadError for an unknown dtype or a
-        model that cannot be loaded.
+        model that cannot be loaded. workers: model calls that may run at once (1 for a caller that waits for each
+        call, as the dataset job and Tokenizer do; 0: default_workers(device), as the service does), each on
+        torch_threads threads (0: the cores shared out among them).
         """
         if dtype not in DTYPE_CHOICES:
             raise ModelLoadError(f"TITOK_DTYPE={dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
         dev = resolve_device(device)
         module, meta = load_artifact(resolve_model(path), dev, "float32")
-        engine = cls(module, meta, dev, "float32", torch_threads)
+        engine = cls(module, meta, dev, "float32", torch_threads, workers or default_workers(dev))
         engine.choose_dtype(dtype, probe_batch)
         return engine
 
@@ -201,6 +217,7 @@ class Engine:
                 "codebook_size": self.codebook_size, "content_hash": self.content_hash,
                 "prefix_decodable": self.prefix_decodable, "device": self.device,
                 "dtype": self.dtype, "dtype_probe": self.dtype_probe, "torch_threads": self.torch_threads,
+                "model_workers": self.workers,
                 "meta": {k: v for k, v in self.meta.items() if k not in (*REQUIRED_META, "content_hash")}}
 
     def close(self) -> None:

@@ -66,7 +66,8 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         log.log(logging.INFO if settings.api_keys else logging.WARNING, describe(settings.api_keys,
                                                                                 settings.metrics_auth))
         eng = engine or await asyncio.to_thread(
-            Engine.load, settings.model_source, settings.device, settings.dtype, settings.torch_threads)
+            Engine.load, settings.model_source, settings.device, settings.dtype, settings.torch_threads,
+            workers=settings.model_workers)
         state.engine = eng
         # As many codec threads as cores by default: with the model in bf16 the codec is the larger share of an
         # /encode of photos, and measured on 2 cores (scripts/service_speed.py) 2 codec threads beside 2 torch
@@ -78,7 +79,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
             await asyncio.to_thread(eng.warmup, settings.max_batch_size)
         metrics.set_model_info(eng.info())
         state.batcher = Batcher(eng, settings.max_batch_size, settings.max_batch_delay_ms, settings.max_queue_size,
-                                metrics)
+                                metrics, concurrency=getattr(eng, "workers", 1))
         state.batcher.start()
         state.ready = not state.draining
         metrics.ready.set(int(state.ready))
@@ -96,8 +97,10 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
 
     # No redirects (POST /encode/ is a 404, not a 307 to a Location built from the Host header);
     # /docs from the package (docs.py), and no /redoc, which only a CDN could serve.
+    # FastAPI's native OpenTelemetry is off: /metrics and the access log are this service's telemetry, and the
+    # check for a configured OTel provider cost every request about 5% of the event loop's time.
     app = FastAPI(title="TiTok tokenizer service", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
-                  docs_url=None, redoc_url=None,
+                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Images <-> 1D token sequences with dynamic batching. Every error is JSON "
                               '`{"error": {"code", "message", "request_id"}}`.')
     app.state.service = state

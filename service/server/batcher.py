@@ -65,8 +65,9 @@ class _Item:
 class Batcher:
     def __init__(self, engine: BatchEngine, max_batch_size: int, max_batch_delay_ms: float, max_queue_size: int,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 retry_after_s: int = 1) -> None:
+                 retry_after_s: int = 1, concurrency: int = 1) -> None:
         self.engine = engine
+        self.concurrency = max(1, concurrency)  # batches in the model at once (the engine's workers)
         self.max_batch_size = max_batch_size
         self.max_delay = max_batch_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
@@ -79,6 +80,8 @@ class Batcher:
         self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -86,6 +89,7 @@ class Batcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._worker = self._loop.create_task(self._run(), name="titok-batcher")
 
     def flush(self) -> None:
@@ -160,11 +164,26 @@ class Batcher:
         return best
 
     async def _run(self) -> None:
+        assert self._slots is not None
+        try:
+            while True:
+                # A batch is formed only once a model worker is free: until then the queue fills by itself.
+                await self._slots.acquire()
+                if not await self._dispatch():
+                    self._slots.release()
+                    if self._stopping and self._oldest_queue() is None:
+                        return
+        finally:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _dispatch(self) -> bool:
+        """Form one batch and start it on a free worker (slot held); False when no batch was started."""
         while True:
             key = self._oldest_queue()
             if key is None:
                 if self._stopping:
-                    return
+                    return False
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -181,8 +200,19 @@ class Batcher:
                     break
             batch = self._take(q)
             self.metrics.queue_depth.set(self.depth)
-            if batch:
-                await self._execute(op, batch)
+            if not batch:
+                return False
+            task = asyncio.get_running_loop().create_task(self._execute_and_release(op, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            return True
+
+    async def _execute_and_release(self, op: str, batch: list[_Item]) -> None:
+        assert self._slots is not None
+        try:
+            await self._execute(op, batch)
+        finally:
+            self._slots.release()
 
     def _take(self, q: deque[_Item]) -> list[_Item]:
         batch: list[_Item] = []

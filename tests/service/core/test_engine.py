@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,35 @@ def test_the_real_probe_measures_both_dtypes_and_leaves_the_weights_as_chosen(ti
             assert state[k].dtype == want and torch.equal(state[k].float(), v.to(want).float()), k
     finally:
         engine.close()
+
+
+def test_two_workers_run_batches_side_by_side_with_the_same_results(tiny_artifact: Path) -> None:
+    from concurrent.futures import wait
+
+    one = Engine.load(tiny_artifact, "cpu", "float32", torch_threads=1, workers=1)
+    two = Engine.load(tiny_artifact, "cpu", "float32", torch_threads=1, workers=2)
+    try:
+        assert (one.workers, two.workers) == (1, 2)
+        assert two.info()["model_workers"] == 2 and two.info()["torch_threads"] == 1
+        batches = [np.random.default_rng(i).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8) for i in range(6)]
+        futures = [two.submit("encode", b) for b in batches]  # all queued at once: two run at a time
+        wait(futures)
+        assert {f.result().shape for f in futures} == {(3, 8)}
+        for b, f in zip(batches, futures, strict=True):
+            np.testing.assert_array_equal(f.result(), one.run("encode", b))
+        names = {t.name for t in threading.enumerate() if t.name.startswith("titok-model")}
+        assert len(names) >= 2  # the pool grew a second model thread
+    finally:
+        one.close()
+        two.close()
+
+
+def test_default_workers_one_on_a_gpu_and_up_to_two_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from titok.core import engine as engine_mod
+
+    assert engine_mod.default_workers("cuda") == 1
+    assert engine_mod.default_workers("cuda:1") == 1
+    monkeypatch.setattr(engine_mod.os, "cpu_count", lambda: 1)
+    assert engine_mod.default_workers("cpu") == 1
+    monkeypatch.setattr(engine_mod.os, "cpu_count", lambda: 16)
+    assert engine_mod.default_workers("cpu") == engine_mod.MAX_CPU_WORKERS == 2

@@ -349,3 +349,80 @@ def test_one_request_with_mixed_lengths_gets_each_result_in_its_own_place() -> N
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+class CountingEngine(HeldEngine):
+    """HeldEngine on `workers` threads that records how many batches it ran at once."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__()
+        self._thread = ThreadPoolExecutor(max_workers=workers)
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.two_inside = threading.Event()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            if self.inside >= 2:
+                self.two_inside.set()
+        try:
+            return super()._run(batch)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def test_with_two_workers_a_second_batch_runs_while_the_first_is_held() -> None:
+    async def scenario() -> None:
+        engine = CountingEngine(workers=2)
+        batcher = make(engine, max_batch=4, concurrency=2)
+        first = await hold(batcher, engine, 0)  # batch [0] holds one worker
+        second = asyncio.ensure_future(batcher.submit("decode", items(1, 2), timeout=30))
+        assert await asyncio.to_thread(engine.two_inside.wait, 30)  # started on the other worker, not queued
+        third = asyncio.ensure_future(batcher.submit("decode", items(3, 4, 5), timeout=30))
+        await until(lambda: batcher.depth == 3)  # both workers busy: the third request waits in the queue
+        engine.gate.set()
+        results = await asyncio.gather(first, second, third)
+        assert engine.most_inside == 2
+        assert sorted(map(sorted, engine.batches)) == [[0], [1, 2], [3, 4, 5]]
+        assert [[int(r[0]) for r in res] for res in results] == [[0], [1, 2], [3, 4, 5]]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_one_worker_never_runs_two_batches_at_once_even_on_a_wider_engine() -> None:
+    async def scenario() -> None:
+        engine = CountingEngine(workers=4)
+        batcher = make(engine, max_batch=2)  # concurrency defaults to 1
+        first = await hold(batcher, engine, 0)
+        rest = [asyncio.ensure_future(batcher.submit("decode", items(v), timeout=30)) for v in range(1, 6)]
+        await until(lambda: batcher.depth == 5)
+        engine.gate.set()
+        await asyncio.gather(first, *rest)
+        assert engine.most_inside == 1
+        assert sizes(engine) == [1, 2, 2, 1]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_waits_for_every_running_batch_of_every_worker() -> None:
+    async def scenario() -> None:
+        engine = CountingEngine(workers=2)
+        batcher = make(engine, max_batch=4, concurrency=2)
+        first = await hold(batcher, engine, 0)
+        second = asyncio.ensure_future(batcher.submit("decode", items(1), timeout=30))
+        assert await asyncio.to_thread(engine.two_inside.wait, 30)
+        stopping = asyncio.ensure_future(batcher.stop())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not stopping.done()  # two batches still in the model
+        engine.gate.set()
+        await asyncio.gather(first, second, stopping)
+        assert engine.inside == 0
+
+    asyncio.run(scenario())
