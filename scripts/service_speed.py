@@ -6,8 +6,10 @@
 1. Per image, single-threaded: the codec (photo decode + resize; PNG encode) against the model's share of a
    batch in each dtype; this says what sets the pace once the model is faster.
 2. The service (`python -m titok`) under each configuration (TITOK_* overrides; "today" is the settings before
-   TITOK_DTYPE=auto: float32, torch threads = cores, codec threads = half the cores), closed loop, one item per
-   request: /encode of JPEG/PNG photos (JSON answer), /decode of one token list as JSON -> PNG and as .npy -> .npy.
+   TITOK_DTYPE=auto: float32, one model call at a time on as many torch threads as cores, codec threads = half the
+   cores), closed loop: one item per request (/encode of a JPEG/PNG photo with a JSON answer, /decode of one token
+   list as JSON -> PNG and as .npy -> .npy; `--concurrency` at a time) and 32 per request (/encode of 32 photos in
+   one multipart form, /decode of a (32, K) .npy; concurrency / 32 at a time, at least 2).
    Configurations run in turn, `--rounds` times over (interleaved, so a busy neighbour hurts each alike); each cell
    is the best round.
 3. The raw engine (the artifact called on full batches with the same decoding / PNG encoding, one thread of
@@ -24,22 +26,25 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import torch
 
 from titok.bench import loadgen
-from titok.bench.bench import PHOTO_SUFFIXES, Server, raw_artifact, synthetic_photos
+from titok.bench.bench import Server, load_photos, raw_artifact, synthetic_photos
 from titok.core.arrays import NPY, write_npy
 from titok.core.artifact import load_artifact
 from titok.core.codec import encode_png, load_image
 from titok.core.engine import cpu_flags
 from titok.settings import DEFAULT_MODEL_PATH
 
-OPS = ("encode photo", "decode -> PNG", "decode .npy")
-# The defaults before TITOK_DTYPE=auto: fp32, torch threads = cores, codec threads = half the cores.
-TODAY = f"today:dtype=float32,torch_threads=0,codec_threads={max(1, (os.cpu_count() or 1) // 2)}"
+OPS = ("encode photo", "decode -> PNG", "decode .npy", "encode 32 photos", "decode .npy x32")
+BATCHED = {"encode 32 photos": 32, "decode .npy x32": 32}  # items per request; the others send one
+# The defaults before TITOK_DTYPE=auto: fp32, one model call at a time on all the cores' threads, codec threads =
+# half the cores.
+TODAY = f"today:dtype=float32,model_workers=1,torch_threads=0,codec_threads={max(1, (os.cpu_count() or 1) // 2)}"
 
 
 def per_image_costs(model: Path, photos: list[bytes], batch: int) -> str:
@@ -74,12 +79,27 @@ def per_image_costs(model: Path, photos: list[bytes], batch: int) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _kind(photo: bytes) -> str:
+    return "image/png" if photo[:4] == b"\x89PNG" else "image/jpeg"
+
+
 def requests_for(url: str, op: str, photos: list[bytes], tokens: list[list[int]]) -> list[bytes]:
     if op == "encode photo":
-        kinds = [("image/png" if p[:4] == b"\x89PNG" else "image/jpeg") for p in photos]
-        return [loadgen.post(url, "/encode", p, k) for p, k in zip(photos, kinds, strict=True)]
+        return [loadgen.post(url, "/encode", p, _kind(p)) for p in photos]
     if op == "decode -> PNG":
         return [loadgen.post(url, "/decode", json.dumps({"tokens": t}).encode(), "application/json") for t in tokens]
+    if op == "encode 32 photos":  # one multipart request of 32 photos, answered with JSON
+        reqs = []
+        for start in range(0, len(photos), 4):
+            chosen = [photos[(start + i) % len(photos)] for i in range(BATCHED[op])]
+            form = httpx.Request("POST", f"{url}/encode", files=[("images", (f"{i}", p, _kind(p)))
+                                                                 for i, p in enumerate(chosen)])
+            reqs.append(loadgen.post(url, "/encode", form.read(), form.headers["content-type"]))
+        return reqs
+    if op == "decode .npy x32":
+        return [loadgen.post(url, "/decode", write_npy(np.array([tokens[(start + i) % len(tokens)]
+                                                                 for i in range(BATCHED[op])], np.int64)), NPY, NPY)
+                for start in range(0, len(tokens), 4)]
     return [loadgen.post(url, "/decode", write_npy(np.array([t], np.int64)), NPY, NPY) for t in tokens]
 
 
@@ -109,14 +129,39 @@ def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], t
         rate, cpu = {}, {}
         for op in OPS:
             reqs = requests_for(server.url, op, photos, tokens)
-            loadgen.run(partial(loadgen.closed_loop, server.url, reqs, concurrency, min(64, requests)))  # warm
+            per = BATCHED.get(op, 1)  # batched requests: a few at a time, as many items in all
+            c, n = (max(2, concurrency // per), max(8, requests // per)) if per > 1 else (concurrency, requests)
+            loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, min(64, n)))  # warm
             c0 = cpu_seconds(server.proc.pid)
-            tally, seconds = loadgen.run(partial(loadgen.closed_loop, server.url, reqs, concurrency, requests))
-            cpu[op] = 1000 * (cpu_seconds(server.proc.pid) - c0) / max(tally.ok, 1)
-            rate[op] = tally.ok / seconds if tally.failed == 0 else float("nan")
+            tally, seconds = loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, n))
+            cpu[op] = 1000 * (cpu_seconds(server.proc.pid) - c0) / max(tally.ok * per, 1)
+            rate[op] = tally.ok * per / seconds if tally.failed == 0 else float("nan")
         return rate, cpu, dtype
     finally:
         server.stop()
+
+
+def raw_round(module: Any, size: int, photos: list[bytes], tokens: list[list[int]], batch: int,
+              n: int) -> dict[str, tuple[float, float]]:
+    """items/s and CPU ms per item of the artifact called directly on full batches, per op (one round)."""
+    ids = torch.tensor([tokens[i % len(tokens)] for i in range(batch)])
+
+    def decode_npy() -> None:
+        with torch.inference_mode():
+            for _ in range(n // batch):
+                write_npy(module.decode(ids).numpy())
+
+    loop = partial(raw_artifact, module, size, photos=photos, tokens=tokens, batch=batch, n=n, png_level=1)
+    out = {}
+    for op, run in (("encode photo", partial(loop, op="encode")), ("decode -> PNG", partial(loop, op="decode")),
+                    ("decode .npy", decode_npy)):
+        if op == "decode .npy":
+            decode_npy()  # warm-up (raw_artifact warms up by itself)
+        c0, t0 = time.process_time(), time.perf_counter()
+        run()
+        items = n if op != "decode .npy" else (n // batch) * batch
+        out[op] = (items / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / items)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32, help="the raw engine's batch (the service's max batch)")
     args = p.parse_args(argv)
     if args.images:
-        files = sorted(f for f in args.images.rglob("*") if f.suffix.lower() in PHOTO_SUFFIXES)
-        photos = [f.read_bytes() for f in files]
+        photos = load_photos(args.images, 16)
     else:
         photos = synthetic_photos(16)
     configs = {}
@@ -151,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[str, dict[str, float]] = {name: {} for name in configs}
     least_cpu: dict[str, dict[str, float]] = {name: {} for name in configs}
     dtypes: dict[str, str] = {}
+    raw: dict[str, float] = {}
+    raw_cpu: dict[str, float] = {}
+    module: Any = None
+    n = max(args.batch * 8, args.requests // 2)  # raw items per op and round
     for r in range(args.rounds):
         for name, overrides in configs.items():
             got, cpu, dtypes[name] = service_round(args.model, overrides, photos, tokens, args.requests,
@@ -161,30 +209,20 @@ def main(argv: list[str] | None = None) -> int:
             out(f"round {r + 1} {name} ({dtypes[name]}): " + ", ".join(
                 f"{op} {v:.1f}/s {cpu[op]:.1f} CPU ms/item" for op, v in got.items()) + "\n")
             sys.stdout.flush()
-    default_dtype = dtypes.get("new", next(iter(dtypes.values())))
-    module, _ = load_artifact(args.model, "cpu", default_dtype)
-    torch.set_num_threads(os.cpu_count() or 1)
-    n = max(args.batch * 4, 128)
-    ids = torch.tensor([tokens[i % len(tokens)] for i in range(args.batch)])
-
-    def decode_npy() -> None:
-        with torch.inference_mode():
-            for _ in range(n // args.batch):
-                write_npy(module.decode(ids).numpy())
-
-    raw: dict[str, float] = {}
-    raw_cpu: dict[str, float] = {}
-    for _ in range(args.rounds):
-        loop = partial(raw_artifact, module, size, photos=photos, tokens=tokens, batch=args.batch, n=n, png_level=1)
-        for op, run in (("encode photo", partial(loop, op="encode")), ("decode -> PNG", partial(loop, op="decode")),
-                        ("decode .npy", decode_npy)):
-            if op == "decode .npy":
-                decode_npy()  # warm-up (raw_artifact warms up by itself)
-            c0, t0 = time.process_time(), time.perf_counter()
-            run()
-            items = n if op != "decode .npy" else (n // args.batch) * args.batch
-            raw[op] = max(raw.get(op, 0.0), items / (time.perf_counter() - t0))
-            raw_cpu[op] = min(raw_cpu.get(op, float("inf")), 1000 * (time.process_time() - c0) / items)
+        # The raw engine in each round too, after the services, in the dtype the default service chose.
+        default_dtype = dtypes.get("new", next(iter(dtypes.values())))
+        if module is None:
+            module, _ = load_artifact(args.model, "cpu", default_dtype)
+        torch.set_num_threads(os.cpu_count() or 1)
+        got = raw_round(module, size, photos, tokens, args.batch, n)
+        for op, (rate, cpu_ms) in got.items():
+            raw[op] = max(raw.get(op, 0.0), rate)
+            raw_cpu[op] = min(raw_cpu.get(op, float("inf")), cpu_ms)
+        out(f"round {r + 1} raw engine ({default_dtype}): " + ", ".join(
+            f"{op} {v[0]:.1f}/s {v[1]:.1f} CPU ms/item" for op, v in got.items()) + "\n")
+        sys.stdout.flush()
+    for batched, single in (("encode 32 photos", "encode photo"), ("decode .npy x32", "decode .npy")):
+        raw[batched], raw_cpu[batched] = raw[single], raw_cpu[single]  # the raw engine runs batches either way
     out(f"\n| items/s (best of {args.rounds}) | " + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
     for name in configs:
         out(f"| service {name} ({dtypes[name]}; {configs[name] or 'defaults'}) | "

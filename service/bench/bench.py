@@ -68,6 +68,7 @@ class Result:
     batches: float = 0.0  # model calls counted in /metrics during the run
     dtype: str = ""  # the model's compute dtype in this run
     model_seconds: float | None = None  # model compute time counted in /metrics during the run
+    workers: int = 1  # the service's model workers (TITOK_MODEL_WORKERS): model busy is their shared time
 
     @property
     def throughput(self) -> float:
@@ -78,14 +79,15 @@ class Result:
         total = self.ok + self.rejected
         batch = f"{self.mean_batch:.1f}" if self.mean_batch is not None else "-"
         client = f"{1000 * self.client_cpu / max(total, 1):.2f}" if self.client_cpu is not None else "-"
-        busy = f"{100 * self.model_seconds / self.seconds:.0f}%" if self.model_seconds is not None and self.seconds \
-            else "-"
+        busy = f"{100 * self.model_seconds / self.seconds / self.workers:.0f}%" \
+            if self.model_seconds is not None and self.seconds else "-"
         return (f"| {self.mode} | {self.op} | {self.load} | {total} | {self.throughput:.1f} | {q[0]:.1f} | "
                 f"{q[1]:.1f} | {q[2]:.1f} | {batch} | {100 * self.rejected / max(total, 1):.1f}% | {client} | "
                 f"{busy} | {self.dtype or '-'} |")
 
 
-# model busy: the share of the run's wall time the model thread spent computing (titok_model_compute_seconds);
+# model busy: the share of the run's wall time the model workers spent computing (titok_model_compute_seconds,
+# divided by the number of workers);
 # far under 100% at full load means the codec, HTTP or the client set the pace, not the model.
 HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | mean batch | rejected "
           "| client CPU ms/req | model busy | dtype |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -389,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         for op in ("encode", "decode"):
             results.append(raw_artifact(module, int(meta["image_size"]), op, photos, tokens, batch, args.requests,
                                         settings.png_compress_level, device))
+    workers = int(info["model"].get("model_workers", 1))
     for r in results:
         r.dtype = r.dtype or dtype
+        r.workers = workers
     from ..core.engine import cpu_flags  # (imports torch: not at `titok bench --help`)
 
     probe = info["model"].get("dtype_probe") or {}
