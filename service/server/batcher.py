@@ -1,7 +1,9 @@
-"""Dynamic batching: a bounded queue of items, each with a future; one worker forms batches.
+"""Dynamic batching: a bounded queue of items, each with a future; one task forms batches for the model workers.
 
 A batch closes when it holds `max_batch_size` items or when its oldest item has waited
-`max_batch_delay_ms`; while the model is busy the queue fills by itself. Items past their deadline
+`max_batch_delay_ms`; while every model worker is busy the queue fills by itself. With several workers
+(`concurrency`, the engine's TITOK_MODEL_WORKERS) a batch starts whenever one is free, and what waits is
+spread over the free ones (two idle workers and 32 items: two batches of 16, side by side). Items past their deadline
 are dropped before compute, items whose request was cancelled are skipped, and a model error fails
 only its own batch.
 
@@ -40,16 +42,17 @@ class Timing:
     """Where one request's items spent their time: handed back with the results, for the timing headers."""
 
     queue_s: float  # until the last of its items started compute
-    model_s: float  # model time of the batches its items ran in, summed
+    model_s: float  # wall time while at least one of the batches its items ran in was computing
     batch_sizes: tuple[int, ...]  # the size of each of those batches, in run order
 
 
 @dataclass
 class _Run:
-    """One model call: its size and duration, shared by every item in it."""
+    """One model call: its size, start (perf_counter) and duration, shared by every item in it."""
 
     size: int
     seconds: float = 0.0
+    start: float = 0.0
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # batches in the model now
 
     @property
     def depth(self) -> int:
@@ -198,10 +202,14 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            batch = self._take(q)
+            # Spread what waits over the free workers: with 32 items and two idle workers, two batches of 16 run
+            # side by side (each on its own cores) instead of one batch of 32 on one worker while the other idles.
+            free = self.concurrency - self._busy
+            batch = self._take(q, min(self.max_batch_size, -(-len(q) // max(1, free))))
             self.metrics.queue_depth.set(self.depth)
             if not batch:
                 return False
+            self._busy += 1
             task = asyncio.get_running_loop().create_task(self._execute_and_release(op, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -212,12 +220,13 @@ class Batcher:
         try:
             await self._execute(op, batch)
         finally:
+            self._busy -= 1
             self._slots.release()
 
-    def _take(self, q: deque[_Item]) -> list[_Item]:
+    def _take(self, q: deque[_Item], limit: int) -> list[_Item]:
         batch: list[_Item] = []
         now = self.clock()
-        while q and len(batch) < self.max_batch_size:
+        while q and len(batch) < limit:
             item = q.popleft()
             if item.future.done():  # its request was cancelled (client gone, timed out, or a sibling failed)
                 self.metrics.rejections.labels("cancelled").inc()
@@ -236,7 +245,7 @@ class Batcher:
         run = _Run(len(batch))
         for item in batch:
             item.run = run
-        t0 = time.perf_counter()
+        t0 = run.start = time.perf_counter()
         try:
             out: Any = await asyncio.wrap_future(self.engine.submit(op, data))
         except Exception as e:
@@ -261,4 +270,15 @@ class Batcher:
 def _timing(items: list[_Item]) -> Timing:
     runs = list({id(item.run): item.run for item in items if item.run is not None}.values())  # in run order
     return Timing(queue_s=max((max(0.0, item.started - item.enqueued) for item in items), default=0.0),
-                  model_s=sum(r.seconds for r in runs), batch_sizes=tuple(r.size for r in runs))
+                  model_s=_covered(runs), batch_sizes=tuple(r.size for r in runs))
+
+
+def _covered(runs: list[_Run]) -> float:
+    """Seconds during which at least one of the runs computed: batches on two workers at once count once."""
+    total, end = 0.0, float("-inf")
+    for r in sorted(runs, key=lambda r: r.start):
+        stop = r.start + r.seconds
+        if stop > end:
+            total += stop - max(r.start, end)
+            end = stop
+    return total

@@ -19,7 +19,7 @@ from titok.settings import Settings
 
 def make_settings(model_path: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {"model_path": model_path, "device": "cpu", "dtype": "float32", "torch_threads": 1,
-                            "codec_threads": 1,
+                            "codec_threads": 1, "model_workers": 2,
                             "max_batch_size": 8, "max_batch_delay_ms": 0, "max_images_per_request": 4,
                             "max_upload_bytes": 256 * 1024, "max_image_pixels": 50_000_000}
     return Settings(**{**base, **overrides})

@@ -387,7 +387,8 @@ def test_with_two_workers_a_second_batch_runs_while_the_first_is_held() -> None:
         engine.gate.set()
         results = await asyncio.gather(first, second, third)
         assert engine.most_inside == 2
-        assert sorted(map(sorted, engine.batches)) == [[0], [1, 2], [3, 4, 5]]
+        assert sorted(map(sorted, engine.batches[:2])) == [[0], [1, 2]]
+        assert sorted(v for b in engine.batches[2:] for v in b) == [3, 4, 5]  # in one batch or spread over two
         assert [[int(r[0]) for r in res] for res in results] == [[0], [1, 2], [3, 4, 5]]
         await batcher.stop()
 
@@ -426,3 +427,29 @@ def test_stop_waits_for_every_running_batch_of_every_worker() -> None:
         assert engine.inside == 0
 
     asyncio.run(scenario())
+
+
+def test_what_waits_is_spread_over_the_free_workers() -> None:
+    async def scenario() -> None:
+        engine = CountingEngine(workers=2)
+        batcher = make(engine, max_batch=8, delay_ms=600_000, concurrency=2)
+        request = asyncio.ensure_future(batcher.submit("decode", items(*range(6)), timeout=30))
+        await until(lambda: batcher.depth == 6)  # not a full batch: it waits for the (long) delay
+        batcher.flush()  # stop waiting: two idle workers share the six items
+        assert await asyncio.to_thread(engine.two_inside.wait, 30)
+        engine.gate.set()
+        result = await request
+        assert sizes(engine) == [3, 3] and sorted(map(sorted, engine.batches)) == [[0, 1, 2], [3, 4, 5]]
+        assert [int(r[0]) for r in result] == list(range(6))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_model_time_of_a_request_counts_overlapping_batches_once() -> None:
+    from titok.server.batcher import _covered, _Run
+
+    runs = [_Run(2, seconds=1.0, start=10.0), _Run(1, seconds=1.0, start=10.5),  # side by side: 10.0-11.5
+            _Run(3, seconds=0.5, start=12.0), _Run(1, seconds=0.1, start=12.1)]  # the second inside the first
+    assert _covered(runs) == pytest.approx(1.5 + 0.5)
+    assert _covered([]) == 0.0
