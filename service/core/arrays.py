@@ -72,6 +72,10 @@ def _check_header(shape: tuple[int, ...], dtype: np.dtype) -> None:
         raise MalformedArray(f"the .npy header has {len(shape)} dimensions; numpy allows at most {_MAX_DIMS}")
     if any(d < 0 for d in shape):
         raise MalformedArray(f"the .npy header has a negative dimension in shape {tuple(shape)}")
+    # numpy refuses ("array is too big") a shape whose non-zero dimensions multiply past its index range, even
+    # when another dimension is 0 and the array would hold nothing (found by the hypothesis test of headers).
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise MalformedArray(f"the .npy header's shape {tuple(shape)} is larger than any array can be")
 
 
 def write_npy(array: np.ndarray) -> bytes:
