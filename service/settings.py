@@ -88,3 +88,17 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
+
+
+def settings_with_dtype(prog: str, dtype: str | None) -> Settings | None:
+    """The settings (TITOK_* variables) with a command's `--dtype` over TITOK_DTYPE; None after writing
+    `prog: --dtype: why` to stderr when the value is not a dtype (the caller exits 2)."""
+    import sys
+
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**({"dtype": dtype} if dtype else {}))
+    except ValidationError as e:
+        sys.stderr.write(f"{prog}: --dtype: {e.errors()[0]['msg']}\n")
+        return None

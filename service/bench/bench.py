@@ -25,10 +25,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from PIL import Image
-from pydantic import ValidationError
 
 from ..core.codec import IMAGE_EXTS
-from ..settings import Settings
+from ..settings import settings_with_dtype
 from . import bench_formats, loadgen
 
 
@@ -317,10 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             sys.stderr.write("titok bench: --plot needs matplotlib (pip install 'titok-service[train]')\n")
             return 2
-    try:
-        settings = Settings(**({"dtype": args.dtype} if args.dtype else {}))
-    except ValidationError as e:
-        sys.stderr.write(f"titok bench: --dtype: {e.errors()[0]['msg']}\n")
+    settings = settings_with_dtype("titok bench", args.dtype)
+    if settings is None:
         return 2
     model = args.model or settings.model_path
     if args.url and urlsplit(args.url).scheme != "http":

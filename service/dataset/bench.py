@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.artifact import load_artifact
 from ..core.codec import load_image
-from ..settings import Settings
+from ..settings import settings_with_dtype
 
 
 def _folder(src: Path | None, repeat: int, tmp: Path) -> Path:
@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="images per model call, raw and job (default: 32)")
     p.add_argument("--dtype", help="as titok tokenize's: auto (default, or TITOK_DTYPE), float32, bfloat16, float16")
     args = p.parse_args(argv)
-    from pydantic import ValidationError
 
     from ..core.engine import Engine, cpu_flags
     from ..errors import ModelLoadError
@@ -80,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from .local import JobOptions, run_local
     from .writer import job_meta, prepare_output
 
-    try:
-        settings = Settings(**({"dtype": args.dtype} if args.dtype else {}))
-    except ValidationError as e:
-        sys.stderr.write(f"titok bench-tokenize: --dtype: {e.errors()[0]['msg']}\n")
+    settings = settings_with_dtype("titok bench-tokenize", args.dtype)
+    if settings is None:
         return 2
     model = args.model or settings.model_path
     threads = os.cpu_count() or 1

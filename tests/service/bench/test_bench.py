@@ -74,3 +74,13 @@ def test_merged_soak_rows_weigh_each_chunk_by_its_batches() -> None:
 def test_bench_refuses_a_url_it_cannot_speak_to(capsys) -> None:
     assert main(["--url", "https://tokenizer.example.com"]) == 2
     assert "only http:// URLs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prog", ["titok bench", "titok bench-tokenize"])
+def test_both_benches_refuse_an_unknown_dtype_in_one_line(prog: str, capsys) -> None:
+    from titok.dataset.bench import main as bench_tokenize
+
+    run = main if prog == "titok bench" else bench_tokenize
+    assert run(["--dtype", "fp64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: --dtype: ") and "'bfloat16'" in err and err.count("\n") == 1
