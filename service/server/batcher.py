@@ -139,12 +139,17 @@ class Batcher:
         self.metrics.queue_depth.set(self.depth)
         self._wake.set()
         try:
-            results = list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
-            return results, _timing(queued)
-        except asyncio.TimeoutError:
-            self.metrics.rejections.labels("deadline").inc()
-            raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it when "
-                                   "its items were queued)") from None
+            # asyncio.wait, not wait_for(gather(...)): a cancelled gather (the client hung up) finishes with a
+            # CancelledError that nobody retrieves, and asyncio logs it as an error for every such request.
+            _, pending = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+            failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]  (a model error, or dropped past the deadline)
+            if pending:
+                self.metrics.rejections.labels("deadline").inc()
+                raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it "
+                                       "when its items were queued)")
+            return [f.result() for f in futures], _timing(queued)
         finally:
             for fut in futures:  # on error or cancellation, the rest of this request is skipped
                 fut.cancel()

@@ -221,3 +221,42 @@ def test_a_whole_head_over_the_limit_is_a_431_and_one_within_it_is_served(small_
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
     with pytest.raises(ValueError, match="max_header_bytes"):
         make_settings(tiny_artifact, max_header_bytes=100)
+
+
+def test_hang_ups_while_queued_are_499s_with_no_error_logged(tiny_artifact: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+
+    import numpy as np
+
+    from titok.core.arrays import NPY, write_npy
+
+    engine = FakeEngine()
+    engine.gate.clear()  # the model holds its first batch: the next requests wait in the queue
+    app = build_app(make_settings(tiny_artifact), engine=engine)
+    body = write_npy(np.zeros((3, 32, 32, 3), np.uint8))
+    with caplog.at_level(logging.INFO), serving(app) as url:
+        holder = open_request(url, "/encode", NPY, len(body), body, "holder")
+        assert engine.entered.wait(30)
+        gone = [open_request(url, "/encode", NPY, len(body), body, f"queued-{i}") for i in range(4)]
+        deadline = time.monotonic() + 30
+        while app.state.service.batcher.depth < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app.state.service.batcher.depth == 12  # all four uploads read and queued behind the held batch
+        for sock in gone:
+            sock.close()
+        while any(access_record(caplog, f"queued-{i}") is None for i in range(4)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        engine.gate.set()
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := holder.recv(65536)):
+            head += chunk
+        status = int(head.split(b" ", 2)[1])  # the held request itself is answered (its connection stays open)
+        holder.close()
+        gc.collect()  # an unretrieved future's error is logged when it is collected
+        time.sleep(0.2)
+    assert status == 200
+    assert [access_record(caplog, f"queued-{i}").request["status"] for i in range(4)] == [499] * 4
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]  # e.g. asyncio's "exception was never retrieved"
+    assert engine.batches[0] == 3 and sum(engine.batches) == 3  # the four gone requests never reached the model
