@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .keys import parse_keys
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"
+# Most threads a thread setting takes: far above any machine's cores, far below what crashes a process (100,000
+# torch threads ended `titok serve` with a segmentation fault, and thousands exhaust the host's thread limit).
+MAX_THREADS = 1024
 
 _DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
@@ -54,10 +57,10 @@ class Settings(BaseSettings):
     model_workers: int = Field(
         0, ge=0, le=64, description="Model calls (batches) that may run at once; 0: 1 on a GPU, on a CPU one per "
         "core up to 2.")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads of each model call; 0: the CPU cores "
-                                                    "shared out among the model workers.")
+    torch_threads: int = Field(0, ge=0, le=MAX_THREADS, description="torch intra-op threads of each model call; 0: "
+                                                                    "the CPU cores shared out among the model workers.")
     codec_threads: int = Field(
-        0, ge=0, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
+        0, ge=0, le=MAX_THREADS, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
     ui: bool = Field(True, description="Serve the web page at / (false: API only, / is a 404).")
@@ -91,8 +94,9 @@ class Settings(BaseSettings):
 
 
 def settings_with_dtype(prog: str, dtype: str | None) -> Settings | None:
-    """The settings (TITOK_* variables) with a command's `--dtype` over TITOK_DTYPE; None after writing
-    `prog: --dtype: why` to stderr when the value is not a dtype (the caller exits 2)."""
+    """The settings (TITOK_* variables) with a command's `--dtype` over TITOK_DTYPE; None after writing one line to
+    stderr naming each value that is wrong (`prog: --dtype: why`, `prog: TITOK_MODEL_WORKERS: why`), for the caller
+    to exit 2."""
     import sys
 
     from pydantic import ValidationError
@@ -100,5 +104,9 @@ def settings_with_dtype(prog: str, dtype: str | None) -> Settings | None:
     try:
         return Settings(**({"dtype": dtype} if dtype else {}))
     except ValidationError as e:
-        sys.stderr.write(f"{prog}: --dtype: {e.errors()[0]['msg']}\n")
+        def where(err: dict) -> str:
+            field = "_".join(map(str, err["loc"]))
+            return "--dtype" if field == "dtype" and dtype else f"TITOK_{field.upper()}"
+
+        sys.stderr.write(f"{prog}: " + "; ".join(f"{where(err)}: {err['msg']}" for err in e.errors()) + "\n")
         return None

@@ -16,7 +16,7 @@ from ..core.artifact import DTYPES, ModelInfo, read_meta
 from ..core.codec import RESIZE_MODES
 from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
-from ..settings import Settings
+from ..settings import MAX_THREADS, Settings
 from .inputs import AUTO, DatasetError
 
 _DEFAULTS = Settings.model_fields
@@ -31,6 +31,17 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise DatasetError("; ".join(f"--{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
     # A Hub name is pulled once here, so that every worker (and the Ray driver's read_meta) opens a file.
     return settings.model_copy(update={"model_path": resolve_model(settings.model_source), "model": ""})
+
+
+def _threads(text: str) -> int:
+    """argparse `type` for a thread count: 0 (the default) to MAX_THREADS."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{n} is outside 0..{MAX_THREADS} (0: the CPU count)")
+    return n
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +69,8 @@ def tokenize_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes; 0 decodes in the main process (default: the CPU count, %(default)s; "
                         "not with --ray: Ray runs one decoding task per free CPU)")
-    p.add_argument("--torch-threads", type=int, default=0, help="torch threads of the model (default: the CPU count; "
+    p.add_argument("--torch-threads", type=_threads, default=0,
+                   help="torch threads of the model (default: the CPU count; "
                    "not with --ray: each actor takes its node's default)")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard of a folder")
     p.add_argument("--image-column", default=AUTO,

@@ -84,3 +84,12 @@ def test_both_benches_refuse_an_unknown_dtype_in_one_line(prog: str, capsys) -> 
     assert run(["--dtype", "fp64"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{prog}: --dtype: ") and "'bfloat16'" in err and err.count("\n") == 1
+
+
+def test_a_bad_setting_beside_dtype_is_named_not_blamed_on_dtype(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("TITOK_MODEL_WORKERS", "abc")
+    monkeypatch.setenv("TITOK_TORCH_THREADS", "100000")
+    assert main(["--dtype", "float32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("titok bench: TITOK_MODEL_WORKERS: ") and "TITOK_TORCH_THREADS: " in err
+    assert "--dtype" not in err and err.count("\n") == 1

@@ -60,6 +60,9 @@ def test_bad_options_are_refused_with_a_reason(tmp_path: Path, tiny_artifact: Pa
         assert words in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main([*base, "--resize", "zoom"]) == 2  # argparse: invalid choice
+    for threads, words in (("100000", "100000 is outside 0..1024"), ("-1", "-1 is outside"), ("two", "'two' is not")):
+        assert main([*base, "--torch-threads", threads]) == 2  # 100,000 torch threads crash a process
+        assert f"--torch-threads: {words}" in capsys.readouterr().err
     assert main(["tokenize", str(folder), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no.pt")]) == 2
     assert "model file not found" in capsys.readouterr().err
 

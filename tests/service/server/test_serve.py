@@ -46,10 +46,13 @@ def test_a_bad_model_file_stops_start_up_with_one_clear_line(tmp_path: Path, pro
     assert len(lines) == 1 and words in lines[0] and str(path) in lines[0], err
 
 
-def test_invalid_settings_stop_start_up(tiny_artifact: Path) -> None:
-    proc = start_server(model_path=str(tiny_artifact), dtype="float64")
+@pytest.mark.parametrize(("setting", "value"), [("dtype", "float64"), ("torch_threads", "100000"),
+                                                ("codec_threads", "5000"), ("model_workers", "65")])
+def test_invalid_settings_stop_start_up(tiny_artifact: Path, setting: str, value: str) -> None:
+    proc = start_server(model_path=str(tiny_artifact), **{setting: value})  # 100,000 torch threads segfaulted
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "TITOK_DTYPE" in err
+    assert proc.returncode == 2 and f"TITOK_{setting.upper()}" in err, err[-2000:]
+    assert "Traceback" not in err
 
 
 def free_port() -> int:
