@@ -332,4 +332,23 @@ def models_main(argv: list[str] | None = None) -> int:
         sys.stdout.write("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
     sys.stdout.write(f"\nAny repository with a TiTok config.json and weights loads too; converted models are cached in "
                      f"{cache_dir()}.\n")
+    bundled = _bundled_lines()
+    if bundled:
+        sys.stdout.write("\nBundled with the package (no download; `titok serve --model NAME`):\n" + bundled)
     return 0
+
+
+def _bundled_lines() -> str:
+    """One line per bundled model (titok.core.models.BUNDLED) present in this install, from its meta.json."""
+    from titok.core.artifact import read_meta
+    from titok.core.models import BUNDLED
+
+    lines = []
+    for name, path in BUNDLED.items():
+        if not path.is_file():
+            continue
+        meta = read_meta(path)
+        ordered = "prefix-decodable (any first k tokens decode)" if meta.get("prefix_decodable") else "fixed length"
+        lines.append(f"  {name}: {meta['name']}, {meta['image_size']} px, {meta['num_tokens']} tokens of "
+                     f"{meta['codebook_size']} codes, {ordered}, {path.stat().st_size / 1e6:.1f} MB\n")
+    return "".join(lines)

@@ -119,8 +119,9 @@ def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32")
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path} (give an exported artifact, or a Hugging Face Hub name "
-                             "such as yucornetto/tokenizer_titok_l32_imagenet: see titok models)")
+        raise ModelLoadError(f"model file not found: {path} (give an exported artifact, a bundled model's name "
+                             "(default, ordered), or a Hugging Face Hub name such as "
+                             "yucornetto/tokenizer_titok_l32_imagenet: see titok models)")
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     extra = {META_FILE: ""}

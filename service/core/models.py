@@ -1,6 +1,7 @@
-"""Which model to load: an artifact path, or a published checkpoint on the Hugging Face Hub by name.
+"""Which model to load: an artifact path, a bundled model by name, or a published checkpoint on the Hugging Face
+Hub by name.
 
-Only a name loads the hub code (titok.model.hub: huggingface_hub and the converter); a path never does.
+Only a Hub name loads the hub code (titok.model.hub: huggingface_hub and the converter); a path never does.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
-__all__ = ["resolve_model"]
+__all__ = ["BUNDLED", "resolve_model"]
+
+# The models shipped inside the package, by name (model/MODEL_CARD.md describes both):
+# default, the 32-token model every door serves unless told otherwise, and ordered, a prefix-decodable model
+# whose first k tokens decode for every k (token budgets, the page's slider), trained with tail drop.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+BUNDLED = {"default": BUNDLED_DIR / "default.pt", "ordered": BUNDLED_DIR / "ordered.pt"}
 
 
 def model_argument(text: str) -> str:
@@ -23,14 +30,17 @@ def model_argument(text: str) -> str:
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
-    """An artifact path as given, or a Hugging Face Hub name (`owner/name[@revision]`) pulled, converted and
-    cached (titok.model.hub.pull) -> the artifact's path.
+    """An artifact path as given, a bundled model's name (`default`, `ordered`: BUNDLED), or a Hugging Face Hub
+    name (`owner/name[@revision]`) pulled, converted and cached (titok.model.hub.pull) -> the artifact's path.
 
-    A string that names an existing file, or ends in .pt, is a path; otherwise `owner/name` is a Hub name.
+    A string that names an existing file is that file; else a bundled name is that model; else a string ending in
+    .pt, or without the owner/name shape, is a path; otherwise `owner/name` is a Hub name.
     Raises ModelLoadError (missing file, unknown repository, offline without a cached copy, ...).
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if not path.exists() and text in BUNDLED:
+        return BUNDLED[text]
     if path.exists() or not _looks_like_hub_name(text):
         return path
     try:
