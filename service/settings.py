@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .core.models import BUNDLED
 from .keys import parse_keys
 
-DEFAULT_MODEL_PATH = Path(__file__).parent / "models" / "default.pt"
+DEFAULT_MODEL_PATH = BUNDLED["default"]
 # Most threads a thread setting takes: far above any machine's cores, far below what crashes a process (100,000
 # torch threads ended `titok serve` with a segmentation fault, and thousands exhaust the host's thread limit).
 MAX_THREADS = 1024
