@@ -23,7 +23,7 @@ from .errors import ModelLoadError
 from .server.app import build_app
 from .server.drain import DrainingServer
 from .server.middleware import configure_logging
-from .settings import Settings
+from .settings import Settings, describe_invalid
 
 log = logging.getLogger("titok.serve")
 
@@ -36,8 +36,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         if model:
             settings = settings.model_copy(update={"model": model})
     except ValidationError as e:
-        problems = "; ".join(f"TITOK_{'_'.join(map(str, err['loc'])).upper()}: {err['msg']}" for err in e.errors())
-        sys.stderr.write(f"titok serve: invalid settings: {problems}\n")
+        sys.stderr.write(f"titok serve: invalid settings: {describe_invalid(e)}\n")
         return 2
     configure_logging(settings.log_format)
     try:

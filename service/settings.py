@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.models import BUNDLED
@@ -94,20 +95,25 @@ class Settings(BaseSettings):
         return v.lower() if isinstance(v, str) else v
 
 
+def describe_invalid(error: ValidationError, options: Iterable[str] = ()) -> str:
+    """One line naming each wrong value of a Settings validation: `--dtype: why` for a field a command-line option
+    gave (its name in `options`), else the variable, `TITOK_MODEL_WORKERS: why`; joined by "; "."""
+    def where(err: Any) -> str:
+        field = "_".join(map(str, err["loc"]))
+        return f"--{field.replace('_', '-')}" if field in options else f"TITOK_{field.upper()}"
+
+    return "; ".join(f"{where(err)}: {err['msg']}" for err in error.errors())
+
+
 def settings_with_dtype(prog: str, dtype: str | None) -> Settings | None:
     """The settings (TITOK_* variables) with a command's `--dtype` over TITOK_DTYPE; None after writing one line to
     stderr naming each value that is wrong (`prog: --dtype: why`, `prog: TITOK_MODEL_WORKERS: why`), for the caller
     to exit 2."""
     import sys
 
-    from pydantic import ValidationError
-
+    given = {"dtype": dtype} if dtype else {}
     try:
-        return Settings(**({"dtype": dtype} if dtype else {}))
+        return Settings(**given)
     except ValidationError as e:
-        def where(err: dict) -> str:
-            field = "_".join(map(str, err["loc"]))
-            return "--dtype" if field == "dtype" and dtype else f"TITOK_{field.upper()}"
-
-        sys.stderr.write(f"{prog}: " + "; ".join(f"{where(err)}: {err['msg']}" for err in e.errors()) + "\n")
+        sys.stderr.write(f"{prog}: {describe_invalid(e, given)}\n")
         return None

@@ -16,7 +16,7 @@ from ..core.artifact import DTYPES, ModelInfo, read_meta
 from ..core.codec import RESIZE_MODES
 from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
-from ..settings import MAX_THREADS, Settings
+from ..settings import MAX_THREADS, Settings, describe_invalid
 from .inputs import AUTO, DatasetError
 
 _DEFAULTS = Settings.model_fields
@@ -28,7 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     try:
         settings = Settings(**given)
     except ValidationError as e:
-        raise DatasetError("; ".join(f"--{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
+        raise DatasetError(describe_invalid(e, given)) from None
     # A Hub name is pulled once here, so that every worker (and the Ray driver's read_meta) opens a file.
     return settings.model_copy(update={"model_path": resolve_model(settings.model_source), "model": ""})
 

@@ -60,6 +60,12 @@ def test_bad_options_are_refused_with_a_reason(tmp_path: Path, tiny_artifact: Pa
         assert words in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main([*base, "--resize", "zoom"]) == 2  # argparse: invalid choice
+    with pytest.MonkeyPatch.context() as env:  # a bad variable is named as the variable, not as an option
+        env.setenv("TITOK_MODEL_WORKERS", "abc")
+        assert main([*base, "--dtype", "int8"]) == 2
+        err = capsys.readouterr().err
+        assert "--dtype: Input should be" in err and "TITOK_MODEL_WORKERS: Input should be a valid integer" in err
+        assert "--model_workers" not in err and "--model-workers" not in err
     for threads, words in (("100000", "100000 is outside 0..1024"), ("-1", "-1 is outside"), ("two", "'two' is not")):
         assert main([*base, "--torch-threads", threads]) == 2  # 100,000 torch threads crash a process
         assert f"--torch-threads: {words}" in capsys.readouterr().err
