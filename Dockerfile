@@ -4,7 +4,7 @@
 # One process (one uvicorn worker) per container: the batching queue lives in that process, so scale
 # out with more containers behind a load balancer, one per GPU, not with more workers.
 #
-# BASE_IMAGE contract: the base provides `python3` (3.10 or newer) with pip, and torch (2.3 or newer,
+# BASE_IMAGE contract: the base provides `python3` (3.11 or newer) with pip, and torch (2.3 or newer,
 # the CUDA or CPU build you mean to serve with) already installed. The first build step checks this and
 # stops with a message saying what is missing. The install keeps the base's torch (pinned by a
 # constraint), so pip never pulls the multi-GB CUDA build from PyPI. Bases that fit:
@@ -27,8 +27,8 @@ ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG EXTRA_CA_CERTS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # The contract, before anything else.
-RUN python3 -c 'import sys; assert sys.version_info >= (3, 10), sys.version; import pip, torch' \
-    || { echo "BASE_IMAGE must provide python3 (3.10+) with pip and torch installed (see the top of the Dockerfile)" >&2; \
+RUN python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version; import pip, torch' \
+    || { echo "BASE_IMAGE must provide python3 (3.11+) with pip and torch installed (see the top of the Dockerfile)" >&2; \
          exit 1; }
 WORKDIR /src
 COPY pyproject.toml README.md ./

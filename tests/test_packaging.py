@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,6 @@ from titok.client.core import API_KEY_ENV
 from titok.model.hub import CACHE_ENV
 from titok.server.metrics import Metrics
 from titok.settings import DEFAULT_MODEL_PATH, Settings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -205,7 +205,7 @@ class Batcher:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             # Spread what waits over the free workers: with 32 items and two idle workers, two batches of 16 run
             # side by side (each on its own cores) instead of one batch of 32 on one worker while the other idles.

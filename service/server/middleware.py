@@ -94,7 +94,7 @@ class RequestContext:
             else:
                 try:
                     message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise BodyTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s "
                                       "(TITOK_BODY_TIMEOUT_S)", headers={"Connection": "close"}) from None
             if message["type"] == "http.disconnect":

@@ -125,7 +125,6 @@ def test_a_cluster_too_small_for_the_plan_is_refused_saying_what_it_lacks(tmp_pa
 
 def test_the_ray_floor_in_pyproject_is_the_installed_ray_or_older() -> None:
     import re
-
     import tomllib
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
