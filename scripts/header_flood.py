@@ -3,8 +3,9 @@
 Prints, for the huge header: what the server answered, the bytes it took before answering or closing, the
 server's CPU seconds and the slowest /healthz (probed every 50 ms) while it lasted; for N connections that each
 send up to 100 MB of one header line and never end it: the server's RSS before and after; and the rate of
-plain requests (GET /healthz and POST /encode of a small PNG, one connection, one at a time), with
-`--compare-httptools` beside the same app on uvicorn's httptools parser, in interleaved slices.
+plain requests (GET /healthz and POST /encode of a small PNG, one connection, one at a time), with `--compare`
+beside the same app on uvicorn's h11 parser and on its plain httptools parser (no head limit), in interleaved
+slices.
 Run it from a checkout's root (`python scripts/header_flood.py`); `cd /work/main && python /path/to/this/file`
 measures that checkout's service instead. Measures only.
 """
@@ -97,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open", type=int, default=4, help="unterminated headers sent at once")
     p.add_argument("--open-mb", type=float, default=100, help="the most each of them sends, MB")
     p.add_argument("--seconds", type=float, default=5, help="seconds for each plain request rate")
-    p.add_argument("--compare-httptools", action="store_true",
-                   help="also measure the rates of the same app served by uvicorn's httptools parser")
+    p.add_argument("--compare", action="store_true",
+                   help="also measure the rates of the same app served by uvicorn's h11 and plain httptools parsers")
     args = p.parse_args(argv)
     out = sys.stdout.write
-    server, other = Server(DEFAULT_MODEL_PATH), None
+    server, others = Server(DEFAULT_MODEL_PATH), []
     try:
         probe = Probe(server.url)
         probe.start()
@@ -130,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                     "POST /encode": {"method": "POST", "url": "/encode", "content": buf.getvalue(),
                                      "headers": {"content-type": "image/png"}}}
         urls = {"this service": server.url}
-        if args.compare_httptools:
-            other = httptools_server()
-            urls["the same app on httptools"] = f"http://127.0.0.1:{other[1]}"
+        if args.compare:
+            for parser in ("h11", "httptools"):
+                others.append(other_server(parser))
+                urls[f"the same app on uvicorn's {parser}"] = f"http://127.0.0.1:{others[-1][1]}"
         rates = {(u, r): 0.0 for u in urls for r in requests}
         rounds = max(1, round(args.seconds))
         for _ in range(rounds):  # interleaved one-second slices: the machine's noise hits both alike
@@ -145,19 +147,19 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{label} {rates[name, label]:.1f}/s" for label in requests) + "\n")
     finally:
         server.stop()
-        if other is not None:
-            other[0].terminate()
-            other[0].wait(60)
+        for proc, _ in others:
+            proc.terminate()
+            proc.wait(60)
     return 0
 
 
-def httptools_server() -> tuple[subprocess.Popen, int]:
-    """The same app under uvicorn's httptools parser (no head limit), for the rate comparison."""
+def other_server(parser: str) -> tuple[subprocess.Popen, int]:
+    """The same app under one of uvicorn's own parsers ("h11" or "httptools", neither with our head count)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "titok.server.app:build_app",
-                             "--http", "httptools", "--port", str(port), "--log-level", "warning"],
+                             "--http", parser, "--port", str(port), "--log-level", "warning"],
                             env={**os.environ, "TITOK_MODEL_PATH": str(DEFAULT_MODEL_PATH)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(3000):
@@ -167,7 +169,7 @@ def httptools_server() -> tuple[subprocess.Popen, int]:
         except httpx.TransportError:
             time.sleep(0.1)
     proc.terminate()
-    raise SystemExit("the httptools server did not start")
+    raise SystemExit(f"the {parser} server did not start")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .errors import ModelLoadError
 from .server.app import build_app
 from .server.drain import DrainingServer
 from .server.middleware import configure_logging
+from .server.protocol import bounded_httptools
 from .settings import Settings, describe_invalid
 
 log = logging.getLogger("titok.serve")
@@ -62,13 +63,13 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
 def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uvicorn.Config:
     """The server's configuration: one worker, our logging, and a bound on each request's head.
 
-    The head (request line and headers) is parsed by h11, whose buffer for an unfinished event is capped at
-    TITOK_MAX_HEADER_BYTES: a longer head gets a 400 and a closed connection from uvicorn before the app
-    sees it. httptools, uvicorn's other parser, has no such cap.
+    The head (request line and headers) is parsed by httptools with a byte count (titok.server.protocol): one
+    that grows past TITOK_MAX_HEADER_BYTES unfinished gets a 400 and a closed connection from the server before
+    the app sees it; a whole head over the limit gets a 431 from the app.
     """
     return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
-                          timeout_graceful_shutdown=None, lifespan="on", http="h11",
-                          h11_max_incomplete_event_size=settings.max_header_bytes)
+                          timeout_graceful_shutdown=None, lifespan="on",
+                          http=bounded_httptools(settings.max_header_bytes))
 
 
 def _exit_drained() -> NoReturn:

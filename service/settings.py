@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413).")
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request line plus headers: a longer request "
-        "head is answered 400 and its connection closed before the app sees it (uvicorn's h11 parser).")
+        "head is answered 400 and its connection closed before the app sees it (titok.server.protocol).")
     max_images_per_request: int = Field(64, ge=1, description="Most images or token sequences in one request (422).")
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Largest width x height of an uploaded image, checked before decoding (413).")

@@ -15,7 +15,6 @@ import logging
 import re
 import time
 import uuid
-from collections import Counter
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -46,6 +45,16 @@ def request_id_from(header: bytes | None) -> str:
     """The client's X-Request-ID when it is short and plain, else a fresh one."""
     value = header.decode("latin-1").strip() if header else ""
     return value if _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
+
+
+def repeated_headers(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The names in SINGLE_HEADERS that occur more than once among `headers`, sorted."""
+    seen: set[bytes] = set()
+    twice: set[bytes] = set()
+    for k, _ in headers:
+        if k in SINGLE_HEADERS:
+            (twice if k in seen else seen).add(k)
+    return sorted(k.decode("latin-1") for k in twice)
 
 
 def head_bytes(scope: Scope) -> int:
@@ -92,8 +101,9 @@ class RequestContext:
             if body_done[0]:  # waiting for a disconnect after the body (see routes) has no deadline
                 message = await receive()
             else:
-                try:
-                    message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+                try:  # asyncio.timeout, not wait_for: no task per read (a one-item request has one or two reads)
+                    async with asyncio.timeout(max(0.0, body_deadline - time.monotonic())):
+                        message = await receive()
                 except TimeoutError:
                     raise BodyTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s "
                                       "(TITOK_BODY_TIMEOUT_S)", headers={"Connection": "close"}) from None
@@ -109,12 +119,11 @@ class RequestContext:
             return message
 
         try:
-            counts = Counter(k for k, _ in scope["headers"] if k in SINGLE_HEADERS)
-            twice = sorted(k.decode("latin-1") for k, n in counts.items() if n > 1)
+            twice = repeated_headers(scope["headers"])
             if twice:  # one reader would take the first, another the last: refuse rather than guess
                 raise DuplicateHeader(f"the header {', '.join(twice)} is sent more than once; send it once")
             head = head_bytes(scope)
-            if head > self.max_header_bytes:  # a head that arrived in one read: h11 caps only unfinished ones
+            if head > self.max_header_bytes:  # a head that arrived whole: the protocol cuts only unfinished ones
                 raise HeadersTooLarge(f"the request line and headers take {head} bytes; the limit is "
                                       f"{self.max_header_bytes} (TITOK_MAX_HEADER_BYTES)",
                                       headers={"Connection": "close"})
