@@ -138,19 +138,23 @@ class Batcher:
             self._queues.setdefault((op, data.shape), deque()).append(item)
         self.metrics.queue_depth.set(self.depth)
         self._wake.set()
+        settled = _all_or_first_error(loop, futures)
         try:
-            # asyncio.wait, not wait_for(gather(...)): a cancelled gather (the client hung up) finishes with a
-            # CancelledError that nobody retrieves, and asyncio logs it as an error for every such request.
-            _, pending = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+            # One future for the request, not asyncio.wait: wait() builds a waiter and a callback per item on every
+            # call. A timeout cancels only `settled`; the finally below skips what is still queued.
+            try:
+                async with asyncio.timeout(timeout):
+                    await settled
+            except TimeoutError:
+                self.metrics.rejections.labels("deadline").inc()
+                raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it "
+                                       "when its items were queued)") from None
             failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
             if failed is not None:
                 raise failed.exception()  # type: ignore[misc]  (a model error, or dropped past the deadline)
-            if pending:
-                self.metrics.rejections.labels("deadline").inc()
-                raise DeadlineExceeded(f"not computed within the request timeout ({timeout:.3g} s were left of it "
-                                       "when its items were queued)")
             return [f.result() for f in futures], _timing(queued)
         finally:
+            settled.cancel()
             for fut in futures:  # on error or cancellation, the rest of this request is skipped
                 fut.cancel()
 
@@ -270,6 +274,28 @@ class Batcher:
         for item, result in zip(batch, out, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+
+def _all_or_first_error(loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[Any]]) -> asyncio.Future[None]:
+    """A future done once every one of `futures` has a result, or at once when one of them fails or is cancelled.
+
+    Like asyncio.wait(return_when=FIRST_EXCEPTION) without its per-call waiter and set; cancelling it leaves
+    `futures` alone.
+    """
+    settled: asyncio.Future[None] = loop.create_future()
+    left = len(futures)
+
+    def one_done(fut: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if not settled.done() and (left == 0 or fut.cancelled() or fut.exception() is not None):
+            settled.set_result(None)
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
+    if not futures:
+        settled.set_result(None)
+    return settled
 
 
 def _timing(items: list[_Item]) -> Timing:

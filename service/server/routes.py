@@ -56,25 +56,34 @@ def _service(request: Request, work: bool = True) -> Any:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (so its queued items are skipped) if the client hangs up."""
+    """Await `work` in this task, cancelling it (so its queued items are skipped) if the client hangs up.
+
+    Raises ClientGone (499, never sent) when the client went away first. A watcher task reads the connection;
+    on a disconnect it cancels this task, which `work` sees as a CancelledError at its await, the same as a
+    cancellation from the server. Read the body before calling this: the watcher would take its messages.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
 
     async def disconnected() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        current.cancel()
 
-    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    watcher = asyncio.ensure_future(disconnected())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this handler itself was cancelled: take the queued work with it
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        # Ours (the watcher's) only if nobody else cancelled this task too: uncancel() counts the requests.
+        if gone and current.uncancel() == 0:
+            request.app.state.service.metrics.rejections.labels("client_disconnected").inc()
+            raise ClientGone("the client closed the connection before the answer was ready") from None
         raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        request.app.state.service.metrics.rejections.labels("client_disconnected").inc()
-        raise ClientGone("the client closed the connection before the answer was ready")
-    return task.result()
 
 
 async def known_query_only(request: Request) -> None:
@@ -82,6 +91,8 @@ async def known_query_only(request: Request) -> None:
 
     async: FastAPI runs a plain-def dependency in a worker thread, a hop that cost a one-image /encode about 7% of
     the event loop's time."""
+    if not request.scope.get("query_string"):
+        return
     route = request.scope.get("route")
     taken = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", [])}
     # and those the route reads itself, declared in its OpenAPI (the token budgets of /encode)

@@ -55,15 +55,19 @@ async def asset(name: str) -> Response:
     return _file(name, _ASSETS[name])
 
 
-async def _one_image(request: Request, resize: codec.Resize) -> np.ndarray:
-    """The raw image body as the uint8 (S, S, 3) array the model is given."""
-    svc: Any = request.app.state.service
-    s = svc.settings
-    refuse_declared_over(request, s.max_upload_bytes)
+async def _image_body(request: Request) -> bytes:
+    """The raw image body, read in full: before unless_disconnected, whose watcher would take body messages."""
+    refuse_declared_over(request, request.app.state.service.settings.max_upload_bytes)
     body = await request.body()  # the middleware bounds it, times it out and counts a hang-up as a 499
     if not body:
         raise EmptyBody("the body is empty: send one image as the raw body")
+    return body
 
+
+async def _one_image(request: Request, body: bytes, resize: codec.Resize) -> np.ndarray:
+    """The raw image body as the uint8 (S, S, 3) array the model is given."""
+    svc: Any = request.app.state.service
+    s = svc.settings
     # Through the same fair queue, pixel budget and deadline as /encode: the page's door is no way around them.
     (pixels,) = await decoding.decode_images(
         svc.decode_queue, [body], svc.engine.image_size, resize, max_image_pixels=s.max_image_pixels,
@@ -80,8 +84,10 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
     """
     svc: Any = request.app.state.service
 
+    body = await _image_body(request)
+
     async def model_input_png() -> bytes:
-        pixels = await _one_image(request, resize)
+        pixels = await _one_image(request, body, resize)
         return await asyncio.get_running_loop().run_in_executor(svc.codec_pool, codec.encode_png, pixels,
                                                                 svc.settings.png_compress_level)
 
@@ -111,8 +117,10 @@ async def psnr_curve(request: Request, resize: Annotated[codec.Resize, Query()] 
     if not getattr(eng, "prefix_decodable", False):
         refuse_prefixes(eng.name, eng.num_tokens, "a PSNR curve over the number of tokens")
 
+    body = await _image_body(request)
+
     async def curve() -> dict[str, Any]:
-        pixels = await _one_image(request, resize)
+        pixels = await _one_image(request, body, resize)
         timeout = svc.settings.request_timeout_s
         (tokens,) = await svc.batcher.submit("encode", [pixels], timeout)
         lengths = curve_lengths(eng.num_tokens)
