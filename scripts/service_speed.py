@@ -14,6 +14,9 @@
    is the best round.
 3. The raw engine (the artifact called on full batches with the same decoding / PNG encoding, one thread of
    work) in the dtype the default service chose: the ceiling the service is measured against.
+4. With `--overhead`: the same loads against the default service around an instant stand-in for the model
+   (titok.bench.instant), once per round: the service's own CPU per item, on the event loop and on the other
+   threads (the codec's), beside the raw engine's whole CPU per item.
 Prints markdown tables; asserts nothing.
 """
 
@@ -109,18 +112,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread of a process so far (Linux /proc); the main thread has tid = pid."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], tokens: list[list[int]],
-                  requests: int, concurrency: int) -> tuple[dict[str, float], dict[str, float], str]:
+                  requests: int, concurrency: int, module: str = "titok",
+                  loop_cpu: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float], str]:
     """items/s and server CPU ms per item for each op under one configuration, and the dtype it chose.
 
     CPU ms per item hardly depends on what else runs on the machine (unlike items/s): cores * 1000 / it is the
-    throughput this configuration could reach on an idle machine if the server kept every core busy.
+    throughput this configuration could reach on an idle machine if the server kept every core busy. `module`:
+    the server to run (titok.bench.instant for the service without its model); `loop_cpu`, when given, gets the
+    main thread's (the event loop's) CPU ms per item.
     """
     env = {k: v for k, v in overrides.items() if k.isupper()}  # e.g. OMP_WAIT_POLICY=PASSIVE: the process's own
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        server = Server(model, **{k: v for k, v in overrides.items() if not k.isupper()})
+        server = Server(model, module=module, **{k: v for k, v in overrides.items() if not k.isupper()})
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -132,9 +144,12 @@ def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], t
             per = BATCHED.get(op, 1)  # batched requests: a few at a time, as many items in all
             c, n = (max(2, concurrency // per), max(8, requests // per)) if per > 1 else (concurrency, requests)
             loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, min(64, n)))  # warm
-            c0 = cpu_seconds(server.proc.pid)
+            pid = server.proc.pid
+            c0, l0 = cpu_seconds(pid), thread_cpu_seconds(pid, pid)
             tally, seconds = loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, n))
-            cpu[op] = 1000 * (cpu_seconds(server.proc.pid) - c0) / max(tally.ok * per, 1)
+            cpu[op] = 1000 * (cpu_seconds(pid) - c0) / max(tally.ok * per, 1)
+            if loop_cpu is not None:
+                loop_cpu[op] = 1000 * (thread_cpu_seconds(pid, pid) - l0) / max(tally.ok * per, 1)
             rate[op] = tally.ok * per / seconds if tally.failed == 0 else float("nan")
         return rate, cpu, dtype
     finally:
@@ -175,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=32, help="the raw engine's batch (the service's max batch)")
+    p.add_argument("--overhead", action="store_true",
+                   help="also run the default service around an instant stand-in for the model (titok.bench.instant) "
+                        "in each round: the service's own CPU per item")
     args = p.parse_args(argv)
     if args.images:
         photos = load_photos(args.images, 16)
@@ -198,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, float] = {}
     raw_cpu: dict[str, float] = {}
     module: Any = None
+    overhead: dict[str, float] = {}  # --overhead: the instant-model service's CPU ms per item, all threads
+    overhead_loop: dict[str, float] = {}  # ... and its event loop's
+    overhead_rate: dict[str, float] = {}
     n = max(args.batch * 8, args.requests // 2)  # raw items per op and round
     for r in range(args.rounds):
         for name, overrides in configs.items():
@@ -209,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
             out(f"round {r + 1} {name} ({dtypes[name]}): " + ", ".join(
                 f"{op} {v:.1f}/s {cpu[op]:.1f} CPU ms/item" for op, v in got.items()) + "\n")
             sys.stdout.flush()
+        if args.overhead:
+            loop: dict[str, float] = {}
+            got, cpu, _ = service_round(args.model, configs.get("new", {}), photos, tokens, args.requests,
+                                        args.concurrency, module="titok.bench.instant", loop_cpu=loop)
+            for op in OPS:
+                for table, value in ((overhead, cpu[op]), (overhead_loop, loop[op])):
+                    table[op] = min(table.get(op, float("inf")), value)
+                overhead_rate[op] = max(overhead_rate.get(op, 0.0), got[op])
+            out(f"round {r + 1} service with an instant model: " + ", ".join(
+                f"{op} {got[op]:.1f}/s {cpu[op]:.2f} CPU ms/item ({loop[op]:.2f} event loop)" for op in OPS) + "\n")
         # The raw engine in each round too, after the services, in the dtype the default service chose.
         default_dtype = dtypes.get("new", next(iter(dtypes.values())))
         if module is None:
@@ -241,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{raw_cpu[op] / least_cpu['new'][op]:.2f}" for op in OPS) + " |\n")
         out("| today / new (CPU per item) | " + " | ".join(
             f"{least_cpu['today'][op] / least_cpu['new'][op]:.2f}" for op in OPS) + " |\n")
+    if args.overhead:
+        out(f"\n| the service's own cost, model excluded (instant stand-in; least of {args.rounds}) | "
+            + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
+        out("| items/s | " + " | ".join(f"{overhead_rate[op]:.0f}" for op in OPS) + " |\n")
+        out("| server CPU ms per item | " + " | ".join(f"{overhead[op]:.2f}" for op in OPS) + " |\n")
+        out("| of which the event loop | " + " | ".join(f"{overhead_loop[op]:.2f}" for op in OPS) + " |\n")
+        out(f"| raw engine's whole CPU ms per item ({default_dtype}) | "
+            + " | ".join(f"{raw_cpu[op]:.2f}" for op in OPS) + " |\n")
     return 0
 
 

@@ -93,9 +93,10 @@ HEADER = ("| mode | op | load | requests | items/s | p50 ms | p95 ms | p99 ms | 
 
 
 class Server:
-    """`python -m titok` on a free loopback port, with setting overrides."""
+    """`python -m titok` (or another `module`, e.g. titok.bench.instant) on a free loopback port, with setting
+    overrides."""
 
-    def __init__(self, model: Path, **settings: object) -> None:
+    def __init__(self, model: Path, module: str = "titok", **settings: object) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -103,7 +104,7 @@ class Server:
         env = {**os.environ, "TITOK_MODEL_PATH": str(model), "TITOK_LOG_FORMAT": "text",
                **{f"TITOK_{k.upper()}": str(v) for k, v in settings.items()}}
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "titok", "--host", "127.0.0.1", "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port",
                                       str(self.port)], env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and self.proc.poll() is None:
