@@ -29,7 +29,7 @@ class InstantEngine:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         image = load_image(synthetic_photos(1)[0], engine.image_size)
-        self._tokens = engine.submit("encode", image[None]).result()[0]
+        self._tokens = engine.submit("encode", np.stack([image])).result()[0]  # a writable batch, as the service's
         self._pixels = engine.submit("decode", self._tokens[None]).result()[0]
 
     def __getattr__(self, name: str) -> Any:
