@@ -171,28 +171,36 @@ def small_heads(tiny_artifact: Path) -> Iterator[str]:
         yield url
 
 
-def send_head(url: str, head: bytes, total: int) -> tuple[int, bytes]:
+def until_closed(sock: socket.socket) -> bytes:
+    """What the server writes until it closes the connection (a reset ends it too)."""
+    answer = b""
+    try:
+        while part := sock.recv(65536):
+            answer += part
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def send_head(url: str, head: bytes, total: int, chunk_bytes: int = 65536, pause_s: float = 0.0) -> tuple[int, bytes]:
     """Send `head` padded with one header line to `total` bytes (unterminated when `total` is past the head's
-    end); (bytes sent before the server closed the connection, what it answered)."""
+    end) in pieces of `chunk_bytes`, `pause_s` apart; (bytes sent before the server closed the connection, what it
+    answered)."""
     host, port = url.removeprefix("http://").split(":")
     sent = 0
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         try:
             sock.sendall(head)
             sent = len(head)
-            chunk = b"a" * 65536
+            chunk = b"a" * chunk_bytes
             while sent < total:
                 sock.sendall(chunk)
                 sent += len(chunk)
+                if pause_s:
+                    time.sleep(pause_s)  # separate reads on the server
         except (BrokenPipeError, ConnectionResetError):
             pass
-        data = b""
-        try:
-            while part := sock.recv(65536):
-                data += part
-        except ConnectionResetError:
-            pass
-    return sent, data
+        return sent, until_closed(sock)
 
 
 @pytest.mark.parametrize("where", ["a header", "the request line"])
@@ -232,22 +240,8 @@ def one_answer(sock: socket.socket) -> bytes:
 
 def test_a_head_trickled_in_small_reads_is_cut_off_after_the_limit(small_heads: str) -> None:
     """The head is counted across reads: 100-byte pieces of one endless header add up to the limit."""
-    host, port = small_heads.removeprefix("http://").split(":")
-    sent, answer = 0, b""
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ")
-        try:
-            while sent < 1024 * 1024:
-                sock.sendall(b"a" * 100)
-                sent += 100
-                time.sleep(0.001)  # separate reads on the server
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        try:
-            while part := sock.recv(65536):
-                answer += part
-        except ConnectionResetError:
-            pass
+    sent, answer = send_head(small_heads, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ", 1024 * 1024,
+                             chunk_bytes=100, pause_s=0.001)
     assert answer.startswith(b"HTTP/1.1 400 ") and b"connection: close" in answer.lower(), answer[:200]
     assert sent < 1024 * 1024  # the server closed the connection long before the client was done
 
@@ -262,17 +256,12 @@ def test_the_second_head_on_a_kept_alive_connection_is_counted_afresh(small_head
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + filler + b"\r\n\r\n")
             assert one_answer(sock).startswith(b"HTTP/1.1 200 ")
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ")
-        answer = b""
         try:
             for _ in range(64):
                 sock.sendall(b"a" * 4096)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        try:
-            while part := sock.recv(65536):
-                answer += part
-        except ConnectionResetError:
-            pass
+        answer = until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
 
 
