@@ -59,8 +59,10 @@ def repeated_headers(headers: list[tuple[bytes, bytes]]) -> list[str]:
 
 def head_bytes(scope: Scope) -> int:
     """About the size of the request's head on the wire: its request line and header lines."""
-    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) + 1
-    return len(scope["method"]) + target + 11 + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 2
+    query = scope.get("query_string", b"")
+    target = len(scope.get("raw_path") or scope["path"].encode()) + (len(query) + 1 if query else 0)  # "?" + query
+    # "METHOD SP target SP HTTP/1.1 CRLF", then "name: value CRLF" per header, then the blank line's CRLF
+    return len(scope["method"]) + 1 + target + 11 + sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + 2
 
 
 def too_large(limit: int) -> str:

@@ -278,6 +278,81 @@ def test_a_body_in_the_same_read_as_its_head_is_not_counted_as_head(small_heads:
     assert b'"error"' in answer
 
 
+def test_a_whole_head_is_measured_to_the_byte_with_a_query_string_too(small_heads: str) -> None:
+    """The 431 boundary is the head's size on the wire: the request line counts its "?" once, no more."""
+    host, port = small_heads.removeprefix("http://").split(":")
+    for target in (b"/healthz", b"/healthz?a=b"):
+        start = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nX-Filler: "
+        for size, status in ((HEADER_LIMIT, b"200"), (HEADER_LIMIT + 1, b"431")):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(start + b"a" * (size - len(start) - 4) + b"\r\n\r\n")  # a head of `size` bytes
+                answer = one_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 " + status), (target, size, answer[:200])
+
+
+def chunked(path: bytes, chunks: bytes, *headers: bytes) -> bytes:
+    """A request with a chunked body (`chunks`: its chunk lines, the last chunk and any trailers included)."""
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + b"".join(h + b"\r\n" for h in headers) + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+
+
+def test_trailers_of_a_chunked_body_never_pass_as_headers(tiny_artifact: Path) -> None:
+    """httptools hands trailer fields on like header fields: a key in a trailer must not authenticate, a trailer
+    must not replace the request id or the content type, and trailer bytes do not count as head bytes."""
+    body = b'{"tokens": [1, 2, 3, 4, 5, 6, 7, 8]}'
+    key = "k" * 32
+    app = build_app(make_settings(tiny_artifact, api_keys=(key,), max_header_bytes=HEADER_LIMIT))
+    with serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def send(request: bytes) -> bytes:
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(request)
+                return one_answer(sock)
+
+        gone = send(chunked(b"/decode", b"%x\r\n%s\r\n0\r\nAuthorization: Bearer %s\r\n\r\n"
+                            % (len(body), body, key.encode())))
+        assert gone.startswith(b"HTTP/1.1 401 "), gone[:300]  # the key came only as a trailer
+        ok = send(chunked(b"/decode", b"%x\r\n%s\r\n0\r\nX-Request-ID: trailer\r\nContent-Type: text/plain\r\n"
+                          b"X-Filler: %s\r\n\r\n" % (len(body), body, b"a" * (HEADER_LIMIT - 200)),
+                          b"Authorization: Bearer " + key.encode(), b"X-Request-ID: head"))
+        assert ok.startswith(b"HTTP/1.1 200 "), ok[:300]  # not 400 duplicate_header, not 431 for the trailer bytes
+        assert b"x-request-id: head\r\n" in ok.lower()
+
+
+@pytest.mark.parametrize("endless", ["a chunk extension", "a trailer"])
+def test_an_endless_chunk_extension_or_trailer_is_cut_off(small_heads: str, endless: str) -> None:
+    """llhttp reads both without a bound (a trailer's value piles up in memory): cut off past the head limit."""
+    start = (chunked(b"/decode", b"1;ext=") if endless == "a chunk extension"
+             else chunked(b"/decode", b"1\r\n{\r\n0\r\nX-Trailer: "))
+    sent, answer = send_head(small_heads, start, 64 * 1024 * 1024)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"too large" in answer, answer[:300]
+    assert sent < 16 * 1024 * 1024
+    assert httpx.get(f"{small_heads}/healthz", timeout=10).status_code == 200
+
+
+def test_a_pipelined_head_over_the_limit_is_refused_after_the_answer_before_it(tiny_artifact: Path) -> None:
+    """A request still in the model keeps its answer: the 400 for the next, endless head on the same connection
+    comes after it, and the first request is not counted as a hang-up."""
+    engine = FakeEngine()
+    engine.gate.clear()
+    app = build_app(make_settings(tiny_artifact, max_header_bytes=HEADER_LIMIT), engine=engine)
+    with serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b'POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                         b'Content-Length: 36\r\n\r\n{"tokens": [1, 2, 3, 4, 5, 6, 7, 8]}')
+            assert engine.entered.wait(30)  # the first request is in the model, held there
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * (4 * HEADER_LIMIT))
+            time.sleep(0.3)  # the server has read past the limit by now
+            engine.gate.set()
+            answer = until_closed(sock)
+        first, _, rest = answer.partition(b"HTTP/1.1 400 ")
+        assert first.startswith(b"HTTP/1.1 200 ") and b"image/png" in first.lower(), answer[:300]
+        assert rest, answer[-300:]  # then the refusal, and the connection closed
+        assert requests_total(url, "/decode", 499) == 0
+
+
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
     with pytest.raises(ValueError, match="max_header_bytes"):
         make_settings(tiny_artifact, max_header_bytes=100)
