@@ -97,9 +97,12 @@ def _check_header(shape: tuple[int, ...], dtype: np.dtype) -> None:
 
 
 def write_npy(array: np.ndarray) -> bytes:
-    """An array -> the bytes of its .npy file, as numpy.save writes them (C order; format 1.0 unless the header
-    needs 2.0). The header is built once per dtype and shape."""
-    array = np.ascontiguousarray(array)
+    """An array -> the bytes of its .npy file, as numpy.save writes a C-ordered array (a Fortran-ordered one is
+    written in C order, the same values; format 1.0 unless the header needs 2.0). The header is built once per
+    dtype and shape."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)  # (np.ascontiguousarray alone would make a 0-d array 1-d)
     if array.dtype.hasobject:
         raise ValueError("object arrays are not written as .npy here")
     return _npy_header(array.dtype.str, array.shape) + array.tobytes()

@@ -31,6 +31,33 @@ def test_images_and_tokens_parse_from_what_numpy_save_writes() -> None:
     assert parse_tokens(npy(fortran), 3, 64, 4).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
+@pytest.mark.parametrize("array", [np.arange(64, dtype=np.int64).reshape(2, 32), np.zeros((3, 16, 16, 3), np.uint8),
+                                   np.ones((0, 5), np.float32), np.ones((2, 3), ">i4"), np.array(7, np.int16),
+                                   np.zeros((1,) * 40, np.uint8)], ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_write_npy_writes_what_numpy_save_writes_and_reads_back(array: np.ndarray) -> None:
+    """Headers are built once per dtype and shape (cached): the bytes stay numpy.save's, 0-d arrays included."""
+    for _ in range(2):  # the second time from the cache
+        assert write_npy(array) == npy(array)
+        back = read_npy(write_npy(array))
+        assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+    fortran = np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3))
+    assert np.array_equal(read_npy(write_npy(fortran)), fortran)  # written in C order, the same values
+
+
+def test_a_cached_header_is_checked_again_for_every_body() -> None:
+    """The header cache holds what numpy read; the body's length is still checked against it each time."""
+    good = npy(np.zeros((2, 3), np.int64))
+    assert read_npy(good).shape == (2, 3)
+    with pytest.raises(MalformedArray, match="truncated"):
+        read_npy(good[:-1])
+    with pytest.raises(MalformedArray, match="after its data"):
+        read_npy(good + b"x")
+    forged = bytearray(good)
+    forged[8:10] = (len(good) * 2).to_bytes(2, "little")  # a header length past the body
+    with pytest.raises(MalformedArray):
+        read_npy(bytes(forged))
+
+
 def test_answers_load_back_with_numpy_load_and_keep_their_dtype() -> None:
     tokens = [np.array([1, 4095]), np.array([7, 8])]
     back = np.load(io.BytesIO(stack(tokens, np.dtype(np.uint16))))
