@@ -25,7 +25,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
       counted from the first read after the previous message ended (or the connection opened) until its headers
       are complete; a read that also holds the end of the previous body is not counted, so a head may run over
       by at most one read (the event loop reads at most 256 KiB at a time). When the head is that of a pipelined
-      request behind one still being answered, reading stops and the 400 follows that answer.
+      request behind ones still being answered, nothing more is read and the 400 follows their answers.
     - Bytes of a chunked body that are neither payload nor a complete chunk-size line (a chunk extension or a
       trailer that never ends) past `max_head_bytes`: 400 and a closed connection, as h11's bound on an
       unfinished event gave.
@@ -43,9 +43,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._framing_bytes = 0  # body-phase bytes that were not payload since the last chunk-size line
         self._chunk_line = False  # a chunk-size line was completed during this read
         self._cut_after_response = False  # a pipelined head ran over while an earlier answer was pending
+        self._messages = 0  # requests begun on this connection
 
     def data_received(self, data: bytes) -> None:
-        started_in_head = self._in_head
+        if self._cut_after_response:  # the connection ends after the pending answers: nothing more is read
+            self.flow.pause_reading()
+            return
+        started_in_head, message = self._in_head, self._messages
         if started_in_head:
             self._head_bytes += len(data)
         payload, self._chunk_line = self._payload_bytes, False
@@ -54,11 +58,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._head_bytes > self.max_head_bytes:
             if self._answer_pending():
-                self.flow.pause_reading()  # read no more of it; the 400 follows the pending answer
+                self.flow.pause_reading()  # read no more of it; the 400 follows the pending answers
                 self._cut_after_response = True
             else:
                 self._refuse("request head over %d bytes and not finished", "Request head too large.")
-        elif not started_in_head and not self._in_head:  # the whole read was body-phase bytes
+        elif not started_in_head and not self._in_head and self._messages == message:
+            # The whole read was the body of one message (a read that also held other requests is not counted).
             if self._chunk_line:
                 self._framing_bytes = 0
             else:
@@ -86,6 +91,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._payload_bytes += len(body)
         super().on_body(body)
 
+    def on_message_begin(self) -> None:
+        self._messages += 1
+        super().on_message_begin()
+
     def on_chunk_header(self) -> None:
         self._chunk_line = True
 
@@ -94,10 +103,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # whatever comes next on this connection is the next request's head
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._cut_after_response and not self.transport.is_closing() and not self._answer_pending():
-            self._cut_after_response = False
-            self._refuse("request head over %d bytes and not finished", "Request head too large.")
+        super().on_response_complete()  # resumes reading, and starts the next pipelined request if there is one
+        if self._cut_after_response and not self.transport.is_closing():
+            if self._answer_pending():
+                self.flow.pause_reading()
+            else:
+                self._cut_after_response = False
+                self._refuse("request head over %d bytes and not finished", "Request head too large.")
 
 
 def bounded_httptools(max_head_bytes: int) -> type[BoundedHttpToolsProtocol]:

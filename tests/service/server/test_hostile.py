@@ -230,11 +230,13 @@ def one_answer(sock: socket.socket) -> bytes:
     """One answer on a kept-alive connection: its head and its Content-Length of body."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += (part := sock.recv(65536))
+        if not part:
+            return data  # closed: whatever came
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
-    while len(body) < length:
-        body += sock.recv(65536)
+    while len(body) < length and (part := sock.recv(65536)):
+        body += part
     return head + b"\r\n\r\n" + body
 
 
@@ -345,12 +347,43 @@ def test_a_pipelined_head_over_the_limit_is_refused_after_the_answer_before_it(t
             assert engine.entered.wait(30)  # the first request is in the model, held there
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * (4 * HEADER_LIMIT))
             time.sleep(0.3)  # the server has read past the limit by now
+            # Finishing the head and pipelining more changes nothing: after the overflow nothing more is read.
+            sock.sendall(b"\r\n\r\n" + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+            time.sleep(0.3)
             engine.gate.set()
             answer = until_closed(sock)
         first, _, rest = answer.partition(b"HTTP/1.1 400 ")
         assert first.startswith(b"HTTP/1.1 200 ") and b"image/png" in first.lower(), answer[:300]
-        assert rest, answer[-300:]  # then the refusal, and the connection closed
+        assert rest and answer.count(b"HTTP/1.1 ") == 2, answer[-300:]  # then the refusal, and the connection closed
         assert requests_total(url, "/decode", 499) == 0
+
+
+def test_pipelined_requests_behind_a_body_split_across_reads_are_all_answered(small_heads: str) -> None:
+    """A read that begins in one request's body and holds many more whole requests is not a chunk's framing: its
+    heads (here 60 of them, past the head limit together) are heads, each answered."""
+    body = b'{"tokens": [1, 2, 3, 4, 5, 6, 7, 8]}'
+    request = (b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    stream = request * 61
+    assert len(request) * 60 > HEADER_LIMIT
+    host, port = small_heads.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        for piece in (stream[:len(request) - 20], stream[len(request) - 20:-20], stream[-20:]):
+            sock.sendall(piece)
+            time.sleep(0.3)  # separate reads on the server
+        statuses, buffer = [], b""
+        while len(statuses) < 61:  # answers come back to back: split them by their Content-Length
+            head_end = buffer.find(b"\r\n\r\n")
+            if head_end < 0 or len(buffer) < head_end + 4 + int(
+                    re.search(rb"content-length: (\d+)", buffer[:head_end].lower()).group(1)):
+                part = sock.recv(65536)
+                assert part, f"closed after {len(statuses)} answers: {statuses}"
+                buffer += part
+                continue
+            length = int(re.search(rb"content-length: (\d+)", buffer[:head_end].lower()).group(1))
+            statuses.append(int(buffer.split(b" ", 2)[1]))
+            buffer = buffer[head_end + 4 + length:]
+    assert statuses == [200] * 61
 
 
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
