@@ -64,12 +64,14 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     """The server's configuration: one worker, our logging, and a bound on each request's head.
 
     The head (request line and headers) is parsed by httptools with a byte count (titok.server.protocol): one
-    that grows past TITOK_MAX_HEADER_BYTES unfinished gets a 400 and a closed connection from the server before
-    the app sees it; a whole head over the limit gets a 431 from the app.
+    that grows past TITOK_MAX_HEADER_BYTES unfinished gets a 400 (JSON, counted under endpoint "other") and a
+    closed connection before the app sees it; a whole head over the limit gets a 431 from the app.
     """
+    svc = getattr(getattr(app, "state", None), "service", None)  # an app from build_app: count the protocol's 400s
+    refused = svc.metrics.requests.labels("other", "400").inc if svc is not None else None
     return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
                           timeout_graceful_shutdown=None, lifespan="on",
-                          http=bounded_httptools(settings.max_header_bytes))
+                          http=bounded_httptools(settings.max_header_bytes, refused))
 
 
 def _exit_drained() -> NoReturn:

@@ -11,7 +11,10 @@ whole and is over the limit is answered 431 by the app's middleware (titok.serve
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -34,6 +37,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     max_head_bytes = 16 * 1024
+    on_refused: Callable[[], None] | None = None  # called for every 400 written here (e.g. to count it)
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -78,6 +82,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         log.warning(log_message + ": answered 400, connection closed", self.max_head_bytes)
         self.send_400_response(answer)
 
+    def send_400_response(self, msg: str) -> None:
+        """400 and close, in the service's error shape: JSON `{"error": {"code": "bad_request", "message",
+        "request_id"}}` with X-Request-ID, for bytes that are not HTTP (uvicorn's plain-text "Invalid HTTP request
+        received.") and for the bounds above. No request reached the app, so the id is a fresh one."""
+        message = _MESSAGES.get(msg, msg).format(limit=self.max_head_bytes)
+        rid = uuid.uuid4().hex
+        body = json.dumps({"error": {"code": "bad_request", "message": message, "request_id": rid}}).encode()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                 b"x-request-id: " + rid.encode() + b"\r\n", b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+        if self.on_refused is not None:
+            self.on_refused()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # else a trailer of a chunked body: dropped
             super().on_header(name, value)
@@ -112,6 +132,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse("request head over %d bytes and not finished", "Request head too large.")
 
 
-def bounded_httptools(max_head_bytes: int) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn.Config(http=...) with this bound on a request's head (bytes)."""
-    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"max_head_bytes": max_head_bytes})
+# What each 400 says: uvicorn's own message for bytes that are not HTTP, and ours ({limit}: max_head_bytes).
+_MESSAGES = {
+    "Invalid HTTP request received.": "the request is not valid HTTP/1.1 (a malformed request line, header, "
+                                      "Content-Length or chunk); the connection is closed",
+    "Request head too large.": "the request line and headers run past {limit} bytes unfinished "
+                               "(TITOK_MAX_HEADER_BYTES); the connection is closed",
+    "Chunk extension or trailer too large.": "a chunk extension or trailer of the chunked body runs past {limit} "
+                                             "bytes (TITOK_MAX_HEADER_BYTES); the connection is closed",
+}
+
+
+def bounded_httptools(max_head_bytes: int,
+                      on_refused: Callable[[], None] | None = None) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...) with this bound on a request's head (bytes); `on_refused`
+    is called for every 400 the protocol writes itself (titok serve counts them in titok_requests_total)."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,),
+                {"max_head_bytes": max_head_bytes, "on_refused": staticmethod(on_refused) if on_refused else None})

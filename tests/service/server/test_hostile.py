@@ -3,6 +3,7 @@ methods; and an unexpected error, which must still be answered as JSON with the 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -328,7 +329,7 @@ def test_an_endless_chunk_extension_or_trailer_is_cut_off(small_heads: str, endl
     start = (chunked(b"/decode", b"1;ext=") if endless == "a chunk extension"
              else chunked(b"/decode", b"1\r\n{\r\n0\r\nX-Trailer: "))
     sent, answer = send_head(small_heads, start, 64 * 1024 * 1024)
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"too large" in answer, answer[:300]
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"chunk extension or trailer" in answer, answer[:300]
     assert sent < 16 * 1024 * 1024
     assert httpx.get(f"{small_heads}/healthz", timeout=10).status_code == 200
 
@@ -384,6 +385,24 @@ def test_pipelined_requests_behind_a_body_split_across_reads_are_all_answered(sm
             statuses.append(int(buffer.split(b" ", 2)[1]))
             buffer = buffer[head_end + 4 + length:]
     assert statuses == [200] * 61
+
+
+def test_the_servers_own_400s_are_json_with_a_request_id_and_counted(small_heads: str) -> None:
+    """Bytes that are not HTTP, and a head that runs past the limit, are refused before the app sees a request:
+    in the service's error shape all the same, and counted under endpoint "other"."""
+    before = requests_total(small_heads, "other", 400)
+    _, endless = send_head(small_heads, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ", 1024 * 1024)
+    host, port = small_heads.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        garbage = until_closed(sock)
+    for answer, words in ((endless, b"TITOK_MAX_HEADER_BYTES"), (garbage, b"not valid HTTP/1.1")):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), answer[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] == "bad_request" and words.decode() in error["message"], error
+        assert f"x-request-id: {error['request_id']}".encode() in head.lower()
+    assert requests_total(small_heads, "other", 400) == before + 2
 
 
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
