@@ -71,7 +71,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     refused = svc.metrics.requests.labels("other", "400").inc if svc is not None else None
     return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
                           timeout_graceful_shutdown=None, lifespan="on",
-                          http=bounded_httptools(settings.max_header_bytes, refused))
+                          http=bounded_httptools(settings.max_header_bytes, settings.body_timeout_s, refused))
 
 
 def _exit_drained() -> NoReturn:

@@ -11,6 +11,7 @@ whole and is over the limit is answered 431 by the app's middleware (titok.serve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -37,7 +38,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     max_head_bytes = 16 * 1024
-    on_refused: Callable[[], None] | None = None  # called for every 400 written here (e.g. to count it)
+    head_timeout_s: float | None = None  # a connection's first head, and any head once begun, must end within this
+    on_refused: Callable[[], None] | None = None  # called for every 400 or 408 written here (e.g. to count it)
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -48,6 +50,42 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._chunk_line = False  # a chunk-size line was completed during this read
         self._cut_after_response = False  # a pipelined head ran over while an earlier answer was pending
         self._messages = 0  # requests begun on this connection
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # uvicorn's keep-alive timer starts only after a first answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        if self.head_timeout_s:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        """A head that did not end in time (a slow or silent client holding the connection): 408 and close, or
+        just close when nothing at all was sent."""
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self._answer_pending():  # the next head waits behind answers (pipelining pauses reading): not slow
+            self._arm_head_timer()
+            return
+        if self._messages == 0 and self._head_bytes == 0:
+            self.transport.close()
+            return
+        log.warning("request head not finished within %g s: answered 408, connection closed", self.head_timeout_s)
+        self._send_error(408, b"Request Timeout", "body_timeout",
+                         f"the request head did not arrive within {self.head_timeout_s:g} s (TITOK_BODY_TIMEOUT_S); "
+                         "the connection is closed")
 
     def data_received(self, data: bytes) -> None:
         if self._cut_after_response:  # the connection ends after the pending answers: nothing more is read
@@ -86,10 +124,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """400 and close, in the service's error shape: JSON `{"error": {"code": "bad_request", "message",
         "request_id"}}` with X-Request-ID, for bytes that are not HTTP (uvicorn's plain-text "Invalid HTTP request
         received.") and for the bounds above. No request reached the app, so the id is a fresh one."""
-        message = _MESSAGES.get(msg, msg).format(limit=self.max_head_bytes)
+        self._send_error(400, b"Bad Request", "bad_request", _MESSAGES.get(msg, msg).format(limit=self.max_head_bytes))
+
+    def _send_error(self, status: int, reason: bytes, code: str, message: str) -> None:
+        self._cancel_head_timer()
         rid = uuid.uuid4().hex
-        body = json.dumps({"error": {"code": "bad_request", "message": message, "request_id": rid}}).encode()
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        body = json.dumps({"error": {"code": code, "message": message, "request_id": rid}}).encode()
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
                  b"x-request-id: " + rid.encode() + b"\r\n", b"connection: close\r\n\r\n"]
@@ -103,6 +144,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
         self._in_head = False
         self._head_bytes = self._framing_bytes = 0
         super().on_headers_complete()
@@ -113,6 +155,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._messages += 1
+        self._arm_head_timer()
         super().on_message_begin()
 
     def on_chunk_header(self) -> None:
@@ -143,9 +186,10 @@ _MESSAGES = {
 }
 
 
-def bounded_httptools(max_head_bytes: int,
+def bounded_httptools(max_head_bytes: int, head_timeout_s: float | None = None,
                       on_refused: Callable[[], None] | None = None) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class for uvicorn.Config(http=...) with this bound on a request's head (bytes); `on_refused`
-    is called for every 400 the protocol writes itself (titok serve counts them in titok_requests_total)."""
+    """The protocol class for uvicorn.Config(http=...) with these bounds on a request's head (bytes, seconds);
+    `on_refused` is called for every 400 or 408 the protocol writes itself (titok serve counts them)."""
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,),
-                {"max_head_bytes": max_head_bytes, "on_refused": staticmethod(on_refused) if on_refused else None})
+                {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s,
+                 "on_refused": staticmethod(on_refused) if on_refused else None})

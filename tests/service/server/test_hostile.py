@@ -405,6 +405,28 @@ def test_the_servers_own_400s_are_json_with_a_request_id_and_counted(small_heads
     assert requests_total(small_heads, "other", 400) == before + 2
 
 
+def test_a_silent_or_slow_head_is_timed_out(tiny_artifact: Path) -> None:
+    """uvicorn arms its keep-alive timer only after a first answer: a connection that sends nothing, or a head
+    that never ends under the size limit, held its place for ever. Now TITOK_BODY_TIMEOUT_S bounds the head too."""
+    with serving(build_app(make_settings(tiny_artifact, body_timeout_s=1.0))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as silent, \
+                socket.create_connection((host, int(port)), timeout=30) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            t0 = time.monotonic()
+            assert until_closed(silent) == b""  # closed without a word
+            answer = until_closed(slow)
+            assert time.monotonic() - t0 < 10
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower(), answer[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] == "body_timeout" and "TITOK_BODY_TIMEOUT_S" in error["message"]
+        with httpx.Client(timeout=10) as client:  # a client that is merely slow between requests is not hurried
+            assert client.get(f"{url}/healthz").status_code == 200
+            time.sleep(1.5)
+            assert client.get(f"{url}/healthz").status_code == 200
+
+
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
     with pytest.raises(ValueError, match="max_header_bytes"):
         make_settings(tiny_artifact, max_header_bytes=100)
