@@ -68,7 +68,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     closed connection before the app sees it; a whole head over the limit gets a 431 from the app.
     """
     svc = getattr(getattr(app, "state", None), "service", None)  # an app from build_app: count the protocol's 400s
-    refused = svc.metrics.requests.labels("other", "400").inc if svc is not None else None
+    refused = (lambda status: svc.metrics.requests.labels("other", str(status)).inc()) if svc is not None else None
     return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
                           timeout_graceful_shutdown=None, lifespan="on",
                           http=bounded_httptools(settings.max_header_bytes, settings.body_timeout_s, refused))

@@ -5,8 +5,9 @@ httptools (llhttp, in C) parsed a one-item request in about 20% less of the even
 but unlike h11's `max_incomplete_event_size` nothing bounds a request line, header, chunk extension or trailer
 that never ends, and uvicorn's protocol for it hands a chunked body's trailers on as request headers.
 `BoundedHttpToolsProtocol` counts the bytes of each head (and of a chunked body's framing) as they arrive and,
-past the limit, answers 400 and closes the connection, as h11 did, and drops trailers; a head that arrives
-whole and is over the limit is answered 431 by the app's middleware (titok.server.middleware.RequestContext).
+past the limit, answers 400 and closes the connection, as h11 did, drops trailers, and times out a head that
+never ends; a head that arrives whole and is over the limit is answered 431 by the app's middleware
+(titok.server.middleware.RequestContext).
 """
 
 from __future__ import annotations
@@ -35,11 +36,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
       unfinished event gave.
     - Trailer fields are dropped: uvicorn's httptools protocol appended them to the request's headers, where a
       trailer could stand in for a header (an API key, a request id, a content type) that a proxy had checked.
+    - A head must end within `head_timeout_s` of the connection's start (the first) or of its first byte (the
+      next ones): else 408 and a closed connection, or just the close when nothing at all was sent. uvicorn's
+      keep-alive timer covers only the time between an answer and the next request.
+    Every 400 and 408 written here is JSON in the service's error shape with an X-Request-ID; `on_refused(status)`
+    is called for each (titok serve counts them in titok_requests_total under endpoint "other").
     """
 
     max_head_bytes = 16 * 1024
     head_timeout_s: float | None = None  # a connection's first head, and any head once begun, must end within this
-    on_refused: Callable[[], None] | None = None  # called for every 400 or 408 written here (e.g. to count it)
+    on_refused: Callable[[int], None] | None = None  # called with the status of every 400 or 408 written here
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -137,7 +143,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
         if self.on_refused is not None:
-            self.on_refused()
+            self.on_refused(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # else a trailer of a chunked body: dropped
@@ -187,9 +193,9 @@ _MESSAGES = {
 
 
 def bounded_httptools(max_head_bytes: int, head_timeout_s: float | None = None,
-                      on_refused: Callable[[], None] | None = None) -> type[BoundedHttpToolsProtocol]:
+                      on_refused: Callable[[int], None] | None = None) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for uvicorn.Config(http=...) with these bounds on a request's head (bytes, seconds);
-    `on_refused` is called for every 400 or 408 the protocol writes itself (titok serve counts them)."""
+    `on_refused(status)` is called for every 400 or 408 the protocol writes itself (titok serve counts them)."""
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,),
                 {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s,
                  "on_refused": staticmethod(on_refused) if on_refused else None})

@@ -421,6 +421,7 @@ def test_a_silent_or_slow_head_is_timed_out(tiny_artifact: Path) -> None:
         assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower(), answer[:300]
         error = json.loads(body)["error"]
         assert error["code"] == "body_timeout" and "TITOK_BODY_TIMEOUT_S" in error["message"]
+        assert requests_total(url, "other", 408) == 1 and requests_total(url, "other", 400) == 0
         with httpx.Client(timeout=10) as client:  # a client that is merely slow between requests is not hurried
             assert client.get(f"{url}/healthz").status_code == 200
             time.sleep(1.5)
