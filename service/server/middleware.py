@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -47,18 +48,8 @@ def request_id_from(header: bytes | None) -> str:
     return value if _REQUEST_ID.fullmatch(value) else uuid.uuid4().hex
 
 
-def repeated_headers(headers: list[tuple[bytes, bytes]]) -> list[str]:
-    """The names in SINGLE_HEADERS that occur more than once among `headers`, sorted."""
-    seen: set[bytes] = set()
-    twice: set[bytes] = set()
-    for k, _ in headers:
-        if k in SINGLE_HEADERS:
-            (twice if k in seen else seen).add(k)
-    return sorted(k.decode("latin-1") for k in twice)
-
-
 def head_bytes(scope: Scope) -> int:
-    """About the size of the request's head on the wire: its request line and header lines."""
+    """The size of the request's head on the wire in bytes: its request line, header lines and blank line."""
     query = scope.get("query_string", b"")
     target = len(scope.get("raw_path") or scope["path"].encode()) + (len(query) + 1 if query else 0)  # "?" + query
     # "METHOD SP target SP HTTP/1.1 CRLF", then "name: value CRLF" per header, then the blank line's CRLF
@@ -121,7 +112,8 @@ class RequestContext:
             return message
 
         try:
-            twice = repeated_headers(scope["headers"])
+            counts = Counter(k for k, _ in scope["headers"] if k in SINGLE_HEADERS)
+            twice = sorted(k.decode("latin-1") for k, n in counts.items() if n > 1)
             if twice:  # one reader would take the first, another the last: refuse rather than guess
                 raise DuplicateHeader(f"the header {', '.join(twice)} is sent more than once; send it once")
             head = head_bytes(scope)
