@@ -109,7 +109,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.flow.pause_reading()  # read no more of it; the 400 follows the pending answers
                 self._cut_after_response = True
             else:
-                self._refuse("request head over %d bytes and not finished", "Request head too large.")
+                self._refuse("request head over %d bytes and not finished", _HEAD_TOO_LARGE)
         elif not started_in_head and not self._in_head and self._messages == message:
             # The whole read was the body of one message (a read that also held other requests is not counted).
             if self._chunk_line:
@@ -117,20 +117,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._framing_bytes += len(data) - (self._payload_bytes - payload)
             if self._framing_bytes > self.max_head_bytes:
-                self._refuse("chunk extension or trailer over %d bytes", "Chunk extension or trailer too large.")
+                self._refuse("chunk extension or trailer over %d bytes", _FRAMING_TOO_LARGE)
 
     def _answer_pending(self) -> bool:
         return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
-    def _refuse(self, log_message: str, answer: str) -> None:
+    def _refuse(self, log_message: str, message: str) -> None:
+        """400 and close for a bound above: `message` names it ({limit}: max_head_bytes)."""
         log.warning(log_message + ": answered 400, connection closed", self.max_head_bytes)
-        self.send_400_response(answer)
+        self._send_error(400, b"Bad Request", "bad_request", message.format(limit=self.max_head_bytes))
 
     def send_400_response(self, msg: str) -> None:
-        """400 and close, in the service's error shape: JSON `{"error": {"code": "bad_request", "message",
-        "request_id"}}` with X-Request-ID, for bytes that are not HTTP (uvicorn's plain-text "Invalid HTTP request
-        received.") and for the bounds above. No request reached the app, so the id is a fresh one."""
-        self._send_error(400, b"Bad Request", "bad_request", _MESSAGES.get(msg, msg).format(limit=self.max_head_bytes))
+        """uvicorn's 400 for bytes that are not HTTP (its plain-text `msg`, "Invalid HTTP request received."), in
+        the service's error shape instead."""
+        self._send_error(400, b"Bad Request", "bad_request", _NOT_HTTP)
 
     def _send_error(self, status: int, reason: bytes, code: str, message: str) -> None:
         self._cancel_head_timer()
@@ -178,18 +178,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.flow.pause_reading()
             else:
                 self._cut_after_response = False
-                self._refuse("request head over %d bytes and not finished", "Request head too large.")
+                self._refuse("request head over %d bytes and not finished", _HEAD_TOO_LARGE)
 
 
-# What each 400 says: uvicorn's own message for bytes that are not HTTP, and ours ({limit}: max_head_bytes).
-_MESSAGES = {
-    "Invalid HTTP request received.": "the request is not valid HTTP/1.1 (a malformed request line, header, "
-                                      "Content-Length or chunk); the connection is closed",
-    "Request head too large.": "the request line and headers run past {limit} bytes unfinished "
-                               "(TITOK_MAX_HEADER_BYTES); the connection is closed",
-    "Chunk extension or trailer too large.": "a chunk extension or trailer of the chunked body runs past {limit} "
-                                             "bytes (TITOK_MAX_HEADER_BYTES); the connection is closed",
-}
+# What each 400 says ({limit}: max_head_bytes).
+_NOT_HTTP = ("the request is not valid HTTP/1.1 (a malformed request line, header, Content-Length or chunk); the "
+             "connection is closed")
+_HEAD_TOO_LARGE = ("the request line and headers run past {limit} bytes unfinished (TITOK_MAX_HEADER_BYTES); the "
+                   "connection is closed")
+_FRAMING_TOO_LARGE = ("a chunk extension or trailer of the chunked body runs past {limit} bytes "
+                      "(TITOK_MAX_HEADER_BYTES); the connection is closed")
 
 
 def bounded_httptools(max_head_bytes: int, head_timeout_s: float | None = None,
