@@ -106,15 +106,11 @@ def requests_for(url: str, op: str, photos: list[bytes], tokens: list[list[int]]
     return [loadgen.post(url, "/decode", write_npy(np.array([t], np.int64)), NPY, NPY) for t in tokens]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """User + system CPU seconds of one thread of a process so far (Linux /proc); the main thread has tid = pid."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds so far (Linux /proc) of a process and its threads, or of its thread `tid` alone
+    (the main thread has tid = pid)."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -145,11 +141,11 @@ def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], t
             c, n = (max(2, concurrency // per), max(8, requests // per)) if per > 1 else (concurrency, requests)
             loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, min(64, n)))  # warm
             pid = server.proc.pid
-            c0, l0 = cpu_seconds(pid), thread_cpu_seconds(pid, pid)
+            c0, l0 = cpu_seconds(pid), cpu_seconds(pid, pid)
             tally, seconds = loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, n))
             cpu[op] = 1000 * (cpu_seconds(pid) - c0) / max(tally.ok * per, 1)
             if loop_cpu is not None:
-                loop_cpu[op] = 1000 * (thread_cpu_seconds(pid, pid) - l0) / max(tally.ok * per, 1)
+                loop_cpu[op] = 1000 * (cpu_seconds(pid, pid) - l0) / max(tally.ok * per, 1)
             rate[op] = tally.ok * per / seconds if tally.failed == 0 else float("nan")
         return rate, cpu, dtype
     finally:
