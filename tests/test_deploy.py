@@ -16,8 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from titok.server.drain import SETTLE_S
+from titok.server.drain import ACCEPTED_SETTLE_S
 from titok.server.metrics import Metrics
+from titok.server.protocol import BoundedHttpToolsProtocol
 from titok.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ def _drain_budget_s(env: dict[str, str]) -> float:
     """The longest a replica takes to exit after SIGTERM: the grace, then a request that started just before
     the listener closed (its body may take TITOK_BODY_TIMEOUT_S, its items TITOK_REQUEST_TIMEOUT_S queued)."""
     names = ("TITOK_DRAIN_GRACE_S", "TITOK_BODY_TIMEOUT_S", "TITOK_REQUEST_TIMEOUT_S")
-    return sum(_env_seconds(env, n) for n in names) + SETTLE_S
+    settle = ACCEPTED_SETTLE_S + BoundedHttpToolsProtocol.shutdown_settle_s
+    return sum(_env_seconds(env, n) for n in names) + settle
 
 
 @pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(K8S)))

@@ -5,8 +5,9 @@ The signal does not close the listener at once: for `TITOK_DRAIN_GRACE_S` the se
 503 + Retry-After (its body read and dropped first, so the client sees the answer rather than a reset)
 and every answer says `Connection: close` (keep-alive clients reconnect, to another replica). Queued
 work is finished meanwhile. Then the listener closes, connections accepted just before get up to
-SETTLE_S to send their request (answered 503), uvicorn's own shutdown lets in-flight requests complete,
-the lifespan stops the batcher, and the process exits 0.
+`BoundedHttpToolsProtocol.shutdown_settle_s` to send their request (answered 503), none is closed with a
+request on its way (titok.server.protocol), uvicorn's own shutdown lets in-flight requests complete, the
+lifespan stops the batcher, and the process exits 0.
 
 SIGINT (Ctrl-C at a terminal) drains without the grace period; a second signal ends the grace at once.
 """
@@ -29,7 +30,7 @@ from ..errors import Draining
 log = logging.getLogger("titok.serve")
 WORK = {("POST", "/encode"), ("POST", "/decode"), ("POST", "/ui/input")}
 RETRY_AFTER_S = "1"
-SETTLE_S = 2.0  # most time given to connections accepted just before the listener closed to send their request
+ACCEPTED_SETTLE_S = 0.05  # after the listener closes, for connections it accepted last to be made
 
 
 class DrainGate:
@@ -91,13 +92,11 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
-        # uvicorn closes the listener and, at once, every connection without a request in progress: one
-        # accepted a moment before, whose request is still on its way, would be cut without an answer.
-        # Stop accepting first and give such connections a moment to deliver their request (answered 503).
+        # Stop accepting, then let the event loop make the connections it accepted in its last turn (asyncio calls
+        # connection_made a turn or two after accept), so that uvicorn's shutdown below reaches them too. Each
+        # connection then closes once idle, not before a request already on its way is answered
+        # (BoundedHttpToolsProtocol.shutdown).
         for server in self.servers:
             server.close()
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline and any(getattr(c, "cycle", False) is None
-                                                   for c in self.server_state.connections):
-            await asyncio.sleep(0.05)
+        await asyncio.sleep(ACCEPTED_SETTLE_S)
         await super().shutdown(sockets)

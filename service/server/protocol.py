@@ -39,6 +39,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     - A head must end within `head_timeout_s` of the connection's start (the first) or of its first byte (the
       next ones): else 408 and a closed connection, or just the close when nothing at all was sent. uvicorn's
       keep-alive timer covers only the time between an answer and the next request.
+    - A graceful shutdown (uvicorn's `shutdown()`, on SIGTERM after the drain) does not cut a request on its way.
+      uvicorn closed at once every connection with no request in progress, which includes one whose request is
+      in the socket but not yet read, one whose head is half-read, and one accepted a moment before that has not
+      sent yet: each client saw the connection closed without an answer. Here a connection closes when idle:
+      one that has had an answer, `idle_settle_s` after the shutdown if nothing more came (enough for what is
+      already in the socket to be read: the event loop reads ready sockets before it runs due timers); one that
+      has not sent a request yet, `shutdown_settle_s` after it; a request begun meanwhile is answered and the
+      connection then closed (`Connection: close`), a head that never ends is bounded by `head_timeout_s`.
     Every 400 and 408 written here is JSON in the service's error shape with an X-Request-ID; `on_refused(status)`
     is called for each (titok serve counts them in titok_requests_total under endpoint "other").
     """
@@ -46,6 +54,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 16 * 1024
     head_timeout_s: float | None = None  # a connection's first head, and any head once begun, must end within this
     on_refused: Callable[[int], None] | None = None  # called with the status of every 400 or 408 written here
+    shutdown_settle_s = 2.0  # on shutdown, time given to a connection that has not sent a request yet to send one
+    idle_settle_s = 0.05  # on shutdown, time given to an idle kept-alive connection for what is already in the socket
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -57,6 +67,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cut_after_response = False  # a pipelined head ran over while an earlier answer was pending
         self._messages = 0  # requests begun on this connection
         self._head_timer: asyncio.TimerHandle | None = None
+        self._shutting_down = False
+        self._shutdown_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -64,7 +76,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn's server to begin a graceful shutdown: a request in progress is answered and the
+        connection closed after it (uvicorn's rule); an idle connection is closed only once it stays idle for
+        `idle_settle_s` (`shutdown_settle_s` when it has not sent a request yet), so that a request already in
+        the socket, or just being sent, is answered rather than cut."""
+        if self._shutting_down or self.transport.is_closing():
+            return
+        self._shutting_down = True
+        if self._answer_pending():
+            super().shutdown()  # the answer in progress says Connection: close
+            return
+        wait = self.shutdown_settle_s if self._messages == 0 else self.idle_settle_s
+        self._shutdown_timer = self.loop.call_later(wait, self._close_if_idle, self._messages)
+
+    def _close_if_idle(self, messages: int) -> None:
+        """The shutdown's close: unless a request has begun since (`messages` then was the count of requests)."""
+        self._shutdown_timer = None
+        if self.transport.is_closing() or self._messages != messages or self._head_bytes:
+            return  # closed already, or a request is on its way: its answer closes the connection
+        self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -154,6 +189,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = self._framing_bytes = 0
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then the connection closes
 
     def on_body(self, body: bytes) -> None:
         self._payload_bytes += len(body)

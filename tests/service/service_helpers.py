@@ -61,6 +61,13 @@ class FakeEngine:
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
     """A real uvicorn server in a thread on a free loopback port (no signals: not the main thread)."""
+    with serving_server(app) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving_server(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """`serving`, with the uvicorn.Server itself: (the base URL, the server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -76,7 +83,7 @@ def serving(app: Any) -> Iterator[str]:
         threading.Event().wait(0.01)
     assert server.started, "uvicorn did not start"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(60)

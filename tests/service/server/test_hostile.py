@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving
+from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving, serving_server
 
 from titok.server.app import build_app
 
@@ -426,6 +427,48 @@ def test_a_silent_or_slow_head_is_timed_out(tiny_artifact: Path) -> None:
             assert client.get(f"{url}/healthz").status_code == 200
             time.sleep(1.5)
             assert client.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_graceful_shutdown_answers_every_request_on_its_way_then_closes(tiny_artifact: Path) -> None:
+    """uvicorn's shutdown closed at once every connection without a request in progress: a request already in the
+    socket but not yet read, a head half-read, a connection accepted and about to send were all cut without an
+    answer (the drain test saw it under load). The event loop is held while they are sent, then each connection
+    is shut down as uvicorn's server does it: each is answered, with Connection: close, then closed; a kept-alive
+    connection that sends nothing is closed without a word."""
+    with serving_server(build_app(make_settings(tiny_artifact), engine=FakeEngine())) as (url, server):
+        host, port = url.removeprefix("http://").split(":")
+        get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        conns = {name: socket.create_connection((host, int(port)), timeout=30)
+                 for name in ("in the socket", "half a head", "idle", "not sent yet")}
+        try:
+            for name in ("in the socket", "half a head", "idle"):  # each has had an answer: kept alive
+                conns[name].sendall(get)
+                assert one_answer(conns[name]).startswith(b"HTTP/1.1 200 ")
+            loop = next(iter(server.server_state.connections)).loop
+            held, sent = threading.Event(), threading.Event()
+
+            def shut_down_with_requests_unread() -> None:
+                held.set()
+                assert sent.wait(30)
+                time.sleep(0.1)  # the bytes are in the server's socket buffers, unread
+                for connection in list(server.server_state.connections):
+                    connection.shutdown()
+
+            loop.call_soon_threadsafe(shut_down_with_requests_unread)
+            assert held.wait(30)
+            conns["in the socket"].sendall(get)
+            conns["half a head"].sendall(get[:20])
+            sent.set()
+            time.sleep(0.5)  # the shutdown has run
+            conns["half a head"].sendall(get[20:])
+            conns["not sent yet"].sendall(get)
+            for name in ("in the socket", "half a head", "not sent yet"):
+                status, headers, body = read_answer(conns[name])  # to the close
+                assert (status, headers["connection"], json.loads(body)) == (200, "close", {"status": "ok"}), name
+            assert until_closed(conns["idle"]) == b""
+        finally:
+            for sock in conns.values():
+                sock.close()
 
 
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:
