@@ -171,14 +171,14 @@ def check_tokens(a: np.ndarray, num_tokens: int, codebook_size: int, max_sequenc
         raise InvalidArray(f"the tokens array has shape {a.shape}; the model takes exactly {num_tokens} tokens "
                            "per sequence")
     _check_batch(a.shape, max_sequences, "token sequences")
-    bad = np.argwhere((a < 0) | (a >= codebook_size))
-    if len(bad):
-        i, j = (int(v) for v in bad[0])
+    if a.size and (a.min() < 0 or a.max() >= codebook_size):  # two reductions; the search only when one is bad
+        i, j = (int(v) for v in np.argwhere((a < 0) | (a >= codebook_size))[0])
         raise InvalidArray(f"tokens[{i}][{j}] is {int(a[i, j])}; token ids must be in [0, {codebook_size})")
     return a
 
 
 def stack(arrays: Iterable[np.ndarray], dtype: np.dtype | None = None) -> bytes:
     """Per-item results -> one .npy (B, ...) in `dtype` (the smallest token type for tokens)."""
-    out = np.stack(list(arrays))
+    items = list(arrays)
+    out = items[0][None] if len(items) == 1 else np.stack(items)  # one item: a view, not a copy
     return write_npy(out if dtype is None else out.astype(dtype))

@@ -173,6 +173,10 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     """Every logger, ours and every library's (uvicorn, python-multipart, ...), writes through one formatter."""
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter(fmt))
+    # The formatter writes none of the caller's file/line/function, thread or process: leave them out of every
+    # record (the logging HOWTO's "Optimization" section); a one-line access record costs about a sixth less.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries: warnings and errors only

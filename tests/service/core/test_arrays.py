@@ -64,6 +64,10 @@ def test_answers_load_back_with_numpy_load_and_keep_their_dtype() -> None:
     assert back.dtype == np.uint16 and back.tolist() == [[1, 4095], [7, 8]]
     pixels = np.zeros((2, 4, 4, 3), np.uint8)
     assert np.array_equal(np.load(io.BytesIO(write_npy(pixels))), pixels)
+    for items in ([pixels[1]], list(pixels), [np.arange(6, dtype=np.int64)[1::2]]):  # one item, many, a strided one
+        saved = io.BytesIO()
+        np.save(saved, np.stack(items))
+        assert stack(items) == saved.getvalue()
 
 
 def test_a_pickled_object_array_is_refused_and_never_unpickled() -> None:
