@@ -59,11 +59,13 @@ class Settings(BaseSettings):
         "checked from the image headers before decoding (413).")
     model_workers: int = Field(
         0, ge=0, le=64, description="Model calls (batches) that may run at once; 0: 1 on a GPU, on a CPU one per "
-        "core up to 2.")
-    torch_threads: int = Field(0, ge=0, le=MAX_THREADS, description="torch intra-op threads of each model call; 0: "
-                                                                    "the CPU cores shared out among the model workers.")
+        "usable CPU (affinity, cgroup quota) up to 2.")
+    torch_threads: int = Field(
+        0, ge=0, le=MAX_THREADS, description="torch intra-op threads of each model call; 0: the usable CPUs "
+        "(affinity, cgroup quota) shared out among the model workers.")
     codec_threads: int = Field(
-        0, ge=0, le=MAX_THREADS, description="Threads for image decoding and PNG encoding; 0: the number of CPU cores.")
+        0, ge=0, le=MAX_THREADS, description="Threads for image decoding and PNG encoding; 0: the number of usable "
+        "CPUs (affinity, cgroup quota).")
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of returned PNGs: 1 is ~5x faster than Pillow's 6, ~10% larger.")
     ui: bool = Field(True, description="Serve the web page at / (false: API only, / is a 404).")

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.codec import IMAGE_EXTS
+from ..core.cpus import available_cpus
 from ..settings import settings_with_dtype
 from . import bench_formats, loadgen
 
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from ..core.artifact import load_artifact
 
-        torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)  # as the service's model thread
+        torch.set_num_threads(settings.torch_threads or available_cpus())  # as the service's model thread
         module, meta = load_artifact(model, device, dtype)  # loaded once for both directions and the PNG table
         for op in ("encode", "decode"):
             results.append(raw_artifact(module, int(meta["image_size"]), op, photos, tokens, batch, args.requests,

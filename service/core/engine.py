@@ -6,7 +6,6 @@ The artifact itself (format, meta.json, dtype) is titok.core.artifact's; the eng
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from .artifact import (
     to_compute_dtype,
     weights_snapshot,
 )
+from .cpus import available_cpus
 from .errors import ModelLoadError
 from .models import resolve_model
 from .quality import psnr
@@ -56,14 +56,15 @@ def cpu_flags() -> list[str]:
 
 
 def default_workers(device: str) -> int:
-    """Model calls that run at once by default: one on a GPU; on a CPU, one per core up to MAX_CPU_WORKERS.
+    """Model calls that run at once by default: one on a GPU; on a CPU, one per core it may use (available_cpus)
+    up to MAX_CPU_WORKERS.
 
     Measured on 2 cores in bf16 (README, "Compute dtype and speed"): two calls of one thread each kept both cores
     busy where one call of two threads waited on its own barriers and on the codec and HTTP threads beside it.
     """
     if device.startswith("cuda"):
         return 1
-    return max(1, min(MAX_CPU_WORKERS, os.cpu_count() or 1))
+    return max(1, min(MAX_CPU_WORKERS, available_cpus()))
 
 
 class Engine:
@@ -81,7 +82,7 @@ class Engine:
         self.prefix_decodable = info.prefix_decodable  # decode takes any first 1 <= k <= K tokens
         self.workers = max(1, workers)
         # Threads per model call: the cores shared out among the workers unless set.
-        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self.torch_threads = torch_threads or max(1, available_cpus() // self.workers)
         self.dtype_probe: dict[str, Any] = {"requested": dtype, "chosen": dtype, "images_per_s": {}}
         self._thread = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="titok-model",
                                           initializer=torch.set_num_threads, initargs=(self.torch_threads,))

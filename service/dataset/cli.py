@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ..core.artifact import DTYPES, ModelInfo, read_meta
 from ..core.codec import RESIZE_MODES
+from ..core.cpus import available_cpus
 from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
 from ..settings import MAX_THREADS, Settings, describe_invalid
@@ -66,8 +67,9 @@ def tokenize_parser() -> argparse.ArgumentParser:
                    help="as /encode's ?resize=: crop (default), pad or stretch")
     p.add_argument("--batch-size", type=int,
                    help=f"images per model call (default: TITOK_MAX_BATCH_SIZE, {_DEFAULTS['max_batch_size'].default})")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="decoding processes; 0 decodes in the main process (default: the CPU count, %(default)s; "
+    p.add_argument("--workers", type=int, default=available_cpus(),
+                   help="decoding processes; 0 decodes in the main process (default: the CPUs this process may use, "
+                        "%(default)s; "
                         "not with --ray: Ray runs one decoding task per free CPU)")
     p.add_argument("--torch-threads", type=_threads, default=0,
                    help="torch threads of the model (default: the CPU count; "

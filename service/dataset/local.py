@@ -10,12 +10,11 @@ is written as soon as its last image has its tokens.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..core.budgets import Budget, BudgetedTokens, encode_with_budget
 from ..core.codec import Resize
+from ..core.cpus import available_cpus
 from ..core.engine import Engine
 from .decode import Decoded, decode_records, exit_with_parent
 from .inputs import DEFAULT_MAX_BYTES, Record, Shard, iter_records
@@ -37,7 +37,7 @@ class JobOptions:
     out: Path
     resize: Resize = "crop"
     batch_size: int = 32
-    workers: int = os.cpu_count() or 1  # decoding processes; 0 decodes in the main process
+    workers: int = field(default_factory=available_cpus)  # decoding processes; 0 decodes in the main process
     max_pixels: int = 50_000_000
     max_bytes: int = DEFAULT_MAX_BYTES  # per image, checked before it is read (the service's upload limit)
     chunk: int = 16  # images per decoding task: large enough to amortise the pickling, small enough to keep order

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core.cpus import available_cpus
 from ..core.engine import Engine
 from ..errors import CoreError, ServiceError, answer
 from ..settings import Settings
@@ -73,7 +73,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         # As many codec threads as cores by default: with the model in bf16 the codec is the larger share of an
         # /encode of photos, and measured on 2 cores (scripts/service_speed.py) 2 codec threads beside 2 torch
         # threads took less server CPU per item than 1 (README, "Compute dtype and speed").
-        codec_threads = settings.codec_threads or os.cpu_count() or 1
+        codec_threads = settings.codec_threads or available_cpus()
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
         state.decode_queue = DecodeQueue(state.codec_pool, codec_threads)
         if hasattr(eng, "warmup"):

@@ -161,7 +161,7 @@ def test_default_workers_one_on_a_gpu_and_up_to_two_on_a_cpu(monkeypatch: pytest
 
     assert engine_mod.default_workers("cuda") == 1
     assert engine_mod.default_workers("cuda:1") == 1
-    monkeypatch.setattr(engine_mod.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(engine_mod, "available_cpus", lambda: 1)
     assert engine_mod.default_workers("cpu") == 1
-    monkeypatch.setattr(engine_mod.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(engine_mod, "available_cpus", lambda: 16)
     assert engine_mod.default_workers("cpu") == engine_mod.MAX_CPU_WORKERS == 2
