@@ -16,7 +16,8 @@
    work) in the dtype the default service chose: the ceiling the service is measured against.
 4. With `--overhead`: the same loads against the default service around an instant stand-in for the model
    (titok.bench.instant), once per round: the service's own CPU per item, on the event loop and on the other
-   threads (the codec's), beside the raw engine's whole CPU per item.
+   threads (the codec's), and the load generator's (it runs on the same cores), beside the raw engine's whole CPU
+   per item.
 Prints markdown tables; asserts nothing.
 """
 
@@ -116,13 +117,14 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
 
 def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], tokens: list[list[int]],
                   requests: int, concurrency: int, module: str = "titok",
-                  loop_cpu: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float], str]:
+                  loop_cpu: dict[str, float] | None = None,
+                  client_cpu: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float], str]:
     """items/s and server CPU ms per item for each op under one configuration, and the dtype it chose.
 
     CPU ms per item hardly depends on what else runs on the machine (unlike items/s): cores * 1000 / it is the
     throughput this configuration could reach on an idle machine if the server kept every core busy. `module`:
     the server to run (titok.bench.instant for the service without its model); `loop_cpu`, when given, gets the
-    main thread's (the event loop's) CPU ms per item.
+    main thread's (the event loop's) CPU ms per item, `client_cpu` the load generator's (this process's).
     """
     env = {k: v for k, v in overrides.items() if k.isupper()}  # e.g. OMP_WAIT_POLICY=PASSIVE: the process's own
     saved = {k: os.environ.get(k) for k in env}
@@ -141,9 +143,11 @@ def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], t
             c, n = (max(2, concurrency // per), max(8, requests // per)) if per > 1 else (concurrency, requests)
             loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, min(64, n)))  # warm
             pid = server.proc.pid
-            c0, l0 = cpu_seconds(pid), cpu_seconds(pid, pid)
+            c0, l0, g0 = cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time()
             tally, seconds = loadgen.run(partial(loadgen.closed_loop, server.url, reqs, c, n))
             cpu[op] = 1000 * (cpu_seconds(pid) - c0) / max(tally.ok * per, 1)
+            if client_cpu is not None:  # the load generator runs in this process, on the same cores
+                client_cpu[op] = 1000 * (time.process_time() - g0) / max(tally.ok * per, 1)
             if loop_cpu is not None:
                 loop_cpu[op] = 1000 * (cpu_seconds(pid, pid) - l0) / max(tally.ok * per, 1)
             rate[op] = tally.ok * per / seconds if tally.failed == 0 else float("nan")
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     module: Any = None
     overhead: dict[str, float] = {}  # --overhead: the instant-model service's CPU ms per item, all threads
     overhead_loop: dict[str, float] = {}  # ... and its event loop's
+    overhead_client: dict[str, float] = {}  # ... and the load generator's
     overhead_rate: dict[str, float] = {}
     n = max(args.batch * 8, args.requests // 2)  # raw items per op and round
     for r in range(args.rounds):
@@ -228,10 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
         if args.overhead:
             loop: dict[str, float] = {}
+            client: dict[str, float] = {}
             got, cpu, _ = service_round(args.model, configs.get("new", {}), photos, tokens, args.requests,
-                                        args.concurrency, module="titok.bench.instant", loop_cpu=loop)
+                                        args.concurrency, module="titok.bench.instant", loop_cpu=loop,
+                                        client_cpu=client)
             for op in OPS:
-                for table, value in ((overhead, cpu[op]), (overhead_loop, loop[op])):
+                for table, value in ((overhead, cpu[op]), (overhead_loop, loop[op]), (overhead_client, client[op])):
                     table[op] = min(table.get(op, float("inf")), value)
                 overhead_rate[op] = max(overhead_rate.get(op, 0.0), got[op])
             out(f"round {r + 1} service with an instant model: " + ", ".join(
@@ -274,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         out("| items/s | " + " | ".join(f"{overhead_rate[op]:.0f}" for op in OPS) + " |\n")
         out("| server CPU ms per item | " + " | ".join(f"{overhead[op]:.2f}" for op in OPS) + " |\n")
         out("| of which the event loop | " + " | ".join(f"{overhead_loop[op]:.2f}" for op in OPS) + " |\n")
+        out("| the load generator's CPU ms per item (same cores) | "
+            + " | ".join(f"{overhead_client[op]:.2f}" for op in OPS) + " |\n")
         out(f"| raw engine's whole CPU ms per item ({default_dtype}) | "
             + " | ".join(f"{raw_cpu[op]:.2f}" for op in OPS) + " |\n")
     return 0

@@ -22,7 +22,8 @@ def test_service_speed_prints_every_cell_for_today_new_and_the_raw_engine(tiny_a
     assert "| items/s (best of 1) | " + " | ".join(ops) + " |" in out
     for row in ("| service today (float32;", "| service new (", "| raw engine (", "| new / today |",
                 "| new / raw engine |", "| raw engine / new (CPU per item) |",
-                "| server CPU ms per item |", "| of which the event loop |"):  # --overhead: the instant model
+                "| server CPU ms per item |", "| of which the event loop |",  # --overhead: the instant model
+                "| the load generator's CPU ms per item (same cores) |"):
         line = next((ln for ln in out.splitlines() if ln.startswith(row)), None)
         assert line is not None, row
         cells = [c.strip() for c in line.split("|")[2:-1]]
