@@ -23,7 +23,7 @@ from .errors import ModelLoadError
 from .server.app import build_app
 from .server.drain import DrainingServer
 from .server.middleware import configure_logging
-from .server.protocol import bounded_httptools
+from .server.protocol import BoundedHttpToolsProtocol, bounded_httptools
 from .settings import Settings, describe_invalid
 
 log = logging.getLogger("titok.serve")
@@ -48,7 +48,8 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         return 2
     app = build_app(settings, engine=engine)
     config = uvicorn_config(app, settings, host or settings.host, settings.port if port is None else port)
-    server = DrainingServer(config, app.state.service.start_draining, settings.drain_grace_s)
+    server = DrainingServer(config, app.state.service.start_draining, settings.drain_grace_s,
+                            shutdown_timeout_s(settings))
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours makes that a no-op,
     # so a drained shutdown ends with exit code 0 rather than death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +73,17 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
                           timeout_graceful_shutdown=None, lifespan="on",
                           http=bounded_httptools(settings.max_header_bytes, settings.body_timeout_s, refused))
+
+
+def shutdown_timeout_s(settings: Settings) -> float:
+    """Seconds a graceful shutdown waits, once the listener has closed, for the connections still open: a request
+    that began just before has TITOK_BODY_TIMEOUT_S for its body and TITOK_REQUEST_TIMEOUT_S in the queue and the
+    model, and a connection accepted just before has the protocol's settle time to send one. Past it what is left
+    is closed (one warning line; DrainingServer) and the shutdown goes on: a client that stops reading its
+    answers, or trickles a head and then a body each to its deadline, cannot hold the process for ever.
+    Orchestrators' grace periods must exceed TITOK_DRAIN_GRACE_S plus this (the Kubernetes and compose files do;
+    tests/test_deploy.py)."""
+    return settings.body_timeout_s + settings.request_timeout_s + BoundedHttpToolsProtocol.shutdown_settle_s
 
 
 def _exit_drained() -> NoReturn:

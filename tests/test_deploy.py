@@ -16,9 +16,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from titok.__main__ import shutdown_timeout_s
 from titok.server.drain import ACCEPTED_SETTLE_S
 from titok.server.metrics import Metrics
-from titok.server.protocol import BoundedHttpToolsProtocol
 from titok.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +68,11 @@ def _env_seconds(env: dict[str, str], name: str) -> float:
 
 
 def _drain_budget_s(env: dict[str, str]) -> float:
-    """The longest a replica takes to exit after SIGTERM: the grace, then a request that started just before
-    the listener closed (its body may take TITOK_BODY_TIMEOUT_S, its items TITOK_REQUEST_TIMEOUT_S queued)."""
-    names = ("TITOK_DRAIN_GRACE_S", "TITOK_BODY_TIMEOUT_S", "TITOK_REQUEST_TIMEOUT_S")
-    settle = ACCEPTED_SETTLE_S + BoundedHttpToolsProtocol.shutdown_settle_s
-    return sum(_env_seconds(env, n) for n in names) + settle
+    """The longest a replica takes to exit after SIGTERM: the grace, then the graceful shutdown's bound on the
+    requests still open (`titok serve`'s shutdown_timeout_s of these settings), then a moment for the rest."""
+    settings = Settings(**{name.removeprefix("TITOK_").lower(): _env_seconds(env, name)
+                           for name in ("TITOK_BODY_TIMEOUT_S", "TITOK_REQUEST_TIMEOUT_S")})
+    return _env_seconds(env, "TITOK_DRAIN_GRACE_S") + ACCEPTED_SETTLE_S + shutdown_timeout_s(settings) + 1.0
 
 
 @pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(K8S)))

@@ -69,10 +69,15 @@ class DrainGate:
 class DrainingServer(uvicorn.Server):
     """uvicorn's server: drain at once on a signal, keep listening for the grace period, then shut down."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], grace_s: float,
+                 shutdown_timeout_s: float | None = None) -> None:
+        """on_signal: called (from the signal handler) on the first SIGTERM/SIGINT; grace_s: seconds to keep
+        listening after SIGTERM; shutdown_timeout_s: once the listener has closed, the most seconds to wait for
+        the connections still open before closing them (None: no bound)."""
         super().__init__(config)
         self._on_signal = on_signal
         self._grace_s = grace_s
+        self._shutdown_timeout_s = shutdown_timeout_s
         self._stop_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -99,4 +104,22 @@ class DrainingServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         await asyncio.sleep(ACCEPTED_SETTLE_S)
-        await super().shutdown(sockets)
+        bound = None
+        if self._shutdown_timeout_s is not None:
+            bound = asyncio.get_running_loop().call_later(self._shutdown_timeout_s, self._close_open_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if bound is not None:
+                bound.cancel()
+
+    def _close_open_connections(self) -> None:
+        """The shutdown's bound: close what is still open (a client that does not read its answer, a request
+        trickled to its deadlines). Their requests are told the client is gone (a 499 each), so every task ends
+        on its own rather than being cancelled with a traceback; uvicorn's shutdown then goes on."""
+        still_open = list(self.server_state.connections)
+        if still_open:
+            log.warning("graceful shutdown: %d connection(s) still open %.3g s after the listener closed: closed",
+                        len(still_open), self._shutdown_timeout_s)
+        for connection in still_open:
+            connection.transport.abort()

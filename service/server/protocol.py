@@ -16,7 +16,9 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -37,8 +39,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     - Trailer fields are dropped: uvicorn's httptools protocol appended them to the request's headers, where a
       trailer could stand in for a header (an API key, a request id, a content type) that a proxy had checked.
     - A head must end within `head_timeout_s` of the connection's start (the first) or of its first byte (the
-      next ones): else 408 and a closed connection, or just the close when nothing at all was sent. uvicorn's
-      keep-alive timer covers only the time between an answer and the next request.
+      next ones): else 408 and a closed connection, or just the close when no request had begun. uvicorn's
+      keep-alive timer covers only the time between an answer and the next request, and any bytes cancel it,
+      even the empty lines that begin no request: those start the same deadline here.
+    - When the client is gone, every request of the connection not yet answered is told so (uvicorn told only the
+      newest, and a pipelined one being answered then wrote on the closed transport: an error with a traceback).
     - A graceful shutdown (uvicorn's `shutdown()`, on SIGTERM after the drain) does not cut a request on its way.
       uvicorn closed at once every connection with no request in progress, which includes one whose request is
       in the socket but not yet read, one whose head is half-read, and one accepted a moment before that has not
@@ -66,6 +71,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._chunk_line = False  # a chunk-size line was completed during this read
         self._cut_after_response = False  # a pipelined head ran over while an earlier answer was pending
         self._messages = 0  # requests begun on this connection
+        self._in_message = False  # a request has begun and not yet been read to its end
+        self._cycles: deque[Any] = deque()  # uvicorn's request cycles not yet answered, oldest first
         self._head_timer: asyncio.TimerHandle | None = None
         self._shutting_down = False
         self._shutdown_timer: asyncio.TimerHandle | None = None
@@ -78,6 +85,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         if self._shutdown_timer is not None:
             self._shutdown_timer.cancel()
+        # uvicorn marks only its newest cycle disconnected: with pipelined requests, the one being answered (its
+        # write paused by a client that does not read) then wrote on the closed transport, which uvloop answers
+        # with a RuntimeError, logged as an error with a traceback. Every unanswered cycle is told instead.
+        for cycle in self._cycles:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -97,7 +111,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _close_if_idle(self, messages: int) -> None:
         """The shutdown's close: unless a request has begun since (`messages` then was the count of requests)."""
         self._shutdown_timer = None
-        if self.transport.is_closing() or self._messages != messages or self._head_bytes:
+        if self.transport.is_closing() or self._messages != messages or self._in_message:
             return  # closed already, or a request is on its way: its answer closes the connection
         self.transport.close()
 
@@ -120,7 +134,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._answer_pending():  # the next head waits behind answers (pipelining pauses reading): not slow
             self._arm_head_timer()
             return
-        if self._messages == 0 and self._head_bytes == 0:
+        if not self._in_message:  # nothing sent, or only the blank lines allowed before a request line
             self.transport.close()
             return
         log.warning("request head not finished within %g s: answered 408, connection closed", self.head_timeout_s)
@@ -139,6 +153,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.transport.is_closing():
             return
+        if self._in_head and not self._in_message and self._head_timer is None and not self._answer_pending():
+            # Bytes that begin no request (the empty lines RFC 9112 lets a server skip) cancelled uvicorn's
+            # keep-alive timer: bound the wait for a request from here, or a client could hold the connection
+            # (and a graceful shutdown) for ever by sending CRLFs.
+            self._arm_head_timer()
         if self._in_head and self._head_bytes > self.max_head_bytes:
             if self._answer_pending():
                 self.flow.pause_reading()  # read no more of it; the 400 follows the pending answers
@@ -189,8 +208,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = self._framing_bytes = 0
         super().on_headers_complete()
-        if self._shutting_down and self.cycle is not None:
-            self.cycle.keep_alive = False  # answered, then the connection closes
+        if self.cycle is not None:
+            while self._cycles and self._cycles[0].response_complete:  # answered in order: drop the done ones
+                self._cycles.popleft()
+            self._cycles.append(self.cycle)
+            if self._shutting_down:
+                self.cycle.keep_alive = False  # answered, then the connection closes
 
     def on_body(self, body: bytes) -> None:
         self._payload_bytes += len(body)
@@ -198,13 +221,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._messages += 1
-        self._arm_head_timer()
+        self._in_message = True
+        if self._head_timer is None:  # the first head keeps the connection's deadline; a later one starts its own
+            self._arm_head_timer()
         super().on_message_begin()
 
     def on_chunk_header(self) -> None:
         self._chunk_line = True
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         super().on_message_complete()
         self._in_head = True  # whatever comes next on this connection is the next request's head
 

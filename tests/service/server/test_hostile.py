@@ -3,9 +3,11 @@ methods; and an unexpected error, which must still be answered as JSON with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import select
 import socket
 import threading
 import time
@@ -439,9 +441,9 @@ def test_a_graceful_shutdown_answers_every_request_on_its_way_then_closes(tiny_a
         host, port = url.removeprefix("http://").split(":")
         get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         conns = {name: socket.create_connection((host, int(port)), timeout=30)
-                 for name in ("in the socket", "half a head", "idle", "not sent yet")}
+                 for name in ("in the socket", "half a head", "idle", "blank lines", "not sent yet")}
         try:
-            for name in ("in the socket", "half a head", "idle"):  # each has had an answer: kept alive
+            for name in ("in the socket", "half a head", "idle", "blank lines"):  # each had an answer: kept alive
                 conns[name].sendall(get)
                 assert one_answer(conns[name]).startswith(b"HTTP/1.1 200 ")
             loop = next(iter(server.server_state.connections)).loop
@@ -458,6 +460,7 @@ def test_a_graceful_shutdown_answers_every_request_on_its_way_then_closes(tiny_a
             assert held.wait(30)
             conns["in the socket"].sendall(get)
             conns["half a head"].sendall(get[:20])
+            conns["blank lines"].sendall(b"\r\n\r\n")  # begins no request (RFC 9112 lets a server skip them)
             sent.set()
             time.sleep(0.5)  # the shutdown has run
             conns["half a head"].sendall(get[20:])
@@ -466,9 +469,69 @@ def test_a_graceful_shutdown_answers_every_request_on_its_way_then_closes(tiny_a
                 status, headers, body = read_answer(conns[name])  # to the close
                 assert (status, headers["connection"], json.loads(body)) == (200, "close", {"status": "ok"}), name
             assert until_closed(conns["idle"]) == b""
+            assert until_closed(conns["blank lines"]) == b""  # not taken for a request on its way
         finally:
             for sock in conns.values():
                 sock.close()
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(tiny_artifact: Path) -> None:
+    """CRLFs that begin no request cancelled uvicorn's keep-alive timer and armed nothing else: a client sending
+    one now and then held its connection (and a graceful shutdown) for ever. Now the head deadline bounds it."""
+    with serving(build_app(make_settings(tiny_artifact, body_timeout_s=1.0), engine=FakeEngine())) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert one_answer(sock).startswith(b"HTTP/1.1 200 ")
+            t0, closed = time.monotonic(), False
+            while not closed and time.monotonic() - t0 < 20:
+                try:
+                    sock.sendall(b"\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                ready, _, _ = select.select([sock], [], [], 0.2)
+                closed = bool(ready) and until_closed(sock) == b""
+            assert closed and time.monotonic() - t0 < 10  # about 1 s (TITOK_BODY_TIMEOUT_S), not for ever
+
+
+def test_the_first_head_must_end_within_the_deadline_of_the_connections_start(tiny_artifact: Path) -> None:
+    """The first head's deadline runs from the connection's start, as documented: it was restarted at the head's
+    first byte, so a client that waited almost the deadline before sending one byte got a second deadline."""
+    with serving(build_app(make_settings(tiny_artifact, body_timeout_s=2.0), engine=FakeEngine())) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            t0 = time.monotonic()
+            time.sleep(1.5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and no more
+            answer = until_closed(sock)
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert waited < 3.0  # about 2 s from the connection's start; the restarted deadline gave 3.5 s
+
+
+def test_a_client_that_pipelines_and_stops_reading_then_hangs_up_leaves_no_error(
+        tiny_artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn marks only its newest request cycle disconnected: the one being answered, its write paused by a
+    client that does not read, then wrote on the closed transport (uvloop: RuntimeError, an error logged with a
+    traceback). Every unanswered cycle is told now."""
+    with serving(build_app(make_settings(tiny_artifact), engine=FakeEngine())) as url, caplog.at_level(logging.INFO):
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        get = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.setblocking(False)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(400):  # far more answers than the socket buffers hold, none read
+                sent += sock.send(get)
+        time.sleep(0.5)
+        sock.close()
+        time.sleep(0.5)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    assert sent >= 10 * len(get)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], \
+        [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_the_header_limit_is_a_setting_with_a_floor(tiny_artifact: Path) -> None:

@@ -89,6 +89,43 @@ def queue_depth(url: str) -> float:
     return -1.0
 
 
+def test_a_client_that_stops_reading_cannot_hold_a_shutdown_for_ever(tiny_artifact: Path, tmp_path: Path) -> None:
+    """uvicorn waited without a bound for every open request: one whose answer a client never reads kept the
+    process alive until the orchestrator's kill. Now the graceful shutdown ends after the body and request
+    timeouts and the settle time (titok serve's shutdown_timeout_s): the connection is closed, one warning says
+    so, and the process exits 0 with no error logged."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "titok.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env(model_path=str(tiny_artifact), device="cpu", torch_threads="1", codec_threads="1",
+                                    drain_grace_s="0", body_timeout_s="1", request_timeout_s="1"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("w"), text=True)
+    try:
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                for _ in range(400):  # far more answers than the socket buffers hold, none read
+                    sock.send(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            except BlockingIOError:
+                pass
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0  # the socket still open, unread
+            waited = time.monotonic() - t0
+        assert waited < 30  # 1 + 1 + 2 s, and the exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    err = (tmp_path / "log").read_text()  # a file: a pipe left unread fills with the access log and blocks the server
+    records = [json.loads(line) for line in err.splitlines()]
+    assert any("1 connection(s) still open" in r["msg"] and r["level"] == "warning" for r in records), err[-2000:]
+    assert not [r for r in records if r["level"] == "error" or "exc" in r], err[-3000:]
+
+
 def test_sigterm_keeps_listening_for_the_grace_answers_everyone_finishes_queued_work_and_exits_0(
         tiny_artifact: Path) -> None:
     """Real clients before, during and after the signal: each one that reached the port gets a complete answer."""
