@@ -6,10 +6,12 @@ The signal does not close the listener at once: for `TITOK_DRAIN_GRACE_S` the se
 and every answer says `Connection: close` (keep-alive clients reconnect, to another replica). Queued
 work is finished meanwhile. Then the listener closes, connections accepted just before get up to
 `BoundedHttpToolsProtocol.shutdown_settle_s` to send their request (answered 503), none is closed with a
-request on its way (titok.server.protocol), uvicorn's own shutdown lets in-flight requests complete, the
-lifespan stops the batcher, and the process exits 0.
+request on its way (titok.server.protocol), uvicorn's own shutdown lets in-flight requests complete (for at
+most the `shutdown_timeout_s` given, after which what is open is closed), the lifespan stops the batcher, and
+the process exits 0.
 
-SIGINT (Ctrl-C at a terminal) drains without the grace period; a second signal ends the grace at once.
+SIGINT (Ctrl-C at a terminal) drains without the grace period; a second signal ends the grace at once, and a
+second SIGINT closes every open connection, shuts the app down and exits.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger("titok.serve")
 WORK = {("POST", "/encode"), ("POST", "/decode"), ("POST", "/ui/input")}
 RETRY_AFTER_S = "1"
 ACCEPTED_SETTLE_S = 0.05  # after the listener closes, for connections it accepted last to be made
+FORCED_SETTLE_S = 2.0  # after a second signal, most time for the requests of the connections closed to end
 
 
 class DrainGate:
@@ -112,14 +115,24 @@ class DrainingServer(uvicorn.Server):
         finally:
             if bound is not None:
                 bound.cancel()
+        if self.force_exit:
+            # A second SIGINT: uvicorn stopped waiting and skipped the app's shutdown, leaving asyncio.run to cancel
+            # what was left (an error with a traceback from the lifespan, and a hang behind a client that does not
+            # read). End the open requests by closing their connections instead, then shut the app down.
+            self._close_open_connections("at a second signal")
+            deadline = time.monotonic() + FORCED_SETTLE_S
+            while self.server_state.tasks and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await self.lifespan.shutdown()
 
-    def _close_open_connections(self) -> None:
-        """The shutdown's bound: close what is still open (a client that does not read its answer, a request
-        trickled to its deadlines). Their requests are told the client is gone (a 499 each), so every task ends
-        on its own rather than being cancelled with a traceback; uvicorn's shutdown then goes on."""
+    def _close_open_connections(self, when: str | None = None) -> None:
+        """Close what is still open: at the shutdown's bound (a client that does not read its answer, a request
+        trickled to its deadlines) or at a second signal. Their requests are told the client is gone (a 499 each),
+        so every task ends on its own: cancelled instead, one blocked on a client that does not read caught the
+        cancellation, tried to write a 500 and waited for ever, and asyncio.run with it."""
         still_open = list(self.server_state.connections)
         if still_open:
-            log.warning("graceful shutdown: %d connection(s) still open %.3g s after the listener closed: closed",
-                        len(still_open), self._shutdown_timeout_s)
+            log.warning("graceful shutdown: %d connection(s) still open %s: closed", len(still_open),
+                        when or f"{self._shutdown_timeout_s:.3g} s after the listener closed")
         for connection in still_open:
             connection.transport.abort()

@@ -236,6 +236,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # resumes reading, and starts the next pipelined request if there is one
+        if self._in_message and self.cycle is not None and self.cycle.response_complete:
+            # The next head is already half read: the head deadline bounds it (and answers 408), not uvicorn's
+            # keep-alive timer, which it armed and which would close the connection without a word.
+            self._unset_keepalive_if_required()
         if self._cut_after_response and not self.transport.is_closing():
             if self._answer_pending():
                 self.flow.pause_reading()

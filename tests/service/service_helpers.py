@@ -66,15 +66,19 @@ def serving(app: Any) -> Iterator[str]:
 
 
 @contextmanager
-def serving_server(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
-    """`serving`, with the uvicorn.Server itself: (the base URL, the server)."""
+def serving_server(app: Any, **config: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """`serving`, with the uvicorn.Server itself: (the base URL, the server); `config`: uvicorn.Config attributes
+    to change (e.g. timeout_keep_alive)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # The configuration `titok serve` runs (its HTTP parser and limits), without its signal handling; an app
     # wrapped in another ASGI layer gets the default settings' limits.
     svc = getattr(getattr(app, "state", None), "service", None)
-    server = uvicorn.Server(uvicorn_config(app, svc.settings if svc is not None else Settings(), "127.0.0.1", port))
+    cfg = uvicorn_config(app, svc.settings if svc is not None else Settings(), "127.0.0.1", port)
+    for name, value in config.items():
+        setattr(cfg, name, value)
+    server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(6000):

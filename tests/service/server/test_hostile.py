@@ -510,6 +510,20 @@ def test_the_first_head_must_end_within_the_deadline_of_the_connections_start(ti
         assert waited < 3.0  # about 2 s from the connection's start; the restarted deadline gave 3.5 s
 
 
+def test_a_pipelined_head_left_half_sent_gets_its_408_not_the_keep_alive_close(tiny_artifact: Path) -> None:
+    """After an answer uvicorn armed its keep-alive timer even when the next (pipelined) head was already half read,
+    and closed the connection without a word when it fired before the head deadline. The head deadline rules."""
+    app = build_app(make_settings(tiny_artifact, body_timeout_s=2.5), engine=FakeEngine())
+    with serving_server(app, timeout_keep_alive=0.5) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")  # and no more
+            answer = until_closed(sock)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert b"HTTP/1.1 408 " in rest and b"body_timeout" in rest, answer[-400:]
+
+
 def test_a_client_that_pipelines_and_stops_reading_then_hangs_up_leaves_no_error(
         tiny_artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
     """uvicorn marks only its newest request cycle disconnected: the one being answered, its write paused by a

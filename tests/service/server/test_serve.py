@@ -89,11 +89,28 @@ def queue_depth(url: str) -> float:
     return -1.0
 
 
-def test_a_client_that_stops_reading_cannot_hold_a_shutdown_for_ever(tiny_artifact: Path, tmp_path: Path) -> None:
+def _flood_without_reading(port: int) -> socket.socket:
+    """A connection that pipelines far more answers than the socket buffers hold and reads none of them."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        for _ in range(400):
+            sock.send(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    except BlockingIOError:
+        pass
+    time.sleep(0.5)
+    return sock
+
+
+@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT", "SIGINT")])
+def test_a_client_that_stops_reading_cannot_hold_a_shutdown_for_ever(tiny_artifact: Path, tmp_path: Path,
+                                                                     signals: tuple[str, ...]) -> None:
     """uvicorn waited without a bound for every open request: one whose answer a client never reads kept the
     process alive until the orchestrator's kill. Now the graceful shutdown ends after the body and request
-    timeouts and the settle time (titok serve's shutdown_timeout_s): the connection is closed, one warning says
-    so, and the process exits 0 with no error logged."""
+    timeouts and the settle time (titok serve's shutdown_timeout_s), or at once on a second SIGINT (which hung
+    for ever: the task, cancelled, tried to write a 500 to the same client): the connection is closed, one
+    warning says so, and the process exits 0 with no error logged."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "titok.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -102,20 +119,12 @@ def test_a_client_that_stops_reading_cannot_hold_a_shutdown_for_ever(tiny_artifa
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("w"), text=True)
     try:
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness")
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            try:
-                for _ in range(400):  # far more answers than the socket buffers hold, none read
-                    sock.send(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
-            except BlockingIOError:
-                pass
-            time.sleep(0.5)
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
+        with _flood_without_reading(port):
+            for i, name in enumerate(signals):
+                if i:
+                    time.sleep(0.3)
+                proc.send_signal(getattr(signal, name))
             assert proc.wait(timeout=60) == 0  # the socket still open, unread
-            waited = time.monotonic() - t0
-        assert waited < 30  # 1 + 1 + 2 s, and the exit
     finally:
         if proc.poll() is None:
             proc.kill()
