@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -104,8 +106,7 @@ class DrainingServer(uvicorn.Server):
         # connection_made a turn or two after accept), so that uvicorn's shutdown below reaches them too. Each
         # connection then closes once idle, not before a request already on its way is answered
         # (BoundedHttpToolsProtocol.shutdown).
-        for server in self.servers:
-            server.close()
+        self.stop_accepting()
         await asyncio.sleep(ACCEPTED_SETTLE_S)
         bound = None
         if self._shutdown_timeout_s is not None:
@@ -124,6 +125,38 @@ class DrainingServer(uvicorn.Server):
             while self.server_state.tasks and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             await self.lifespan.shutdown()
+
+    def stop_accepting(self) -> int:
+        """Close the listeners, first accepting the connections waiting in their accept queues (a closed listener
+        resets them: a client that had connected and sent its request in the event loop's last few milliseconds
+        got a reset, not an answer); they are served as any other. Returns how many were taken in. Call it on the
+        event loop."""
+        loop = asyncio.get_running_loop()
+        config, state = self.config, self.server_state
+        app_state = self.lifespan.state
+
+        def protocol() -> asyncio.Protocol:  # as uvicorn's own startup makes each connection's protocol
+            return config.http_protocol_class(config=config, server_state=state, app_state=app_state)
+
+        taken = 0
+        for server in self.servers:
+            for listener in server.sockets or ():
+                if listener.type != socket.SOCK_STREAM:
+                    continue
+                with socket.socket(fileno=os.dup(listener.fileno())) as waiting:  # closing it closes only the dup
+                    waiting.setblocking(False)  # as the listener already is (the flag is shared)
+                    while True:
+                        try:
+                            conn, _ = waiting.accept()
+                        except (BlockingIOError, InterruptedError):  # the queue is empty (the listener is non-blocking)
+                            break
+                        conn.setblocking(False)
+                        loop.create_task(loop.connect_accepted_socket(protocol, conn))
+                        taken += 1
+            server.close()
+        if taken:
+            log.info("took in %d connection(s) waiting to be accepted as the listener closed", taken)
+        return taken
 
     def _close_open_connections(self, when: str | None = None) -> None:
         """Close what is still open: at the shutdown's bound (a client that does not read its answer, a request

@@ -19,7 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving, serving_server
 
+from titok.__main__ import uvicorn_config
 from titok.server.app import build_app
+from titok.server.drain import DrainingServer
 
 BODY_TIMEOUT_S = 1.0
 BOUNDARY = "hostile"
@@ -473,6 +475,61 @@ def test_a_graceful_shutdown_answers_every_request_on_its_way_then_closes(tiny_a
         finally:
             for sock in conns.values():
                 sock.close()
+
+
+@pytest.mark.parametrize("how", ["take them in", "plain close"])
+def test_connections_waiting_to_be_accepted_when_the_listener_closes_are_answered(tiny_artifact: Path,
+                                                                                 how: str) -> None:
+    """A connection the kernel has accepted but the event loop not yet (it was busy) is reset when the listener
+    closes: its client had connected and sent its request, and got no answer. The drain takes them in first.
+    The event loop is held while clients connect and send, then the listener is closed from the loop."""
+    app = build_app(make_settings(tiny_artifact), engine=FakeEngine())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = DrainingServer(uvicorn_config(app, app.state.service.settings, "127.0.0.1", port),
+                            app.state.service.start_draining, 0.0, 30.0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as probe:
+            probe.sendall(get)
+            assert one_answer(probe).startswith(b"HTTP/1.1 200 ")
+            loop = next(iter(server.server_state.connections)).loop
+        held, sent = threading.Event(), threading.Event()
+
+        def close_listener_with_connections_waiting() -> None:
+            held.set()
+            assert sent.wait(30)
+            if how == "take them in":
+                server.stop_accepting()
+            else:  # what uvicorn's shutdown does
+                for listening in server.servers:
+                    listening.close()
+
+        loop.call_soon_threadsafe(close_listener_with_connections_waiting)
+        assert held.wait(30)
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(5)]
+        for sock in waiting:
+            sock.sendall(get)  # in the kernel's queues: the event loop is held
+        time.sleep(0.2)
+        sent.set()
+        answers = []
+        for sock in waiting:
+            with sock:
+                try:
+                    answers.append(one_answer(sock)[:15])
+                except ConnectionResetError:
+                    answers.append(b"reset")
+        expected = [b"HTTP/1.1 200 OK"] * 5 if how == "take them in" else [b"reset"] * 5
+        assert answers == expected
+    finally:
+        server.should_exit = True
+        thread.join(60)
 
 
 def test_blank_lines_between_requests_do_not_hold_a_connection(tiny_artifact: Path) -> None:
