@@ -84,6 +84,7 @@ class DrainingServer(uvicorn.Server):
         self._grace_s = grace_s
         self._shutdown_timeout_s = shutdown_timeout_s
         self._stop_at: float | None = None
+        self._taking_in: set[asyncio.Task[Any]] = set()  # connections from the accept queue being made
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs as a signal handler: only set flags here (on_signal only flips state and wakes the batcher).
@@ -151,7 +152,9 @@ class DrainingServer(uvicorn.Server):
                         except (BlockingIOError, InterruptedError):  # the queue is empty (the listener is non-blocking)
                             break
                         conn.setblocking(False)
-                        loop.create_task(loop.connect_accepted_socket(protocol, conn))
+                        task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
+                        self._taking_in.add(task)  # held until done; a peer gone meanwhile is nobody to answer
+                        task.add_done_callback(_forget_taken_in(self._taking_in))
                         taken += 1
             server.close()
         if taken:
@@ -169,3 +172,15 @@ class DrainingServer(uvicorn.Server):
                         when or f"{self._shutdown_timeout_s:.3g} s after the listener closed")
         for connection in still_open:
             connection.transport.abort()
+
+
+def _forget_taken_in(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    """A done callback: drop the task from `tasks` and consume its error (a client that reset its connection
+    before it was made), so that asyncio does not log it as never retrieved."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("a connection taken in from the accept queue was gone before it was made: %s", task.exception())
+
+    return done
