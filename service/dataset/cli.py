@@ -41,7 +41,7 @@ def _threads(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if not 0 <= n <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"{n} is outside 0..{MAX_THREADS} (0: the CPU count)")
+        raise argparse.ArgumentTypeError(f"{n} is outside 0..{MAX_THREADS} (0: the CPUs this process may use)")
     return n
 
 
@@ -72,7 +72,7 @@ def tokenize_parser() -> argparse.ArgumentParser:
                         "%(default)s; "
                         "not with --ray: Ray runs one decoding task per free CPU)")
     p.add_argument("--torch-threads", type=_threads, default=0,
-                   help="torch threads of the model (default: the CPU count; "
+                   help="torch threads of the model (default: the CPUs this process may use; "
                    "not with --ray: each actor takes its node's default)")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard of a folder")
     p.add_argument("--image-column", default=AUTO,
