@@ -381,6 +381,15 @@ def main(argv: list[str] | None = None) -> int:
                 off = loadgen.payloads(url1, op, items[op])
                 results.append(measure("batching off", op, f"closed c={top}", url1,
                                        partial(loadgen.closed_loop, url1, off, top, args.requests)))
+        # What a first FastAPI wrapper of the model gives: one model call per request (titok.bench.plain).
+        plain = Server(model, module="titok.bench.plain", dtype=dtype)
+        try:
+            for op in ("encode", "decode"):
+                reqs = loadgen.payloads(plain.url, op, items[op])
+                results.append(measure("plain FastAPI", op, f"closed c={top}", plain.url,
+                                       partial(loadgen.closed_loop, plain.url, reqs, top, args.requests)))
+        finally:
+            plain.stop()
         import torch
 
         from ..core.artifact import load_artifact
@@ -410,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     out("\n| ratio | encode | decode |\n|---|---|---|\n")
     for name, a, b in ((f"service c={top} / raw artifact", ("service", f"closed c={top}"), ("raw artifact", "batch")),
                        (f"batching on / off (c={top})", ("service", f"closed c={top}"),
-                        ("batching off", f"closed c={top}"))):
+                        ("batching off", f"closed c={top}")),
+                       (f"service / plain per-request FastAPI (c={top})", ("service", f"closed c={top}"),
+                        ("plain FastAPI", f"closed c={top}"))):
         cells = []
         for op in ("encode", "decode"):
             x, y = find(a[0], op, a[1]), find(b[0], op, b[1])

@@ -27,8 +27,14 @@ def test_bench_quick_prints_the_table(tiny_artifact: Path, tmp_path: Path, capsy
                 "| service | decode | open 8/s |",
                 "| batching off | encode | closed c=4 |", "| batching off | decode | closed c=4 |",
                 "| raw artifact | encode | batch 8 |", "| raw artifact | decode | batch 8 |",
-                "| service c=4 / raw artifact |", "| batching on / off (c=4) |"):
+                "| plain FastAPI | encode | closed c=4 |", "| plain FastAPI | decode | closed c=4 |",
+                "| service c=4 / raw artifact |", "| batching on / off (c=4) |",
+                "| service / plain per-request FastAPI (c=4) |"):
         assert row in out, row
+    plain = [ln for ln in out.splitlines() if ln.startswith("| plain FastAPI |")]
+    assert all(ln.split("|")[10].strip() == "0.0%" for ln in plain), plain  # the baseline answered every request
+    ratio = next(ln for ln in out.splitlines() if ln.startswith("| service / plain per-request FastAPI"))
+    assert all(float(c) > 0 for c in ratio.split("|")[2:4]), ratio
     assert "server RSS: after warm-up" in out and "peak" in out
     assert bench_formats.HEADER in out
     for row in ("| encode | JPEG multipart -> JSON | 32 | 8 |", "| encode | .npy -> .npy | 32 | 8 |",
