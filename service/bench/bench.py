@@ -196,7 +196,8 @@ def soak_table(rss: list[tuple[int, float]]) -> str:
 
 
 def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, title: str) -> None:
-    """Throughput and latency against concurrency (raw artifact and batching off as references), RSS over the soak."""
+    """Throughput and latency against concurrency (raw artifact, batching off and the plain FastAPI endpoint as
+    references), RSS over the soak."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,9 +214,10 @@ def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, t
         for r in results:
             if r.op == op and r.mode == "raw artifact":
                 axes[0].axhline(r.throughput, color=colour, linestyle="--", label=f"raw artifact {op} ({r.load})")
-            if r.op == op and r.mode == "batching off":
-                axes[0].scatter([cs[-1]], [r.throughput], marker="x", s=60, color=colour,
-                                label=f"batching off {op}", zorder=3)
+            for mode, marker in (("batching off", "x"), ("plain FastAPI", "s")):
+                if r.op == op and r.mode == mode:
+                    axes[0].scatter([cs[-1]], [r.throughput], marker=marker, s=60, color=colour,
+                                    label=f"{mode} {op}", zorder=3)
         for q, style in ((50, "-"), (99, ":")):
             axes[1].plot(cs, [np.percentile(r.latencies, q) * 1000 if r.latencies else np.nan for _, r in closed],
                          marker="o", linestyle=style, color=colour, label=f"{op} p{q}")
