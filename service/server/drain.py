@@ -153,13 +153,21 @@ class DrainingServer(uvicorn.Server):
                             break
                         conn.setblocking(False)
                         task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
-                        self._taking_in.add(task)  # held until done; a peer gone meanwhile is nobody to answer
-                        task.add_done_callback(_forget_taken_in(self._taking_in))
+                        self._taking_in.add(task)  # held until done
+                        task.add_done_callback(self._taken_in)
                         taken += 1
             server.close()
         if taken:
             log.info("took in %d connection(s) waiting to be accepted as the listener closed", taken)
         return taken
+
+    def _taken_in(self, task: asyncio.Task[Any]) -> None:
+        """Done callback of a connection taken in from the accept queue: forget the task, and consume its error (a
+        client that reset its connection before it was made: nobody to answer), which asyncio would log as never
+        retrieved."""
+        self._taking_in.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("a connection taken in from the accept queue was gone before it was made: %s", task.exception())
 
     def _close_open_connections(self, when: str | None = None) -> None:
         """Close what is still open: at the shutdown's bound (a client that does not read its answer, a request
@@ -172,15 +180,3 @@ class DrainingServer(uvicorn.Server):
                         when or f"{self._shutdown_timeout_s:.3g} s after the listener closed")
         for connection in still_open:
             connection.transport.abort()
-
-
-def _forget_taken_in(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
-    """A done callback: drop the task from `tasks` and consume its error (a client that reset its connection
-    before it was made), so that asyncio does not log it as never retrieved."""
-
-    def done(task: asyncio.Task[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.info("a connection taken in from the accept queue was gone before it was made: %s", task.exception())
-
-    return done

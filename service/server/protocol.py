@@ -106,13 +106,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().shutdown()  # the answer in progress says Connection: close
             return
         wait = self.shutdown_settle_s if self._messages == 0 else self.idle_settle_s
-        self._shutdown_timer = self.loop.call_later(wait, self._close_if_idle, self._messages)
+        self._shutdown_timer = self.loop.call_later(wait, self._close_if_idle)
 
-    def _close_if_idle(self, messages: int) -> None:
-        """The shutdown's close: unless a request has begun since (`messages` then was the count of requests)."""
+    def _close_if_idle(self) -> None:
+        """The shutdown's close: unless a request is being read or answered (its answer closes the connection)."""
         self._shutdown_timer = None
-        if self.transport.is_closing() or self._messages != messages or self._in_message:
-            return  # closed already, or a request is on its way: its answer closes the connection
+        if self.transport.is_closing() or self._in_message or self._answer_pending():
+            return
         self.transport.close()
 
     def _arm_head_timer(self) -> None:
@@ -127,7 +127,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         """A head that did not end in time (a slow or silent client holding the connection): 408 and close, or
-        just close when nothing at all was sent."""
+        just close when no request had begun (nothing sent, or only blank lines)."""
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
             return
