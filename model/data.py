@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # The service's own codec (decoding, EXIF, RGB, resize modes) and tar reader: evaluation measures what it serves.
@@ -132,29 +133,60 @@ def load_center_crops(paths: list[str | Path], size: int) -> tuple[torch.Tensor,
 
 
 class RandomCrops:
-    """Random multi-scale square crops with flips: a crop side between min_scale and 1 of the shorter side."""
+    """Random multi-scale square crops with flips: a crop side between min_scale and 1 of the shorter side.
 
-    def __init__(self, images: list[np.ndarray], size: int, min_scale: float = 0.35, seed: int = 0) -> None:
+    On the CPU each crop is cut and resized with Pillow (bicubic). With `device` (a CUDA device) the images are
+    kept there as uint8 and each crop is resized on it (`F.interpolate`, bicubic with antialiasing, clamped to
+    [0, 255]), so that a fast accelerator is not left waiting on one CPU thread; the random draws (image, side,
+    position, flip) are the same numbers in the same order either way, so a checkpoint's crop RNG state resumes
+    on either.
+    """
+
+    def __init__(self, images: list[np.ndarray], size: int, min_scale: float = 0.35, seed: int = 0,
+                 device: torch.device | None = None) -> None:
         self.images = images
         self.size = size
         self.min_scale = min_scale
         self.rng = np.random.default_rng(seed)
+        self.device = device
+        # (3, H, W) uint8 on the device, one per image
+        self._on_device = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).to(device)
+                           for im in images] if device is not None else None
+
+    def _draw(self) -> tuple[int, int, int, int, bool]:
+        """(image index, crop side, top, left, flip) of one crop."""
+        i = int(self.rng.integers(len(self.images)))
+        h, w = self.images[i].shape[:2]
+        short = min(h, w)
+        side = int(self.rng.uniform(min(1.0, max(self.min_scale, self.size / short)), 1.0) * short)
+        side = max(1, min(side, short))
+        y, x = int(self.rng.integers(0, h - side + 1)), int(self.rng.integers(0, w - side + 1))
+        return i, side, y, x, bool(self.rng.random() < 0.5)
 
     def sample(self, batch_size: int) -> torch.Tensor:
-        """A batch (B, 3, size, size) float in [0, 1]."""
+        """A batch (B, 3, size, size) float32 in [0, 1], on `device` when one was given (else on the CPU)."""
+        if self._on_device is not None:
+            return self._sample_on_device(batch_size)
         out = torch.empty(batch_size, 3, self.size, self.size)
-        for i in range(batch_size):
-            img = self.images[self.rng.integers(len(self.images))]
-            h, w = img.shape[:2]
-            short = min(h, w)
-            side = int(self.rng.uniform(min(1.0, max(self.min_scale, self.size / short)), 1.0) * short)
-            side = max(1, min(side, short))
-            y, x = self.rng.integers(0, h - side + 1), self.rng.integers(0, w - side + 1)
-            pil = Image.fromarray(img[y:y + side, x:x + side])
+        for n in range(batch_size):
+            i, side, y, x, flip = self._draw()
+            pil = Image.fromarray(self.images[i][y:y + side, x:x + side])
             if side != self.size:
                 pil = pil.resize((self.size, self.size), Image.BICUBIC, reducing_gap=2.0)
             arr = np.asarray(pil, dtype=np.uint8)
-            if self.rng.random() < 0.5:
+            if flip:
                 arr = arr[:, ::-1]
-            out[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+            out[n] = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
         return out
+
+    def _sample_on_device(self, batch_size: int) -> torch.Tensor:
+        assert self._on_device is not None
+        out = torch.empty(batch_size, 3, self.size, self.size, device=self.device)
+        for n in range(batch_size):
+            i, side, y, x, flip = self._draw()
+            crop = self._on_device[i][:, y:y + side, x:x + side].unsqueeze(0).float()  # (1, 3, side, side)
+            if side != self.size:
+                crop = F.interpolate(crop, size=(self.size, self.size), mode="bicubic", antialias=True,
+                                     align_corners=False).clamp_(0.0, 255.0)
+            out[n] = crop[0].flip(-1) if flip else crop[0]
+        return out.div_(255.0)

@@ -36,7 +36,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True, help="image folder or .tar shard (repeatable)")
     p.add_argument("--eval-data", help="held-out image folder for PSNR and reconstruction grids")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--steps", type=int, default=10000,
+                   help="optimizer steps (the cosine schedule's length); 0 with --max-minutes: as many as fit, "
+                        "measured over the first steps of this run")
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine floor as a fraction of --lr")
@@ -185,7 +187,12 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     step, elapsed_before = 0, 0.0
     max_side = args.max_side or int(cfg.image_size * 2.5)
     images, report = load_images(args.data, max_side=max_side, min_side=cfg.image_size // 2)
-    crops = RandomCrops(images, cfg.image_size, seed=args.seed * 1000 + d.rank)
+    # On CUDA the crops are cut and resized on the device (one CPU thread cannot keep up with it).
+    crops = RandomCrops(images, cfg.image_size, seed=args.seed * 1000 + d.rank,
+                        device=device if device.type == "cuda" else None)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -195,6 +202,13 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         restore_rng(ckpt["rng"], d.rank, crops)
     # (EMA tensor, live tensor) pairs, built once: every update of the weights and buffers is in place.
     ema_pairs = [(ema[k], v) for k, v in model.state_dict().items()] if ema is not None else []
+    ema_float = [(e, v) for e, v in ema_pairs if v.dtype == torch.float32]
+    ema_other = [(e, v) for e, v in ema_pairs if v.dtype != torch.float32]
+    auto_steps = args.steps <= 0
+    if auto_steps:
+        if not args.max_minutes:
+            raise SystemExit("--steps 0 fits the schedule to the time: it needs --max-minutes")
+        args.steps = 1 << 40  # until measured (below); the warm-up does not depend on it
     heldout = None
     if args.eval_data:
         heldout = load_center_crops([args.eval_data], cfg.image_size)[0].to(device)
@@ -238,7 +252,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                          "tail_drop": cfg.tail_drop, "prefix_dist": args.prefix_dist if cfg.tail_drop else None,
                          "precision": precision, "init": args.init,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
-                         "ema": args.ema, "images_seen": step * args.batch_size * d.world},
+                         "ema": args.ema, "images_seen": step * args.batch_size * d.world,
+                         "steps_planned": args.steps},
         }, ckpt_path)
 
     stop = {"flag": False}
@@ -267,6 +282,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                                              "images_per_s": speeds})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     t_start, t_log, seen_log = time.time(), time.time(), 0
+    first_step, t_probe = step, t_start
     model.train()
     in_step = True  # until the loop ends cleanly, ranks may be at different steps: no collectives in `finally`
     try:
@@ -294,11 +310,22 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             if ema_pairs:
                 decay = min(args.ema, (1 + step) / (10 + step))
                 with torch.no_grad():
-                    for e, v in ema_pairs:
-                        if v.dtype.is_floating_point:
-                            e.mul_(decay).add_(v.float(), alpha=1 - decay)
-                        else:
-                            e.copy_(v)
+                    if ema_float:  # one fused update of all float tensors (a launch per tensor on a GPU adds up)
+                        torch._foreach_lerp_([e for e, _ in ema_float], [v for _, v in ema_float], 1 - decay)
+                    for e, v in ema_other:
+                        e.copy_(v.to(e.dtype))
+            if auto_steps and step - first_step == AUTO_STEPS_PROBE[1]:
+                args.steps = fitted_steps(step, t_probe, t_start, args.max_minutes, device)
+                if bar is not None:
+                    bar.total = args.steps
+                    bar.refresh()
+                if d.master:
+                    log.info(f"--steps 0: {args.steps} steps fit in {args.max_minutes:g} minutes at the speed "
+                             f"measured over steps {first_step + AUTO_STEPS_PROBE[0]}..{step}")
+            elif auto_steps and step - first_step == AUTO_STEPS_PROBE[0]:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_probe = time.time()
             seen_log += args.batch_size * d.world
             if d.master and (step % 10 == 0 or step == args.steps):
                 usage = float((model.quantize.steps_unused < cfg.dead_code_steps).float().mean())
@@ -342,6 +369,25 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             dist.barrier()
         dist.destroy_process_group()
     return model
+
+
+# --steps 0: the speed is measured between these two step counts of the run (after its first, slower steps).
+AUTO_STEPS_PROBE = (5, 25)
+
+
+def fitted_steps(step: int, t_probe: float, t_start: float, max_minutes: float,
+                 device: torch.device, margin: float = 0.95) -> int:
+    """The schedule's length that ends within `max_minutes` of t_start, at the speed measured since t_probe.
+
+    step: the current step; the steps since the probe began are AUTO_STEPS_PROBE's difference. The time left
+    (less a 5% margin for evaluations and saves) times the steps per second, plus the steps done.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    now = time.time()
+    rate = (AUTO_STEPS_PROBE[1] - AUTO_STEPS_PROBE[0]) / max(1e-6, now - t_probe)
+    left = max(0.0, max_minutes * 60 - (now - t_start))
+    return max(step + 1, step + int(left * rate * margin))
 
 
 def draw_prefix(num_tokens: int, dist: str = "uniform") -> int:

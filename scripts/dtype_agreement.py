@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from titok.bench.bench import PHOTO_SUFFIXES
 from titok.core.artifact import load_artifact, resolve_device, restore_weights, to_compute_dtype, weights_snapshot
-from titok.core.codec import load_image
+from titok.core.codec import IMAGE_EXTS, load_image
 
 HEADER = ("| model | device | dtype | images | positions | equal to fp32 | encode s (all images) |\n"
           "|---|---|---|---|---|---|---|")
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtypes", default="bfloat16", help="comma-separated reduced dtypes (default: bfloat16)")
     args = p.parse_args(argv)
-    files = sorted(f for f in args.images.rglob("*") if f.suffix.lower() in PHOTO_SUFFIXES)
+    files = sorted(f for f in args.images.rglob("*") if f.suffix[1:].lower() in IMAGE_EXTS)
     if not files:
         sys.stderr.write(f"dtype_agreement: no images under {args.images}\n")
         return 2

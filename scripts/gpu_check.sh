@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The GPU run in one command, under 10 minutes: tests on CUDA in three dtypes, `titok bench` on CUDA (the bundled
-# model and a random-weight TiTok-L-32), token agreement against fp32, a capped bf16 training run, export, eval.
+# The GPU run in one command, under 10 minutes: tests on CUDA in three dtypes, token agreement against fp32,
+# training runs of the ordered-token recipe (bf16 autocast, batch 256, several candidate sizes side by side on the
+# one GPU), then `titok bench` on CUDA (the bundled model and a random-weight TiTok-L-32) once the GPU is free.
 #
 #   OUT=/tmp/gpu scripts/gpu_check.sh [WHEELS_DIR]          # on the GPU machine (TITOK_DEVICE=cuda)
 #   OUT=/tmp/gpu GPU_CHECK_DRY=1 scripts/gpu_check.sh       # the same steps on this CPU with tiny settings
 #
 # Installs nothing from the network: the Python packages the GPU image lacks (fastapi, pydantic, uvicorn, ...)
 # come as wheels from WHEELS_DIR (default: $GPU_CHECK_WHEELS, else .whl in the repository root, an ignored folder),
-# installed with --no-index into a private folder. How to prepare them: README.md, "The GPU run".
-# Writes everything under $OUT (at most 8 files): summary.md (one row per step: exit code, seconds, cap),
-# env.txt, tests.log, bench.md, agreement.md, train.log, eval.json. Each step has its own time cap; a step that
-# fails or runs out of time is recorded and the next one runs. Exit code: the number of failed steps.
+# installed with --no-index into a private folder together with this project (so `import titok` works without an
+# install there). How to prepare them: README.md, "The GPU run".
+# Writes at most 8 files under $OUT, as a lent machine returns no more: summary.md (one row per step: exit code,
+# seconds, cap), results.tar.gz (env.txt, tests.log, agreement.md, bench.md, and per training candidate its log,
+# metrics.jsonl, curves and reconstructions), and the best candidate's weights, slimmed to float16
+# (scripts/slim_checkpoint.py) and cut into pieces of 15 MiB: best.pt.00, best.pt.01, ... (`cat best.pt.* >
+# best.pt`, then `titok export --checkpoint best.pt`). Each step has its own time cap; a step that fails or runs out
+# of time is recorded and the next one runs. Exit code: the number of failed steps.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -20,102 +25,158 @@ WHEELS="${1:-${GPU_CHECK_WHEELS:-$ROOT/.whl}}"
 DRY="${GPU_CHECK_DRY:-0}"
 PY="${PYTHON:-python3}"
 WORK="${GPU_CHECK_WORK:-/tmp/titok-gpu-check}"
+LOGS="$WORK/logs"                                            # everything but the weights, tarred into $OUT at the end
 IMAGES="${GPU_CHECK_IMAGES:-$ROOT/photos/dev-eval}"        # the 8 held-out photos (titok data photos)
 TRAIN_DATA="${GPU_CHECK_TRAIN_DATA:-$ROOT/photos/train-small}"  # training photos, downscaled to travel
-mkdir -p "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+rm -rf "$LOGS"; mkdir -p "$WORK" "$LOGS"
+export PYTHONUNBUFFERED=1
 
-if [ "$DRY" = 1 ]; then  # tiny settings: every step runs end to end on a CPU in about two minutes
+# Training candidates, run side by side: NAME|LR|--set overrides of the tiny preset (all K = 128, tail drop).
+CANDIDATES=(
+    "p16w256|2e-3|num_tokens=128"
+    "p8w256d8|2e-3|num_tokens=128 patch_size=8 dec_depth=8"
+    "p8w384d6|1.5e-3|num_tokens=128 patch_size=8 enc_width=384 enc_heads=6 dec_width=384 dec_heads=6 dec_depth=6"
+)
+if [ "$DRY" = 1 ]; then  # tiny settings: every step runs end to end on a CPU in a few minutes
     export TITOK_DEVICE=cpu
     BIG_PRESET=tiny; BENCH_ARGS=(--quick --concurrency 1,4 --requests 16 --duration 1)
     BIG_BENCH_ARGS=(--quick --concurrency 1,4 --requests 8 --duration 1)
     TRAIN_ARGS=(--steps 4 --batch-size 4 --eval-every 2 --save-every 2 --warmup 1)
-    CAP_TEST=300; CAP_BENCH=240; CAP_BIG=120; CAP_TRAIN=180
+    CANDIDATES=("${CANDIDATES[0]}" "p8|2e-3|num_tokens=16 patch_size=8 enc_depth=1 dec_depth=1")
+    CAP_TEST=300; CAP_BENCH=240; CAP_BIG=120; CAP_TRAIN=300
 else
     export TITOK_DEVICE=cuda
     BIG_PRESET=titok-l-32; BENCH_ARGS=(--concurrency 1,16,64,256 --requests 512 --duration 4)
     BIG_BENCH_ARGS=(--concurrency 1,64,256 --requests 128 --duration 3)
-    TRAIN_ARGS=(--steps 100000 --max-minutes 1 --batch-size 256 --eval-every 200 --save-every 200 --warmup 50)
-    CAP_TEST=50; CAP_BENCH=80; CAP_BIG=90; CAP_TRAIN=75
+    MINUTES="${GPU_CHECK_TRAIN_MINUTES:-5}"
+    TRAIN_ARGS=(--steps 0 --max-minutes "$MINUTES" --batch-size 256 --eval-every 500 --save-every 500 --warmup 300)
+    CAP_TEST=120; CAP_BENCH=80; CAP_BIG=90; CAP_TRAIN=$(( ${MINUTES%.*} * 60 + 90 ))
 fi
 SUMMARY="$OUT/summary.md"
 FAILED=0
 printf '# gpu_check (%s, dry=%s)\n\n| step | exit | seconds | cap s |\n|---|---|---|---|\n' \
     "$(date -u +%FT%TZ)" "$DRY" > "$SUMMARY"
 
+row() {  # row NAME RC SECONDS CAP
+    echo "| $1 | $2$([ "$2" = 124 ] && echo ' (time cap)') | $3 | $4 |" >> "$SUMMARY"
+    [ "$2" = 0 ] || FAILED=$((FAILED + 1))
+}
+T0=$(date +%s)
+DEADLINE="${GPU_CHECK_DEADLINE_S:-560}"  # seconds from the start: later steps get what is left, so that the results
+                                         # are written before a caller's time limit (the device tool's 600 s)
 step() {  # step NAME CAP_SECONDS LOGFILE COMMAND...: run with its own cap, append its output to LOGFILE
-    local name="$1" cap="$2" log="$3" t0 rc; shift 3
+    local name="$1" cap="$2" log="$3" t0 rc left; shift 3
     t0=$(date +%s)
+    left=$(( DEADLINE - (t0 - T0) - 20 ))
+    if [ "$left" -lt 10 ]; then row "$name: skipped, ${DEADLINE}s deadline" 1 0 "$cap"; return 1; fi
+    [ "$left" -lt "$cap" ] && cap=$left
     echo "== $name (cap ${cap}s): $*" >> "$log"
     timeout -k 5 "$cap" "$@" >> "$log" 2>&1; rc=$?
-    echo "| $name | $rc$([ $rc = 124 ] && echo ' (time cap)') | $(( $(date +%s) - t0 )) | $cap |" >> "$SUMMARY"
-    [ $rc = 0 ] || FAILED=$((FAILED + 1))
+    row "$name" "$rc" "$(( $(date +%s) - t0 ))" "$cap"
     return $rc
 }
 
-# 1. The packages the image lacks, from carried wheels (no index, no network).
+# 1. The packages the image lacks, from carried wheels (no index, no network), and this project itself.
 {
     echo "python: $($PY -c 'import sys; print(sys.version.split()[0])')"
     $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")'
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
     grep -o 'amx_bf16\|amx_tile\|avx512_bf16' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' '; echo
-} > "$OUT/env.txt" 2>&1
-if ! $PY -c 'import fastapi, pydantic_settings, uvicorn, multipart' 2>/dev/null; then
+    echo "cpus: $(nproc)"
+} > "$LOGS/env.txt" 2>&1
+SITE="$WORK/site"; rm -rf "$SITE"
+if ! $PY -c 'import fastapi, pydantic_settings, uvicorn, multipart, httptools' 2>/dev/null; then
     if ls "$WHEELS"/*.whl > /dev/null 2>&1; then
-        step setup 40 "$OUT/env.txt" $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-            --target "$WORK/site" "$WHEELS"/*.whl
-        export PYTHONPATH="$PYTHONPATH:$WORK/site"
+        step setup 40 "$LOGS/env.txt" $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+            --target "$SITE" "$WHEELS"/*.whl
     else
-        echo "| setup | no wheels in $WHEELS and the service's packages are missing |  |  |" >> "$SUMMARY"
-        FAILED=$((FAILED + 1))
+        row "setup: no wheels in $WHEELS and the service's packages are missing" 1 0 0
     fi
 fi
+# This checkout itself (the machine has no install of it), built offline; first on the path, also where an older
+# install exists.
+step "install titok" 60 "$LOGS/env.txt" $PY -m pip install -q --no-index --no-deps --no-build-isolation \
+    --no-compile --no-cache-dir --target "$SITE" "$ROOT"
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 TITOK=("$PY" -m titok.cli)
 
-# 2. Engine and app tests with TITOK_DEVICE=cuda: all of them in float32, the CUDA-marked ones in fp16 and bf16.
+# 2. Training candidates, in the background: the GPU has room for them beside the tests (bench waits for them).
+[ -d "$TRAIN_DATA" ] || TRAIN_DATA="$IMAGES"
+T_TRAIN=$(date +%s)
+PIDS=()
+for cand in "${CANDIDATES[@]}"; do
+    IFS='|' read -r name lr sets <<< "$cand"
+    set_args=(); for s in $sets; do set_args+=(--set "$s"); done
+    run="$WORK/run-$name"; rm -rf "$run"
+    echo "== train $name: lr $lr, $sets" > "$LOGS/train-$name.log"
+    timeout -k 10 "$CAP_TRAIN" "${TITOK[@]}" train --preset tiny --data "$TRAIN_DATA" --eval-data "$IMAGES" \
+        --out "$run" --lr "$lr" --no-progress --tail-drop --prefix-dist mixed --precision bf16 "${set_args[@]}" \
+        "${TRAIN_ARGS[@]}" >> "$LOGS/train-$name.log" 2>&1 &
+    PIDS+=($!)
+done
+
+# 3. Engine and app tests with TITOK_DEVICE=cuda: all of them in float32, the CUDA-marked ones in fp16 and bf16.
 for dtype in float32 float16 bfloat16; do
     if [ $dtype = float32 ]; then sel=(tests/service/core tests/service/server -m "not slow"); cap=$CAP_TEST
-    else sel=(tests/service/core/test_cuda.py); cap=$(( CAP_TEST / 2 + 5 )); fi
-    TITOK_DTYPE=$dtype step "tests $dtype" "$cap" "$OUT/tests.log" \
+    else sel=(tests/service/core/test_cuda.py); cap=$(( CAP_TEST / 4 + 10 )); fi
+    TITOK_DTYPE=$dtype step "tests $dtype" "$cap" "$LOGS/tests.log" \
         $PY -m pytest -q -rs -p no:cacheprovider --ignore tests/service/server/test_fuzz_api.py \
         --ignore tests/service/server/test_ui_browser.py "${sel[@]}"
 done
 
-# 3. titok bench on the device: the bundled model, then a random-weight big model (built there: 1.3 GB).
-step "bench bundled" "$CAP_BENCH" "$OUT/bench.md" "${TITOK[@]}" bench "${BENCH_ARGS[@]}"
+# 4. Tokens of each reduced dtype against fp32's, on the held-out photos, for the bundled model and a random-weight
+#    big model (built here: 1.3 GB).
 BIG="$WORK/random-$BIG_PRESET.pt"
-step "build random $BIG_PRESET" "$CAP_BIG" "$OUT/bench.md" $PY scripts/random_model.py "$BIG_PRESET" "$BIG" --fp16 \
-    && step "bench random $BIG_PRESET" "$CAP_BIG" "$OUT/bench.md" "${TITOK[@]}" bench --model "$BIG" \
-        "${BIG_BENCH_ARGS[@]}"
-
-# 4. Tokens of each reduced dtype against fp32's, on the held-out photos (synthetic ones if none travelled).
-if ! ls "$IMAGES" > /dev/null 2>&1; then
-    IMAGES="$WORK/synthetic"
-    $PY -c "
-import sys, pathlib; from titok.bench.bench import synthetic_photos
-d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)
-[(d / f'{i}.jpg').write_bytes(b) for i, b in enumerate(synthetic_photos(8))]" "$IMAGES"
-fi
-models=(service/models/default.pt); [ -f "$BIG" ] && models+=("$BIG")
-step "dtype agreement" 40 "$OUT/agreement.md" $PY scripts/dtype_agreement.py --images "$IMAGES" \
+step "build random $BIG_PRESET" "$CAP_BIG" "$LOGS/bench.md" $PY scripts/random_model.py "$BIG_PRESET" "$BIG" --fp16
+models=(service/models/default.pt service/models/ordered.pt); [ -f "$BIG" ] && models+=("$BIG")
+step "dtype agreement" 60 "$LOGS/agreement.md" $PY scripts/dtype_agreement.py --images "$IMAGES" \
     --device "$TITOK_DEVICE" --dtypes bfloat16,float16 "${models[@]}"
 
-# 5. The shipped recipe (scripts/retrain_default.sh), capped, bf16 autocast at a large batch; export; eval.
-TRAIN_EXTRA=()
-if "${TITOK[@]}" train --help 2>/dev/null | grep -q -- '--precision'; then
-    TRAIN_EXTRA=(--precision bf16)  # from the ordered-tokens branch; absent before it is merged
-    "${TITOK[@]}" train --help | grep -q -- '--tail-drop' && TRAIN_EXTRA+=(--tail-drop)
+# 5. The training runs end; each is recorded, and the best candidate's weights come back.
+i=0
+for cand in "${CANDIDATES[@]}"; do
+    name="${cand%%|*}"
+    wait "${PIDS[$i]}"; rc=$?
+    row "train $name" "$rc" "$(( $(date +%s) - T_TRAIN ))" "$CAP_TRAIN"
+    cp "$WORK/run-$name/metrics.jsonl" "$LOGS/metrics-$name.jsonl" 2>/dev/null
+    cp "$WORK/run-$name/curves.png" "$LOGS/curves-$name.png" 2>/dev/null
+    cp "$WORK/run-$name/reconstructions.png" "$LOGS/reconstructions-$name.png" 2>/dev/null
+    i=$((i + 1))
+done
+BEST=$($PY - "$WORK" "${CANDIDATES[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+# The best: the most of issue 19's PSNR targets met (k = 32 >= 16.84 dB, all K >= 18.64 dB), then the higher
+# PSNR at all K; from each run's last held-out evaluation (EMA weights, 8 photos).
+scores = []
+for cand in sys.argv[2:]:
+    name = cand.split("|")[0]
+    path = Path(sys.argv[1]) / f"run-{name}" / "metrics.jsonl"
+    evals = [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "eval"] if path.exists() else []
+    if evals:
+        last = evals[-1]
+        by_k = last.get("psnr_by_prefix", {})
+        met = (by_k.get("32", 0) >= 16.84) + (last["psnr"] >= 18.64)
+        scores.append((met, last["psnr"], name))
+        print(f"{name}: step {last['step']}, all K {last['psnr']:.2f} dB, by k {by_k}", file=sys.stderr)
+print(max(scores)[2] if scores else "")
+EOF
+)
+echo "best candidate: ${BEST:-none}" >> "$LOGS/env.txt"
+if [ -n "$BEST" ]; then
+    step "slim $BEST" 60 "$LOGS/env.txt" $PY scripts/slim_checkpoint.py "$WORK/run-$BEST/checkpoint.pt" "$WORK/best.pt" \
+        && split -b 15M -d "$WORK/best.pt" "$OUT/best.pt."
 fi
-[ -d "$TRAIN_DATA" ] || TRAIN_DATA="$IMAGES"
-RUN="$WORK/run"; rm -rf "$RUN"
-step train "$CAP_TRAIN" "$OUT/train.log" "${TITOK[@]}" train --preset tiny --data "$TRAIN_DATA" --eval-data "$IMAGES" \
-    --out "$RUN" --lr 2e-3 --no-progress "${TRAIN_ARGS[@]}" "${TRAIN_EXTRA[@]}" \
-    && step export 30 "$OUT/train.log" "${TITOK[@]}" export --checkpoint "$RUN/checkpoint.pt" --out "$RUN/model.pt" --fp16 \
-    && step eval 30 "$OUT/train.log" "${TITOK[@]}" eval --artifact "$RUN/model.pt" --data "$IMAGES" --out "$RUN/eval" \
-    && cp "$RUN/eval/eval.json" "$OUT/eval.json"
+
+# 6. titok bench on the device, now that the training runs are over: the bundled model, then the big one.
+step "bench bundled" "$CAP_BENCH" "$LOGS/bench.md" "${TITOK[@]}" bench "${BENCH_ARGS[@]}"
+[ -f "$BIG" ] && step "bench random $BIG_PRESET" "$CAP_BIG" "$LOGS/bench.md" "${TITOK[@]}" bench --model "$BIG" \
+    "${BIG_BENCH_ARGS[@]}"
 
 echo "" >> "$SUMMARY"
-echo "failed steps: $FAILED; train flags: ${TRAIN_EXTRA[*]:-none (no --precision in titok train)}" >> "$SUMMARY"
+echo "failed steps: $FAILED; best training candidate: ${BEST:-none}" >> "$SUMMARY"
+cp "$SUMMARY" "$LOGS/"
+tar -czf "$OUT/results.tar.gz" -C "$LOGS" .
 cat "$SUMMARY"
 exit "$FAILED"

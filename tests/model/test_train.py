@@ -286,3 +286,17 @@ def test_init_from_an_exported_artifact(tmp_path, micro_cfg):
     init_from(target, tmp_path / "a.pt")
     assert torch.equal(target.encoder.latent_tokens[:16], source.encoder.latent_tokens)
     assert torch.equal(target.quantize.embedding.weight, source.quantize.embedding.weight)
+
+
+@pytest.mark.slow
+def test_steps_zero_fits_the_schedule_to_max_minutes(tmp_path, photo_dir):
+    """--steps 0 --max-minutes M: the number of steps is measured after the first ones and the run ends on its own
+    schedule (not cut by the clock), recording the planned length."""
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 0, "--max-minutes", "0.15") == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    planned = ckpt["training"]["steps_planned"]
+    assert 25 < planned < 10_000 and ckpt["step"] == planned, (planned, ckpt["step"])
+    assert ckpt["elapsed_s"] < 0.15 * 60 * 1.5
+    with pytest.raises(SystemExit, match="needs --max-minutes"):
+        train(photo_dir, tmp_path / "run2", 0)
