@@ -97,7 +97,9 @@ fi
 # This checkout itself (the machine has no install of it), built offline; first on the path, also where an older
 # install exists.
 step "install titok" 60 "$LOGS/env.txt" $PY -m pip install -q --no-index --no-deps --no-build-isolation \
-    --no-compile --no-cache-dir --target "$SITE" "$ROOT"
+    --no-compile --no-cache-dir --target "$SITE" "$ROOT" \
+    || { rm -rf "$SITE/titok"; mkdir -p "$SITE" && cp -r service "$SITE/titok" && cp -r model "$SITE/titok/model" \
+         && row "install titok: copied service/ and model/ as the package instead" 0 0 0; }
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 TITOK=("$PY" -m titok.cli)
 
