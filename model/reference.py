@@ -240,7 +240,9 @@ class UpBlock(nn.Module):
         for blk in self.block:
             x = blk(x)
         if self.upsample_conv is not None:
-            x = self.upsample_conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            # nearest x2 as plain repeats: F.interpolate, scripted, inlines a body naming ops that older torch
+            # releases lack (see Decoder.forward in tokenizer.py); the same numbers.
+            x = self.upsample_conv(x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
         return x
 
 

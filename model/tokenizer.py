@@ -152,8 +152,11 @@ class Decoder(nn.Module):
             flat = codes.flatten(1)  # (B, k*D); the linear map's remaining columns meet absent codes
             flat = F.pad(flat, [0, (self.num_tokens - k) * codes.shape[2]])  # (B, K*D), zero past the prefix
             small = self.lowfreq(flat).view(b, 3, s, s)
-            out = out + F.interpolate(small, size=(self.image_size, self.image_size), mode="bicubic",
-                                      align_corners=False)
+            # The aten op itself, not F.interpolate: scripted, F.interpolate inlines its whole body, which names
+            # every mode's op, so an artifact exported by a newer torch (2.13 added lanczos) failed to load on an
+            # older one ("Unknown builtin op: aten::_upsample_lanczos2d_aa"). Same numbers as
+            # F.interpolate(small, size, mode="bicubic", align_corners=False).
+            out = out + torch._C._nn.upsample_bicubic2d(small, [self.image_size, self.image_size], False)
         return out
 
 
