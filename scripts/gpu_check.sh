@@ -86,7 +86,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")'
     echo "cpus: $(nproc)"
 } > "$LOGS/env.txt" 2>&1
 SITE="$WORK/site"; rm -rf "$SITE"
-if ! $PY -c 'import fastapi, pydantic_settings, uvicorn, multipart, httptools' 2>/dev/null; then
+if ! $PY -c 'import fastapi, fastapi.background, pydantic_settings, uvicorn, multipart, httptools' 2>/dev/null; then
     if ls "$WHEELS"/*.whl > /dev/null 2>&1; then
         step setup 40 "$LOGS/env.txt" $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
             --target "$SITE" "$WHEELS"/*.whl
@@ -102,6 +102,9 @@ step "install titok" 60 "$LOGS/env.txt" $PY -m pip install -q --no-index --no-de
          && row "install titok: copied service/ and model/ as the package instead" 0 0 0; }
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 TITOK=("$PY" -m titok.cli)
+
+# GPU_CHECK_TRAIN=0: no training (a rerun of the checks alone)
+[ "${GPU_CHECK_TRAIN:-1}" = 0 ] && CANDIDATES=()
 
 # 2. Training candidates, in the background: the GPU has room for them beside the tests (bench waits for them).
 [ -d "$TRAIN_DATA" ] || TRAIN_DATA="$IMAGES"
@@ -146,7 +149,7 @@ for cand in "${CANDIDATES[@]}"; do
     cp "$WORK/run-$name/reconstructions.png" "$LOGS/reconstructions-$name.png" 2>/dev/null
     i=$((i + 1))
 done
-BEST=$($PY - "$WORK" "${CANDIDATES[@]}" <<'EOF'
+[ ${#CANDIDATES[@]} = 0 ] || BEST=$($PY - "$WORK" "${CANDIDATES[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
 # The best: the first candidate (they are listed smallest first: the fastest to serve) that meets both of issue
@@ -167,7 +170,7 @@ both = [name for met, _, name in scores if met == 2]
 print(both[0] if both else max(scores)[2] if scores else "")
 EOF
 )
-echo "best candidate: ${BEST:-none}" >> "$LOGS/env.txt"
+echo "best candidate: ${BEST:=}" >> "$LOGS/env.txt"
 if [ -n "$BEST" ]; then
     step "slim $BEST" 60 "$LOGS/env.txt" $PY scripts/slim_checkpoint.py "$WORK/run-$BEST/checkpoint.pt" "$WORK/best.pt" \
         && split -b 15M -d "$WORK/best.pt" "$OUT/best.pt."
