@@ -138,6 +138,11 @@ models=(service/models/default.pt service/models/ordered.pt); [ -f "$BIG" ] && m
 step "dtype agreement" 60 "$LOGS/agreement.md" $PY scripts/dtype_agreement.py --images "$IMAGES" \
     --device "$TITOK_DEVICE" --dtypes bfloat16,float16 "${models[@]}"
 
+# The dataset job on the device (its pinned buffers and batches), the held-out photos with the ordered model at
+# a PSNR target.
+step "tokenize" 60 "$LOGS/agreement.md" "${TITOK[@]}" tokenize "$IMAGES" --out "$WORK/tokens" --overwrite \
+    --model service/models/ordered.pt --target-psnr 16
+
 # 5. The training runs end; each is recorded, and the best candidate's weights come back.
 i=0
 for cand in "${CANDIDATES[@]}"; do
