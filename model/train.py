@@ -53,6 +53,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time")
     p.add_argument("--max-side", type=int, default=0, help="cache images downscaled to this shorter side "
                    "(default 2.5 x image size)")
+    p.add_argument("--crop-min-scale", type=float, default=0.35,
+                   help="training crops: the smallest crop side as a share of the image's shorter side (1: whole "
+                        "views, as evaluation and the service see a photo)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from RUNDIR/checkpoint.pt")
     p.add_argument("--tail-drop", action="store_true",
@@ -188,7 +191,9 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     max_side = args.max_side or int(cfg.image_size * 2.5)
     images, report = load_images(args.data, max_side=max_side, min_side=cfg.image_size // 2)
     # On CUDA the crops are cut and resized on the device (one CPU thread cannot keep up with it).
-    crops = RandomCrops(images, cfg.image_size, seed=args.seed * 1000 + d.rank,
+    if not 0 < args.crop_min_scale <= 1:
+        raise SystemExit(f"--crop-min-scale must be in (0, 1], not {args.crop_min_scale}")
+    crops = RandomCrops(images, cfg.image_size, min_scale=args.crop_min_scale, seed=args.seed * 1000 + d.rank,
                         device=device if device.type == "cuda" else None)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -253,7 +258,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                          "precision": precision, "init": args.init,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world,
-                         "steps_planned": args.steps},
+                         "steps_planned": args.steps, "crop_min_scale": args.crop_min_scale,
+                         "max_side": max_side},
         }, ckpt_path)
 
     stop = {"flag": False}

@@ -103,8 +103,11 @@ step "install titok" 60 "$LOGS/env.txt" $PY -m pip install -q --no-index --no-de
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 TITOK=("$PY" -m titok.cli)
 
-# GPU_CHECK_TRAIN=0: no training (a rerun of the checks alone)
+# GPU_CHECK_TRAIN=0: no training (a rerun of the checks alone). GPU_CHECK_CANDIDATES: other candidates, as
+# "NAME|LR|FIELD=VALUE ...;NAME|..."; GPU_CHECK_TRAIN_EXTRA: more `titok train` arguments for all of them.
+[ -n "${GPU_CHECK_CANDIDATES:-}" ] && IFS=';' read -r -a CANDIDATES <<< "$GPU_CHECK_CANDIDATES"
 [ "${GPU_CHECK_TRAIN:-1}" = 0 ] && CANDIDATES=()
+read -r -a TRAIN_EXTRA <<< "${GPU_CHECK_TRAIN_EXTRA:-}"
 
 # 2. Training candidates, in the background: the GPU has room for them beside the tests (bench waits for them).
 [ -d "$TRAIN_DATA" ] || TRAIN_DATA="$IMAGES"
@@ -117,12 +120,14 @@ for cand in "${CANDIDATES[@]}"; do
     echo "== train $name: lr $lr, $sets" > "$LOGS/train-$name.log"
     timeout -k 10 "$CAP_TRAIN" "${TITOK[@]}" train --preset tiny --data "$TRAIN_DATA" --eval-data "$IMAGES" \
         --out "$run" --lr "$lr" --no-progress --tail-drop --prefix-dist mixed --precision bf16 "${set_args[@]}" \
-        "${TRAIN_ARGS[@]}" >> "$LOGS/train-$name.log" 2>&1 &
+        "${TRAIN_ARGS[@]}" "${TRAIN_EXTRA[@]}" >> "$LOGS/train-$name.log" 2>&1 &
     PIDS+=($!)
 done
 
-# 3. Engine and app tests with TITOK_DEVICE=cuda: all of them in float32, the CUDA-marked ones in fp16 and bf16.
-for dtype in float32 float16 bfloat16; do
+# 3. Engine and app tests with TITOK_DEVICE=cuda: all of them in float32, the CUDA-marked ones in fp16 and bf16
+#    (GPU_CHECK_TESTS=0 leaves them out).
+TEST_DTYPES=(float32 float16 bfloat16); [ "${GPU_CHECK_TESTS:-1}" = 0 ] && TEST_DTYPES=()
+for dtype in "${TEST_DTYPES[@]}"; do
     if [ $dtype = float32 ]; then sel=(tests/service/core tests/service/server -m "not slow"); cap=$CAP_TEST
     else sel=(tests/service/core/test_cuda.py); cap=$(( CAP_TEST / 4 + 10 )); fi
     TITOK_DTYPE=$dtype step "tests $dtype" "$cap" "$LOGS/tests.log" \
@@ -185,6 +190,10 @@ fi
 step "bench bundled" "$CAP_BENCH" "$LOGS/bench.md" "${TITOK[@]}" bench "${BENCH_ARGS[@]}"
 [ -f "$BIG" ] && step "bench random $BIG_PRESET" "$CAP_BIG" "$LOGS/bench.md" "${TITOK[@]}" bench --model "$BIG" \
     "${BIG_BENCH_ARGS[@]}"
+
+# 7. Where the per-call time goes: the first calls at each batch size under TorchScript's executor settings.
+step "call times" 90 "$LOGS/bench.md" $PY scripts/cuda_calls.py service/models/default.pt --device "$TITOK_DEVICE" \
+    --dtype bfloat16 --calls 5
 
 echo "" >> "$SUMMARY"
 echo "failed steps: $FAILED; best training candidate: ${BEST:-none}" >> "$SUMMARY"

@@ -16,12 +16,17 @@ from pathlib import Path
 
 import torch
 
+from titok.core.artifact import QUANTIZER
+
 
 def slim(src: Path, dst: Path) -> dict:
-    """Write dst from the checkpoint src; returns what was written. Floating tensors become float16."""
+    """Write dst from the checkpoint src; returns what was written. Floating tensors become float16, except the
+    quantizer's (its codebook), which stay float32 as in every exported artifact (titok.core.artifact), so that
+    `titok export --fp16` of the slim file gives the same artifact as of the full one."""
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     weights = ckpt.get("ema") or ckpt["model"]
-    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    half = {k: v.half() if v.is_floating_point() and QUANTIZER not in k.split(".") else v
+            for k, v in weights.items()}
     out = {"config": ckpt["config"], "preset": ckpt.get("preset"), "ema": half, "step": ckpt.get("step"),
            "elapsed_s": ckpt.get("elapsed_s"), "training": {**ckpt.get("training", {}), "slimmed": True}}
     torch.save(out, dst)
