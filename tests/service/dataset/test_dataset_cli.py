@@ -133,7 +133,8 @@ def _big_photos(folder: Path, n: int) -> None:
     folder.mkdir(parents=True)
     for i in range(n):
         a = base.copy()
-        a[100 + 20 * i : 400 + 20 * i, 200:700] = ((37 * i) % 256, (91 * i) % 256, 160)
+        top = 100 + (20 * i) % 500
+        a[top : top + 300, 200:700] = ((37 * i) % 256, (91 * i) % 256, 160)
         Image.fromarray(a).save(folder / f"{i:03d}.png", compress_level=1)
 
 
@@ -200,7 +201,7 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path: Path, tiny_artifact: Path) -> None:
     folder = tmp_path / "pics"
-    _big_photos(folder, 30)
+    _big_photos(folder, 90)  # 30 shards of 3: the run outlasts a loaded machine's pause before the Ctrl-C
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "titok.cli", "tokenize", str(folder), "--out", str(out), "--model",
            str(tiny_artifact), "--device", "cpu", "--workers", "2", "--shard-size", "3", "--batch-size", "3",
@@ -218,6 +219,6 @@ def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path
     assert stderr.splitlines()[-1] == ("titok tokenize: interrupted; the shards already written are kept "
                                        "(a rerun resumes)")
     kept = done_names(out)
-    assert 1 <= len(kept) < 10
+    assert 1 <= len(kept) < 30
     assert len(list(out.glob("*.parquet"))) == len(kept)
     _wait_gone(workers)

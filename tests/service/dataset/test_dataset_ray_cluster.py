@@ -159,7 +159,7 @@ def test_a_killed_driver_keeps_its_finished_shards_and_the_rerun_does_only_the_r
 def test_ctrl_c_on_the_driver_prints_one_line_keeps_finished_shards_and_starts_nothing(
         tmp_path: Path, tiny_artifact: Path, cluster: tuple[str, dict[str, str]]) -> None:
     address, env = cluster
-    _inputs(tmp_path, 8, per_shard=3)
+    _inputs(tmp_path, 20, per_shard=3)  # enough shards that the job outlasts a loaded machine's pause
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(tiny_artifact, work / "mine.pt")
@@ -174,4 +174,4 @@ def test_ctrl_c_on_the_driver_prints_one_line_keeps_finished_shards_and_starts_n
     assert "Traceback" not in stderr and "Started a local Ray instance" not in stderr, stderr[:3000]
     assert stderr.splitlines()[-1] == ("titok tokenize: interrupted; the shards already written are kept "
                                        "(a rerun resumes)")
-    assert 1 <= len(done_names(work / "out_rel")) < 8
+    assert 1 <= len(done_names(work / "out_rel")) < 20
