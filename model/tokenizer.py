@@ -23,10 +23,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, W); mask: None, or bool broadcastable to (B, heads, N, N), True where a query may attend a key."""
         b, n, w = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, h, N, d)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)  # (B, h, N, d)
         return self.proj(y.transpose(1, 2).reshape(b, n, w))
 
 
@@ -41,8 +42,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -130,19 +131,30 @@ class Decoder(nn.Module):
         self.lowfreq = nn.Linear(cfg.num_tokens * cfg.code_dim, 3 * cfg.lowfreq_size**2) if cfg.lowfreq_size \
             else nn.Identity()
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """codes: (B, k, code_dim), the first k <= K codes -> (B, 3, H, W) in [-1, 1] (unclamped).
 
         A prefix (k < K) is decoded as it is: the transformer sees N mask tokens and k latents (the first k
         latent position embeddings), and the low-frequency path reads the k codes through the first k * code_dim
         columns of its linear map (the absent codes contribute nothing). With k = K this is the full decode.
+
+        keep: the same prefix decode with static shapes (for torch.compile in training): codes holds all K codes,
+        keep is bool (K,) or (B, K), True for the codes present (a prefix); the absent ones are masked out of every
+        key and zeroed on the low-frequency path, which gives what decoding the first k codes gives (up to float
+        rounding), at the cost of all K latents in the transformer.
         """
         b, k = codes.shape[0], codes.shape[1]
+        mask: torch.Tensor | None = None
+        if keep is not None:
+            keep2 = keep.view(-1, k) if keep.dim() == 2 else keep.view(1, k)  # (B or 1, K)
+            codes = codes * keep2.unsqueeze(-1).to(codes.dtype)
+            present = torch.ones(keep2.shape[0], self.num_patches, dtype=torch.bool, device=keep.device)
+            mask = torch.cat([present, keep2], dim=1)[:, None, None, :]  # (B or 1, 1, 1, N + K): keys attended
         lat = self.embed(codes) + self.latent_pos_embed[:k]  # (B, k, W)
         masks = (self.mask_token + self.pos_embed).expand(b, -1, -1)  # (B, N, W)
         h = self.ln_pre(torch.cat([masks, lat], dim=1))
         for blk in self.blocks:
-            h = blk(h)
+            h = blk(h, mask)
         h = self.to_pixels(self.ln_post(h[:, : self.num_patches]))  # (B, N, P*P*C)
         g, p, c = self.grid, self.patch, self.head_channels
         img = h.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)  # (B, C, H, W)
@@ -175,18 +187,19 @@ class TiTok(nn.Module):
         self.decoder = Decoder(cfg)
         self.apply(_init_weights)
 
-    def forward(self, x01: torch.Tensor, prefix: int = 0
+    def forward(self, x01: torch.Tensor, prefix: int = 0, keep: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x01: (B, 3, H, W) in [0, 1] -> recon in [0, 1] (unclamped), indices (B, K), vq loss, z (B, K, D).
 
         prefix: decode only the first `prefix` of the K quantized tokens (tail drop, 1 <= prefix <= K);
         0 decodes all K. The encoder, the quantizer and its loss always see all K tokens.
+        keep: instead of prefix, bool (K,) True for the tokens decoded (a prefix), with static shapes (Decoder).
         """
         z = self.encoder(x01 * 2.0 - 1.0)
         q, idx, vq_loss = self.quantize(z)
         if prefix > 0:
             q = q[:, :prefix]
-        recon = self.decoder(q) * 0.5 + 0.5
+        recon = self.decoder(q, keep) * 0.5 + 0.5
         return recon, idx, vq_loss, z
 
     @torch.jit.export

@@ -56,6 +56,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-min-scale", type=float, default=0.35,
                    help="training crops: the smallest crop side as a share of the image's shorter side (1: whole "
                         "views, as evaluation and the service see a photo)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training step's forward through torch.compile (tail drop then decodes with a mask "
+                        "over all K tokens instead of a shorter sequence, so that one graph serves every prefix)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from RUNDIR/checkpoint.pt")
     p.add_argument("--tail-drop", action="store_true",
@@ -255,7 +258,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                     "crops": [r["crops"] for r in ranks]},
             "training": {"data": portable_paths(args.data), "images": report.loaded, "steps": step,
                          "tail_drop": cfg.tail_drop, "prefix_dist": args.prefix_dist if cfg.tail_drop else None,
-                         "precision": precision, "init": args.init,
+                         "precision": precision, "init": args.init, "compile": args.compile,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world,
                          "steps_planned": args.steps, "crop_min_scale": args.crop_min_scale,
@@ -287,6 +290,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         append_jsonl(out / "metrics.jsonl", {"kind": "precision", "step": step, "precision": precision,
                                              "images_per_s": speeds})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    forward: Any = torch.compile(ddp_model) if args.compile else ddp_model
+    positions = torch.arange(cfg.num_tokens, device=device)  # with --compile: keep = positions < prefix
     t_start, t_log, seen_log = time.time(), time.time(), 0
     first_step, t_probe = step, t_start
     model.train()
@@ -300,7 +305,11 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             # torch RNG (so a resume draws the same lengths); the same on every rank (same seed and draws).
             prefix = draw_prefix(cfg.num_tokens, args.prefix_dist) if cfg.tail_drop else 0
             with autocast:
-                recon, idx, vq_loss, z = ddp_model(x, prefix)
+                if args.compile:  # static shapes: every prefix decodes all K latents, those past it masked out
+                    keep = positions < (prefix or cfg.num_tokens)
+                    recon, idx, vq_loss, z = forward(x, 0, keep)
+                else:
+                    recon, idx, vq_loss, z = forward(x, prefix)
             recon = recon.float()
             mse = F.mse_loss(recon, x)
             rec = mse + args.l1_weight * F.l1_loss(recon, x) if args.l1_weight else mse

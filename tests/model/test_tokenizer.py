@@ -67,3 +67,26 @@ def test_encode_decode_in_eval_is_deterministic_and_consistent_with_forward(micr
         recon, idx, _, _ = model(x)
         assert torch.equal(model.encode_indices(x), idx)
         assert torch.allclose(model.decode_indices(idx), recon, atol=1e-5)
+
+
+def test_a_masked_decode_of_all_k_codes_equals_decoding_the_prefix():
+    """Decoder(keep=...) (static shapes, for torch.compile in training) gives what decoding the first k codes gives,
+    for every k, with the low-frequency path on; a keep of all True is the full decode."""
+    from titok.model.config import get_preset
+    from titok.model.tokenizer import TiTok
+
+    cfg = get_preset("tiny", image_size=32, patch_size=8, num_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
+                     dec_width=32, dec_depth=2, dec_heads=2, codebook_size=64, lowfreq_size=4, tail_drop=True)
+    torch.manual_seed(0)
+    model = TiTok(cfg).eval()
+    with torch.no_grad():
+        q = model.quantize.lookup(torch.randint(0, 64, (3, 8)))
+        for k in range(1, 9):
+            keep = torch.arange(8) < k
+            sliced, masked = model.decoder(q[:, :k]), model.decoder(q, keep)
+            assert torch.allclose(sliced, masked, atol=1e-5), (k, float((sliced - masked).abs().max()))
+        assert not torch.allclose(model.decoder(q[:, :3]), model.decoder(q), atol=1e-3)  # the prefix matters
+        per_row = torch.stack([torch.arange(8) < k for k in (2, 5, 8)])
+        rows = model.decoder(q, per_row)
+        for i, k in enumerate((2, 5, 8)):
+            assert torch.allclose(rows[i], model.decoder(q[i:i + 1, :k])[0], atol=1e-5)

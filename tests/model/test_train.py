@@ -300,3 +300,23 @@ def test_steps_zero_fits_the_schedule_to_max_minutes(tmp_path, photo_dir):
     assert ckpt["elapsed_s"] < 0.15 * 60 * 1.5
     with pytest.raises(SystemExit, match="needs --max-minutes"):
         train(photo_dir, tmp_path / "run2", 0)
+
+
+@pytest.mark.slow
+def test_compiled_training_serves_every_prefix_from_one_graph(tmp_path, photo_dir):
+    """--compile with tail drop: the step's forward goes through torch.compile with the prefix as a mask (static
+    shapes), so prefixes of every length train without a recompile per length; the run records it."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 12, "--compile", "--tail-drop", "--precision", "fp32") == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["training"]["compile"] is True and ckpt["step"] == 12
+    prefixes = {json.loads(line)["prefix"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                if '"train"' in line}
+    assert prefixes and all(1 <= p <= 16 for p in prefixes)
+    frames = counters["stats"]["unique_graphs"]
+    assert 1 <= frames <= 4, dict(counters["stats"])  # not one graph per prefix length (12 steps, up to 12 lengths)
