@@ -89,7 +89,7 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto", torch_threads: int = 0,
-             probe_batch: int = PROBE_BATCH, workers: int = 1) -> Engine:
+             probe_batch: int = PROBE_BATCH, workers: int = 1, warn_slower: bool = True) -> Engine:
         """Load the artifact in fp32, then settle the compute dtype by choose_dtype() (a timed probe).
 
         path: an artifact path or a Hub name (owner/name[@revision], see models.resolve_model).
@@ -97,17 +97,18 @@ class Engine:
         device; a warning when the probe measured it slower). Raises ModelLoadError for an unknown dtype or a
         model that cannot be loaded. workers: model calls that may run at once (1 for a caller that waits for each
         call, as the dataset job and Tokenizer do; 0: default_workers(device), as the service does), each on
-        torch_threads threads (0: the cores shared out among them).
+        torch_threads threads (0: the cores shared out among them). warn_slower: False makes the note that an
+        explicit dtype measured slower an info line, not a warning (a default the caller did not choose).
         """
         if dtype not in DTYPE_CHOICES:
             raise ModelLoadError(f"TITOK_DTYPE={dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
         dev = resolve_device(device)
         module, meta = load_artifact(resolve_model(path), dev, "float32")
         engine = cls(module, meta, dev, "float32", torch_threads, workers or default_workers(dev))
-        engine.choose_dtype(dtype, probe_batch)
+        engine.choose_dtype(dtype, probe_batch, warn_slower)
         return engine
 
-    def choose_dtype(self, requested: str, batch: int = PROBE_BATCH) -> str:
+    def choose_dtype(self, requested: str, batch: int = PROBE_BATCH, warn_slower: bool = True) -> str:
         """Time encode and decode of `batch` random images in fp32 and in a reduced dtype; set the compute dtype.
 
         auto: on CUDA bfloat16 where supported (else float16); on CPU bfloat16 only where it measured at least
@@ -150,8 +151,10 @@ class Engine:
                  figures or "none")
         faster = [d for d in speeds if speeds[d] > speeds.get(chosen, 0.0)]
         if requested != "auto" and faster:
-            log.warning("TITOK_DTYPE=%s measured %.2fx slower than %s on this %s; serving %s as asked",
-                        requested, speeds[faster[0]] / speeds[chosen], faster[0], self.device, requested)
+            log.log(logging.WARNING if warn_slower else logging.INFO,
+                    "dtype %s, as asked (TITOK_DTYPE or dtype=), measured %.2fx slower than %s on this %s; keeping "
+                    "it (auto picks the faster)", requested, speeds[faster[0]] / speeds[chosen], faster[0],
+                    self.device)
         return chosen
 
     def _probe(self, dtypes: tuple[str, ...], batch: int) -> dict[str, dict[str, float]]:

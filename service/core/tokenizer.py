@@ -48,16 +48,17 @@ class Tokenizer:
         self.max_image_pixels = max_image_pixels
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str = "auto", dtype: str = "float32", *,
+    def load(cls, name_or_path: str | Path, device: str = "auto", dtype: str | None = None, *,
              resize: codec.Resize = "crop", batch_size: int = DEFAULT_BATCH_SIZE, torch_threads: int = 0,
              max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Tokenizer:
         """Load an artifact path, or a Hugging Face Hub name (`owner/name[@revision]`, see models.resolve_model).
 
-        device: auto (CUDA when present), cpu or cuda; dtype: float32, or float16/bfloat16 on CUDA.
+        device: auto (CUDA when present), cpu or cuda; dtype: None (float32: the exact tokens, without a word about
+        a faster dtype), float32, bfloat16, float16 or auto (the fastest the device runs well).
         Raises ModelLoadError with a one-line reason.
         """
-        return cls(Engine.load(name_or_path, device, dtype, torch_threads), resize, batch_size,
-                   max_image_pixels)
+        engine = Engine.load(name_or_path, device, dtype or "float32", torch_threads, warn_slower=dtype is not None)
+        return cls(engine, resize, batch_size, max_image_pixels)
 
     @property
     def info(self) -> ModelInfo:

@@ -101,7 +101,25 @@ def test_an_explicit_dtype_is_honoured_with_a_warning_when_slower(tiny_artifact:
         warnings_ = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert bool(warnings_) == warned, warnings_
         if warned:
-            assert f"TITOK_DTYPE={requested} measured" in warnings_[0] and "slower" in warnings_[0]
+            assert f"dtype {requested}, as asked" in warnings_[0] and "slower" in warnings_[0]
+
+
+def test_the_in_process_default_float32_notes_a_faster_dtype_without_a_warning(
+        tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Tokenizer.load without a dtype (float32, its exact-tokens default) is not a choice the caller made: the
+    slower-than-bf16 note is an info line; dtype="float32" given explicitly still warns (a new-user pass found
+    "TITOK_DTYPE=float32 ... serving float32 as asked" from a Tokenizer that set nothing and served nothing)."""
+    from titok.core.tokenizer import Tokenizer
+
+    monkeypatch.setattr(Engine, "_probe", _fake_probe(FAST_BF16))
+    for dtype, level in ((None, "INFO"), ("float32", "WARNING")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="titok.engine"):
+            tok = Tokenizer.load(tiny_artifact, "cpu", dtype)
+        tok.engine.close()
+        assert tok.engine.dtype == "float32"
+        notes = [r for r in caplog.records if "slower" in r.getMessage()]
+        assert [r.levelname for r in notes] == [level], [(r.levelname, r.getMessage()) for r in caplog.records]
 
 
 def test_a_failed_probe_falls_back_to_fp32_with_a_log_line(tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch,
