@@ -142,7 +142,8 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
     scripted = script(model, cfg)
     check = check_artifact(scripted, model, cfg)
     full_meta: dict[str, Any] = {
-        "name": (meta or {}).get("name") or f"titok-{cfg.arch}-{cfg.image_size}px-{cfg.num_tokens}tok",
+        "name": (meta or {}).get("name")
+        or f"titok-{'' if cfg.arch == 'titok' else cfg.arch + '-'}{cfg.image_size}px-{cfg.num_tokens}tok",
         "image_size": cfg.image_size,
         "num_tokens": cfg.num_tokens,
         "codebook_size": cfg.codebook_size,
@@ -165,13 +166,40 @@ def export_model(model: nn.Module, cfg: TiTokConfig, out: str | Path, meta: dict
 
 def load_checkpoint_model(checkpoint: str | Path, use_ema: bool = True
                           ) -> tuple[nn.Module, TiTokConfig, dict[str, Any], bool]:
-    """Rebuild the model from a checkpoint alone: (model, config, checkpoint dict, whether EMA weights)."""
-    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    """Rebuild the model from a checkpoint alone: (model, config, checkpoint dict, whether EMA weights).
+
+    Raises FileNotFoundError for a missing file and SystemExit (a one-line message) for a file that is not a
+    training checkpoint (an image, an exported artifact, another torch file).
+    """
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(2, "no checkpoint file", str(checkpoint))
+    try:
+        with warnings.catch_warnings():  # torch warns before it fails on a TorchScript archive
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several kinds for a file it cannot read
+        hint = " (it is an exported artifact, not a checkpoint)" if is_torchscript_file(checkpoint) else ""
+        raise SystemExit(f"cannot read {checkpoint} as a training checkpoint{hint}: "
+                         f"{type(exc).__name__}") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or not (ckpt.get("ema") or ckpt.get("model")):
+        raise SystemExit(f"{checkpoint} is a torch file but not a training checkpoint (no config and weights)")
     cfg = TiTokConfig.from_dict(ckpt["config"])
     model = build_model(cfg)
     ema = bool(use_ema and ckpt.get("ema"))
     model.load_state_dict(ckpt["ema"] if ema else ckpt["model"])
     return model, cfg, ckpt, ema
+
+
+def is_torchscript_file(path: str | Path) -> bool:
+    """Whether a file is a TorchScript archive (a zip holding code/), i.e. an exported artifact, rather than a
+    torch.save checkpoint; False for anything unreadable."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, use_ema: bool = True,

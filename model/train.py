@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import PRESETS, TiTokConfig, get_preset
 from .data import RandomCrops, load_center_crops, load_images, portable_paths
+from .export import is_torchscript_file
 from .quality import prefix_lengths, psnr, thumbnail_baseline, to_uint8
 from .runlog import append_jsonl, atomic_save, plot_curves, read_jsonl, save_grid
 from .tokenizer import TiTok
@@ -157,9 +158,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before anything is written, what cannot train: SystemExit with a one-line message naming the option.
+
+    Also checks that the training extra is installed (tqdm for the progress bar, matplotlib for the curves and
+    grids drawn at each evaluation) rather than failing at the first evaluation.
+    """
+    import importlib.util
+
+    if args.steps < 0:
+        raise SystemExit(f"--steps must be 0 (as many as fit in --max-minutes) or more, not {args.steps}")
+    if not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
+        raise SystemExit(f"--max-minutes must be a number of minutes, 0 (no limit) or more, not {args.max_minutes}")
+    if args.steps == 0 and args.max_minutes <= 0:
+        raise SystemExit("--steps 0 fits the schedule to the time: it needs --max-minutes above 0")
+    for name in ("batch_size", "eval_every", "save_every"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be 1 or more, not {getattr(args, name)}")
+    if not 0 < args.crop_min_scale <= 1:
+        raise SystemExit(f"--crop-min-scale must be in (0, 1], not {args.crop_min_scale}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise SystemExit(f"--lr must be above 0, not {args.lr}")
+    for path in [*args.data, *([args.eval_data] if args.eval_data else [])]:
+        if not Path(path).exists():
+            raise SystemExit(f"no such file or folder: {path} (--data / --eval-data)")
+    missing = [m for m in ("tqdm", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"titok train needs {' and '.join(missing)}, which are not installed; install the "
+                         "training extra with: pip install 'titok-service[train]'")
+
+
 def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top to bottom on purpose
     """Train (or resume) and return the trained model (raw weights; the EMA is in the checkpoint)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     d, device = setup_distributed()
@@ -194,8 +226,6 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     max_side = args.max_side or int(cfg.image_size * 2.5)
     images, report = load_images(args.data, max_side=max_side, min_side=cfg.image_size // 2)
     # On CUDA the crops are cut and resized on the device (one CPU thread cannot keep up with it).
-    if not 0 < args.crop_min_scale <= 1:
-        raise SystemExit(f"--crop-min-scale must be in (0, 1], not {args.crop_min_scale}")
     crops = RandomCrops(images, cfg.image_size, min_scale=args.crop_min_scale, seed=args.seed * 1000 + d.rank,
                         device=device if device.type == "cuda" else None)
     if device.type == "cuda":
@@ -212,10 +242,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     ema_pairs = [(ema[k], v) for k, v in model.state_dict().items()] if ema is not None else []
     ema_float = [(e, v) for e, v in ema_pairs if v.dtype == torch.float32]
     ema_other = [(e, v) for e, v in ema_pairs if v.dtype != torch.float32]
-    auto_steps = args.steps <= 0
+    auto_steps = args.steps == 0  # check_args: then --max-minutes is above 0
     if auto_steps:
-        if not args.max_minutes:
-            raise SystemExit("--steps 0 fits the schedule to the time: it needs --max-minutes")
         args.steps = 1 << 40  # until measured (below); the warm-up does not depend on it
     heldout = None
     if args.eval_data:
@@ -274,8 +302,11 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     bar = None
     if d.master and not args.no_progress:
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         bar = tqdm(total=args.steps, initial=step, dynamic_ncols=True)
+        redirect = logging_redirect_tqdm(loggers=[log])  # log lines above the bar, not glued onto it
+        redirect.__enter__()
     wanted = args.precision
     if wanted == "auto" and ckpt is not None and ckpt.get("training", {}).get("precision") in ("fp32", "bf16"):
         wanted = ckpt["training"]["precision"]  # a resumed run keeps its precision: resume is exact
@@ -291,6 +322,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                                              "images_per_s": speeds})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     forward: Any = torch.compile(ddp_model) if args.compile else ddp_model
+    if args.compile and d.master:
+        log.info("--compile: the first steps compile the forward (tens of seconds on a CPU)")
     positions = torch.arange(cfg.num_tokens, device=device)  # with --compile: keep = positions < prefix
     t_start, t_log, seen_log = time.time(), time.time(), 0
     first_step, t_probe = step, t_start
@@ -377,6 +410,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             _eval_and_plot(model, ema, heldout, baseline, out, step)
         if bar is not None:
             bar.close()
+            redirect.__exit__(None, None, None)
     if d.master:
         log.info(f"saved {ckpt_path} at step {step}")
     if d.world > 1:
@@ -428,7 +462,7 @@ def init_from(model: nn.Module, path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"--init: no file at {path}")
-    if _is_torchscript(path):  # an exported artifact
+    if is_torchscript_file(path):  # an exported artifact
         from titok.core.artifact import load_artifact
 
         module, _ = load_artifact(path)
@@ -451,17 +485,6 @@ def init_from(model: nn.Module, path: str | Path) -> int:
             t[region] = src[region].to(t.dtype)
             copied += 1
     return copied
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether a file is a TorchScript archive (a zip with a code/ folder) rather than a torch.save checkpoint."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in name for name in z.namelist())
-    except zipfile.BadZipFile:
-        return False
 
 
 def choose_precision(wanted: str, model: TiTok, cfg: TiTokConfig, batch_size: int,

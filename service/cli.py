@@ -139,6 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)  # noqa: T201
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # a path the user gave (a data folder, a model file): one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"titok: {exc.strerror or exc}{where}", file=sys.stderr)  # noqa: T201
+        code = 2
+    except Exception as exc:
+        from .core.errors import CoreError, ModelLoadError
+
+        if not isinstance(exc, (CoreError, ModelLoadError)):
+            raise
+        print(f"titok: {exc}", file=sys.stderr)  # noqa: T201 - e.g. a file that is not a model artifact
+        code = 2
     return 0 if code is None else int(code)
 
 
