@@ -86,30 +86,61 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def batch_sizes(text: str) -> list[int]:
+    """An argparse type: comma-separated batch sizes, each 1 or more."""
+    try:
+        return [positive(b) for b in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers of 1 or more, not {text!r}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifact", type=Path)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--batches", default="1,2,3,5,8,13,21,32", help="comma-separated batch sizes, in this order")
-    p.add_argument("--calls", type=int, default=6, help="calls of each op at each batch size")
+    p.add_argument("--batches", type=batch_sizes, default="1,2,3,5,8,13,21,32",
+                   help="comma-separated batch sizes (1 or more), in this order")
+    p.add_argument("--calls", type=positive, default=6, help="calls of each op at each batch size (1 or more)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--one-mode", help=argparse.SUPPRESS)  # a child process: one mode, rows as JSON on stdout
     args = p.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = args.batches
     if args.one_mode:
         rows = time_calls(args.artifact, args.device, args.dtype, batches, args.calls, args.one_mode)
         sys.stdout.write(json.dumps(rows) + "\n")
         return 0
-    rows: list[dict] = []
-    for mode in args.modes.split(","):
+    modes = args.modes.split(",")
+    for mode in modes:
         if mode not in MODES:
             p.error(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+    from titok.core.artifact import DTYPES, read_meta, resolve_device
+    from titok.core.errors import ModelLoadError
+
+    if args.dtype not in DTYPES:
+        p.error(f"--dtype {args.dtype!r}: one of {', '.join(DTYPES)}")
+
+    try:  # the file and the device once, here, rather than a traceback per mode
+        read_meta(args.artifact)
+        resolve_device(args.device)
+    except (ModelLoadError, OSError) as exc:
+        p.exit(2, f"{p.prog}: {exc}\n")
+    rows: list[dict] = []
+    for mode in modes:
         child = subprocess.run([sys.executable, __file__, str(args.artifact), "--device", args.device, "--dtype",
-                                args.dtype, "--batches", args.batches, "--calls", str(args.calls),
+                                args.dtype, "--batches", ",".join(map(str, batches)), "--calls", str(args.calls),
                                 "--one-mode", mode], capture_output=True, text=True)
         if child.returncode:
-            sys.stderr.write(f"mode {mode} failed:\n{child.stderr[-2000:]}\n")
+            last = (child.stderr.strip().splitlines() or ["(no output)"])[-1]
+            sys.stderr.write(f"mode {mode} failed: {last}\n")
             continue
         rows += json.loads(child.stdout.strip().splitlines()[-1])
     sys.stdout.write(f"## {args.artifact.name}, {args.device}, {args.dtype}\n\n{table(rows)}\n")

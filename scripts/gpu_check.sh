@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run in one command, under 10 minutes: tests on CUDA in three dtypes, token agreement against fp32,
-# training runs of the ordered-token recipe (bf16 autocast, batch 256, several candidate sizes side by side on the
-# one GPU), then `titok bench` on CUDA (the bundled model and a random-weight TiTok-L-32) once the GPU is free.
+# training runs of the ordered-token recipe (bf16 autocast, candidate sizes side by side on the one GPU), then
+# `titok bench` on CUDA (the bundled model and a random-weight TiTok-L-32) once the GPU is free.
+# Needs the project's dev extra where it runs on this CPU (pytest, matplotlib): pip install -e '.[dev]'.
 #
 #   OUT=/tmp/gpu scripts/gpu_check.sh [WHEELS_DIR]          # on the GPU machine (TITOK_DEVICE=cuda)
 #   OUT=/tmp/gpu GPU_CHECK_DRY=1 scripts/gpu_check.sh       # the same steps on this CPU with tiny settings
@@ -147,21 +148,24 @@ step "dtype agreement" 60 "$LOGS/agreement.md" $PY scripts/dtype_agreement.py --
 
 # The dataset job on the device (its pinned buffers and batches), the held-out photos with the ordered model at
 # a PSNR target.
+rm -rf "$WORK/tokens"  # a scratch folder kept from an earlier run would make the job skip its finished shards
 step "tokenize" 60 "$LOGS/agreement.md" "${TITOK[@]}" tokenize "$IMAGES" --out "$WORK/tokens" --overwrite \
     --model service/models/ordered.pt --target-psnr 16
 
 # 5. The training runs end; each is recorded, and the best candidate's weights come back.
 i=0
+TRAINED=()  # the candidates whose run ended well: only they can come back
 for cand in "${CANDIDATES[@]}"; do
     name="${cand%%|*}"
     wait "${PIDS[$i]}"; rc=$?
     row "train $name" "$rc" "$(( $(date +%s) - T_TRAIN ))" "$CAP_TRAIN"
+    [ "$rc" = 0 ] && TRAINED+=("$cand")
     cp "$WORK/run-$name/metrics.jsonl" "$LOGS/metrics-$name.jsonl" 2>/dev/null
     cp "$WORK/run-$name/curves.png" "$LOGS/curves-$name.png" 2>/dev/null
     cp "$WORK/run-$name/reconstructions.png" "$LOGS/reconstructions-$name.png" 2>/dev/null
     i=$((i + 1))
 done
-[ ${#CANDIDATES[@]} = 0 ] || BEST=$($PY - "$WORK" "${CANDIDATES[@]}" <<'EOF'
+[ ${#TRAINED[@]} = 0 ] || BEST=$($PY - "$WORK" "${TRAINED[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
 # The best: the first candidate (they are listed smallest first: the fastest to serve) that meets both of issue

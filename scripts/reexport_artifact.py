@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from titok.core.artifact import load_artifact
+from titok.core.errors import ModelLoadError
 from titok.model.config import TiTokConfig
 from titok.model.export import export_model
 from titok.model.tokenizer import build_model
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("artifact", type=Path)
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
-    meta = reexport(args.artifact, args.out)
+    try:
+        meta = reexport(args.artifact, args.out)
+    except (ModelLoadError, OSError, RuntimeError) as exc:
+        p.exit(2, f"{p.prog}: {exc}\n")
     sys.stdout.write(f"{args.out}: {meta['name']}, content hash {meta['content_hash'][:12]}, export check "
                      f"{meta['export_check']}\n")
     return 0

@@ -24,6 +24,8 @@ def slim(src: Path, dst: Path) -> dict:
     quantizer's (its codebook), which stay float32 as in every exported artifact (titok.core.artifact), so that
     `titok export --fp16` of the slim file gives the same artifact as of the full one."""
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise ValueError("no config in it (an exported artifact or another torch file?)")
     weights = ckpt.get("ema") or ckpt["model"]
     half = {k: v.half() if v.is_floating_point() and QUANTIZER not in k.split(".") else v
             for k, v in weights.items()}
@@ -38,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
-    out = slim(args.checkpoint, args.out)
+    if not args.checkpoint.is_file():
+        p.error(f"no checkpoint file at {args.checkpoint}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out = slim(args.checkpoint, args.out)
+    except Exception as exc:  # noqa: BLE001 - torch raises several kinds for a file that is not a checkpoint
+        p.exit(2, f"{p.prog}: {args.checkpoint} is not a training checkpoint (RUNDIR/checkpoint.pt): "
+                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
     n = sum(v.numel() for v in out["ema"].values())
     sys.stdout.write(f"{args.out}: step {out['step']}, {n / 1e6:.2f}M values, {args.out.stat().st_size / 1e6:.1f} MB\n")
     return 0
