@@ -101,7 +101,8 @@ def _exit_drained() -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titok serve", description="Serve the tokenizer over HTTP. "
-                                     "Settings come from TITOK_* environment variables (see service/settings.py).")
+                                     "Settings come from TITOK_* environment variables (listed in the README, "
+                                     "section Settings; GET /info shows those in force).")
     parser.add_argument("--host", help="address to bind (default: TITOK_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: TITOK_PORT or 8000)")
     parser.add_argument("--model", type=model_argument, metavar="NAME_OR_PATH",
