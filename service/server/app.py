@@ -75,7 +75,7 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
         # threads took less server CPU per item than 1 (README, "Compute dtype and speed").
         codec_threads = settings.codec_threads or available_cpus()
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="titok-codec")
-        state.decode_queue = DecodeQueue(state.codec_pool, codec_threads)
+        state.decode_queue = DecodeQueue(state.codec_pool, codec_threads, metrics=metrics)
         if hasattr(eng, "warmup"):
             await asyncio.to_thread(eng.warmup, settings.max_batch_size)
         metrics.set_model_info(eng.info())

@@ -22,12 +22,15 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future as PoolFuture
 from functools import cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core import codec
 from ..errors import ANSWERABLE, DeadlineExceeded, TooManyPixels
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 TRIM_PIXELS = 4_000_000  # decodes this big leave tens of MB of freed heap behind; smaller ones are not worth a trim
 # The queue's estimate of decoding time, seconds per pixel: 20 megapixels a second, about Pillow's PNG speed on one
@@ -87,13 +90,16 @@ class DecodeQueue:
     """
 
     def __init__(self, pool: Executor, workers: int, seconds_per_pixel: float = SECONDS_PER_PIXEL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+        """metrics: where to count the waiting images (titok_codec_queue_depth), each image's wait for a thread
+        (titok_codec_wait_seconds) and its decoding time (titok_codec_decode_seconds); None counts nothing."""
         self.pool = pool
         self.workers = workers
         self.seconds_per_pixel = seconds_per_pixel
         self.clock = clock
-        # a heap by (arrival + expected decoding time), then arrival order
-        self._waiting: list[tuple[float, int, Callable[[], Any], asyncio.Future[Any]]] = []
+        self.metrics = metrics
+        # a heap by (arrival + expected decoding time), then arrival order; with the arrival time itself
+        self._waiting: list[tuple[float, int, Callable[[], Any], asyncio.Future[Any], float]] = []
         self._order = itertools.count()
         self._busy = 0
 
@@ -101,35 +107,51 @@ class DecodeQueue:
         """fn(*args) in the pool once no image with an earlier key waits; cancelling the future before then
         skips it. pixels: the image's pixel count (from its header)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        key = self.clock() + pixels * self.seconds_per_pixel
-        heapq.heappush(self._waiting, (key, next(self._order), partial(fn, *args), fut))
+        now = self.clock()
+        key = now + pixels * self.seconds_per_pixel
+        heapq.heappush(self._waiting, (key, next(self._order), partial(fn, *args), fut, now))
         self._start_next()
         return fut
 
     def _start_next(self) -> None:
         while self._busy < self.workers and self._waiting:
-            _, _, job, fut = heapq.heappop(self._waiting)
+            _, _, job, fut, arrived = heapq.heappop(self._waiting)
             if fut.done():  # cancelled while waiting: its request has failed, timed out or gone
                 continue
             try:
-                running = self.pool.submit(job)
+                running = self.pool.submit(_timed, job) if self.metrics else self.pool.submit(job)
             except RuntimeError as e:  # the pool is shut down: the service is stopping
                 fut.set_exception(e)
                 continue
+            if self.metrics:
+                self.metrics.codec_wait.observe(max(0.0, self.clock() - arrived))
             self._busy += 1
             loop = fut.get_loop()
             running.add_done_callback(
                 lambda done, fut=fut, loop=loop: loop.call_soon_threadsafe(self._finished, done, fut))
+        if self.metrics:
+            self.metrics.codec_depth.set(len(self._waiting))
 
     def _finished(self, done: PoolFuture[Any], fut: asyncio.Future[Any]) -> None:
         self._busy -= 1
+        error, result = done.exception(), None
+        if error is None:
+            result = done.result()
+            if self.metrics:  # (result, seconds) from _timed
+                result, seconds = result
+                self.metrics.codec_decode.observe(seconds)
         if not fut.done():
-            error = done.exception()
             if error is None:
-                fut.set_result(done.result())
+                fut.set_result(result)
             else:
                 fut.set_exception(error)
         self._start_next()
+
+
+def _timed(job: Callable[[], Any]) -> tuple[Any, float]:
+    """In a codec thread: job() and the seconds it took (its thread's wall time, for titok_codec_decode_seconds)."""
+    t0 = time.perf_counter()
+    return job(), time.perf_counter() - t0
 
 
 async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resize: codec.Resize, *,

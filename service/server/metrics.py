@@ -41,6 +41,14 @@ class Metrics:
         self.decode_tokens = Histogram("titok_decode_tokens_per_item", "Tokens per decoded sequence (its length).",
                                        buckets=TOKEN_BUCKETS, registry=r)
         self.queue_depth = Gauge("titok_queue_depth", "Items waiting in the queue.", registry=r)
+        # The image codec in front of /encode (titok.server.decoding.DecodeQueue): where photo uploads wait when
+        # decoding, not the model, sets the pace.
+        self.codec_depth = Gauge("titok_codec_queue_depth", "Uploaded images waiting for a codec thread.",
+                                 registry=r)
+        self.codec_wait = Histogram("titok_codec_wait_seconds", "Time an uploaded image waits for a codec thread.",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.codec_decode = Histogram("titok_codec_decode_seconds", "Time to decode and resize one uploaded image.",
+                                      buckets=LATENCY_BUCKETS, registry=r)
         self.items_processed = Counter("titok_items_processed", "Items (images or token sequences) computed.",
                                        ["op"], registry=r)
         self.rejections = Counter("titok_rejections", "Requests or items refused, by reason.", ["reason"], registry=r)

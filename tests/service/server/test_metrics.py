@@ -76,3 +76,20 @@ def test_the_dtype_probe_shows_in_info_and_metrics(tiny_artifact: Path) -> None:
     info = next(v for (name, labels), v in m.items() if name == "titok_model_info")
     assert info == 1.0
     assert any(name == "titok_model_info" and ("dtype", model["dtype"]) in labels for name, labels in m)
+
+
+def test_the_image_codec_is_counted_per_uploaded_image(tiny_artifact: Path) -> None:
+    """titok_codec_*: each uploaded image's wait for a codec thread and its decoding time, and the images waiting
+    (none once the requests are answered): where /encode of photos spends its time when decoding sets the pace."""
+    png = all_formats()["png"]
+    with TestClient(build_app(make_settings(tiny_artifact))) as c:
+        for n in (1, 3):
+            assert c.post("/encode", files=[("images", (f"{i}.png", png, "image/png")) for i in range(n)]
+                          ).status_code == 200
+        assert c.post("/decode", json={"tokens": [0] * 8}).status_code == 200  # no image to decode
+        m = scrape(c)
+    assert m[("titok_codec_wait_seconds_count", ())] == 4
+    assert m[("titok_codec_decode_seconds_count", ())] == 4
+    assert 0 < m[("titok_codec_decode_seconds_sum", ())] < 10
+    assert m[("titok_codec_wait_seconds_sum", ())] >= 0
+    assert m[("titok_codec_queue_depth", ())] == 0
