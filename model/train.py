@@ -362,15 +362,19 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                         torch._foreach_lerp_([e for e, _ in ema_float], [v for _, v in ema_float], 1 - decay)
                     for e, v in ema_other:
                         e.copy_(v.to(e.dtype))
-            if auto_steps and step - first_step == AUTO_STEPS_PROBE[1]:
-                args.steps = fitted_steps(step, t_probe, t_start, args.max_minutes, device)
+            since = step - first_step
+            if auto_steps and since >= AUTO_STEPS_PROBE[1] and (since - AUTO_STEPS_PROBE[1]) % AUTO_STEPS_REFIT == 0:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                before, args.steps = args.steps, fitted_steps(step, since - AUTO_STEPS_PROBE[0], t_probe, t_start,
+                                                              args.max_minutes, time.time())
                 if bar is not None:
                     bar.total = args.steps
                     bar.refresh()
-                if d.master:
+                if d.master and (since == AUTO_STEPS_PROBE[1] or abs(args.steps - before) > 0.1 * before):
                     log.info(f"--steps 0: {args.steps} steps fit in {args.max_minutes:g} minutes at the speed "
                              f"measured over steps {first_step + AUTO_STEPS_PROBE[0]}..{step}")
-            elif auto_steps and step - first_step == AUTO_STEPS_PROBE[0]:
+            elif auto_steps and since == AUTO_STEPS_PROBE[0]:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t_probe = time.time()
@@ -420,21 +424,22 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     return model
 
 
-# --steps 0: the speed is measured between these two step counts of the run (after its first, slower steps).
+# --steps 0: the speed is measured from the first of these step counts of the run (after its first, slower steps);
+# the schedule is fitted at the second, then fitted again every AUTO_STEPS_REFIT steps at the mean speed since the
+# first (a machine whose load changes: other runs or tests beside it ending or starting).
 AUTO_STEPS_PROBE = (5, 25)
+AUTO_STEPS_REFIT = 50
 
 
-def fitted_steps(step: int, t_probe: float, t_start: float, max_minutes: float,
-                 device: torch.device, margin: float = 0.95) -> int:
+def fitted_steps(step: int, measured: int, t_probe: float, t_start: float, max_minutes: float, now: float,
+                 margin: float = 0.95) -> int:
     """The schedule's length that ends within `max_minutes` of t_start, at the speed measured since t_probe.
 
-    step: the current step; the steps since the probe began are AUTO_STEPS_PROBE's difference. The time left
-    (less a 5% margin for evaluations and saves) times the steps per second, plus the steps done.
+    step: the current step; measured: the steps done since t_probe; now: the time (time.time(), seconds). The time
+    left (less a 5% margin for evaluations and saves) times the steps per second, plus the steps done; at least
+    one more step.
     """
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    now = time.time()
-    rate = (AUTO_STEPS_PROBE[1] - AUTO_STEPS_PROBE[0]) / max(1e-6, now - t_probe)
+    rate = measured / max(1e-6, now - t_probe)
     left = max(0.0, max_minutes * 60 - (now - t_start))
     return max(step + 1, step + int(left * rate * margin))
 

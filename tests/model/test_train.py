@@ -16,7 +16,7 @@ from titok.model.config import TiTokConfig
 from titok.model.data import load_images
 from titok.model.quality import psnr, thumbnail_baseline, to_uint8
 from titok.model.tokenizer import TiTok
-from titok.model.train import choose_precision, draw_prefix, init_from
+from titok.model.train import choose_precision, draw_prefix, fitted_steps, init_from
 from titok.model.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,7 +296,9 @@ def test_steps_zero_fits_the_schedule_to_max_minutes(tmp_path, photo_dir):
     assert train(photo_dir, out, 0, "--max-minutes", "0.15") == 0
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     planned = ckpt["training"]["steps_planned"]
-    assert 25 < planned < 10_000 and ckpt["step"] == planned, (planned, ckpt["step"])
+    assert 25 < planned < 10_000, planned
+    # it ends on its schedule, or (on a machine whose load grew after the last fit) at the time limit
+    assert ckpt["step"] == planned or ckpt["elapsed_s"] >= 0.15 * 60, (planned, ckpt["step"], ckpt["elapsed_s"])
     assert ckpt["elapsed_s"] < 0.15 * 60 * 1.5
     with pytest.raises(SystemExit, match="needs --max-minutes"):
         train(photo_dir, tmp_path / "run2", 0)
@@ -320,3 +322,11 @@ def test_compiled_training_serves_every_prefix_from_one_graph(tmp_path, photo_di
     assert prefixes and all(1 <= p <= 16 for p in prefixes)
     frames = counters["stats"]["unique_graphs"]
     assert 1 <= frames <= 4, dict(counters["stats"])  # not one graph per prefix length (12 steps, up to 12 lengths)
+
+
+def test_fitted_steps_fill_the_time_left_at_the_measured_speed():
+    # 100 steps in the 10 s since the probe: 10 steps/s; 60 s of a 2-minute budget left at t = 60 (started at 0)
+    assert fitted_steps(step=105, measured=100, t_probe=50.0, t_start=0.0, max_minutes=2, now=60.0) == 105 + 570
+    # slower now (the same 100 steps over 40 s): fewer steps; past the time: one more step, not fewer than done
+    assert fitted_steps(step=105, measured=100, t_probe=20.0, t_start=0.0, max_minutes=2, now=60.0) == 105 + 142
+    assert fitted_steps(step=105, measured=100, t_probe=50.0, t_start=0.0, max_minutes=0.5, now=60.0) == 106

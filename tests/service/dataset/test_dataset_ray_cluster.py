@@ -94,6 +94,27 @@ def _inputs(tmp: Path, shards: int, per_shard: int = 2) -> Path:
     return tmp / "shards"
 
 
+def _big_inputs(tmp: Path, shards: int, per_shard: int) -> Path:
+    """Shards of large PNGs (1200 x 900, slow enough to decode that the job's shards finish over seconds, not in
+    one burst): what a test that interrupts the job half-way needs on a fast or a loaded machine."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    base = np.tile(np.linspace(0, 255, 1200, dtype=np.uint8)[None, :, None], (900, 1, 3))
+    for s in range(shards):
+        members = []
+        for i in range(per_shard):
+            a = base.copy()
+            a[100:400, 200 + 10 * i:700] = ((37 * s) % 256, (91 * i) % 256, 160)
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG", compress_level=1)
+            members.append((f"s{s}_{i}.png", buf.getvalue()))
+        write_tar(tmp / "shards" / f"{s:05d}.tar", members)
+    return tmp / "shards"
+
+
 def _job(cwd: Path, env: dict[str, str], address: str, *extra: str) -> list[str]:
     return [str(BIN / "titok"), "tokenize", "../shards/*.tar", "--out", "out_rel", "--model", "mine.pt",
             "--ray", "--ray-address", address, "--ray-stall-timeout", "120", "--batch-size", "2", *extra]
@@ -159,7 +180,7 @@ def test_a_killed_driver_keeps_its_finished_shards_and_the_rerun_does_only_the_r
 def test_ctrl_c_on_the_driver_prints_one_line_keeps_finished_shards_and_starts_nothing(
         tmp_path: Path, tiny_artifact: Path, cluster: tuple[str, dict[str, str]]) -> None:
     address, env = cluster
-    _inputs(tmp_path, 20, per_shard=3)  # enough shards that the job outlasts a loaded machine's pause
+    _big_inputs(tmp_path, 20, per_shard=3)  # a job of seconds, its shards finishing one by one
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(tiny_artifact, work / "mine.pt")
