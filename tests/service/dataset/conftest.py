@@ -16,6 +16,21 @@ def _exact_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TITOK_DTYPE", "float32")
 
 
+@pytest.fixture
+def interruptible_children() -> Iterator[None]:
+    """Children started by the test begin with SIGINT at its default, so that a Ctrl-C reaches them as it does
+    from a terminal: a test run started as a background job of a non-interactive shell (`bash -c '... &'`) has
+    SIGINT ignored, POSIX passes that on to every child, and Python then never raises KeyboardInterrupt (the
+    job ran to its end and exited 0 in such a run)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_artifact: Path) -> Iterator[Engine]:
     eng = Engine.load(tiny_artifact, "cpu", "float32", torch_threads=1)  # fp32: the exact tokens

@@ -199,7 +199,8 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(
 
 
 @pytest.mark.slow
-def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path: Path, tiny_artifact: Path) -> None:
+def test_ctrl_c_prints_one_line_keeps_the_finished_shards_and_exits_130(tmp_path: Path, tiny_artifact: Path,
+                                                                      interruptible_children: None) -> None:
     folder = tmp_path / "pics"
     _big_photos(folder, 90)  # 30 shards of 3: the run outlasts a loaded machine's pause before the Ctrl-C
     out = tmp_path / "out"

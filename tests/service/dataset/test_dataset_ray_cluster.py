@@ -178,7 +178,7 @@ def test_a_killed_driver_keeps_its_finished_shards_and_the_rerun_does_only_the_r
 
 
 def test_ctrl_c_on_the_driver_prints_one_line_keeps_finished_shards_and_starts_nothing(
-        tmp_path: Path, tiny_artifact: Path, cluster: tuple[str, dict[str, str]]) -> None:
+        tmp_path: Path, tiny_artifact: Path, cluster: tuple[str, dict[str, str]], interruptible_children: None) -> None:
     address, env = cluster
     _big_inputs(tmp_path, 20, per_shard=3)  # a job of seconds, its shards finishing one by one
     work = tmp_path / "work"
