@@ -36,6 +36,9 @@ TRIM_PIXELS = 4_000_000  # decodes this big leave tens of MB of freed heap behin
 # The queue's estimate of decoding time, seconds per pixel: 20 megapixels a second, about Pillow's PNG speed on one
 # core here (JPEG is faster). It sets how far apart in time two arrivals may be for the smaller to go first.
 SECONDS_PER_PIXEL = 1 / 20e6
+# ... and per byte of the file: a file's size costs time whatever its pixels (a 1 x 1 PNG padded with 30 MiB of
+# private chunks took 6 s to decode), so an image is priced at the larger of the two.
+SECONDS_PER_BYTE = 1 / 20e6
 
 
 @cache
@@ -90,12 +93,14 @@ class DecodeQueue:
     """
 
     def __init__(self, pool: Executor, workers: int, seconds_per_pixel: float = SECONDS_PER_PIXEL,
-                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
+                 seconds_per_byte: float = SECONDS_PER_BYTE) -> None:
         """metrics: where to count the waiting images (titok_codec_queue_depth), each image's wait for a thread
         (titok_codec_wait_seconds) and its decoding time (titok_codec_decode_seconds); None counts nothing."""
         self.pool = pool
         self.workers = workers
         self.seconds_per_pixel = seconds_per_pixel
+        self.seconds_per_byte = seconds_per_byte
         self.clock = clock
         self.metrics = metrics
         # a heap by (arrival + expected decoding time), then arrival order; with the arrival time itself
@@ -103,12 +108,20 @@ class DecodeQueue:
         self._order = itertools.count()
         self._busy = 0
 
-    def run(self, pixels: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    def expected_seconds(self, pixels: int, nbytes: int) -> float:
+        """The price of decoding one image: the larger of its pixels' and its file's bytes' expected times."""
+        return max(pixels * self.seconds_per_pixel, nbytes * self.seconds_per_byte)
+
+    def run(self, pixels: int, fn: Callable[..., Any], *args: Any, key: float | None = None) -> asyncio.Future[Any]:
         """fn(*args) in the pool once no image with an earlier key waits; cancelling the future before then
-        skips it. pixels: the image's pixel count (from its header)."""
+        skips it. pixels: the image's pixel count (from its header). key: the image's place in the queue
+        (seconds on `clock`); default its arrival plus pixels x seconds_per_pixel. decode_images gives every
+        image of a request the request's own key (its arrival plus all its images' expected time), so that a
+        request's images go together: requests finish in order of their expected finish, rather than all of a
+        burst's requests advancing image by image and all missing their deadlines."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         now = self.clock()
-        key = now + pixels * self.seconds_per_pixel
+        key = now + pixels * self.seconds_per_pixel if key is None else key
         heapq.heappush(self._waiting, (key, next(self._order), partial(fn, *args), fut, now))
         self._start_next()
         return fut
@@ -137,9 +150,10 @@ class DecodeQueue:
         error, result = done.exception(), None
         if error is None:
             result = done.result()
-            if self.metrics:  # (result, seconds) from _timed
-                result, seconds = result
+            if self.metrics:  # (ok, result or error, seconds) from _timed: failed decodes cost time too
+                ok, value, seconds = result
                 self.metrics.codec_decode.observe(seconds)
+                error, result = (None, value) if ok else (value, None)
         if not fut.done():
             if error is None:
                 fut.set_result(result)
@@ -148,10 +162,14 @@ class DecodeQueue:
         self._start_next()
 
 
-def _timed(job: Callable[[], Any]) -> tuple[Any, float]:
-    """In a codec thread: job() and the seconds it took (its thread's wall time, for titok_codec_decode_seconds)."""
+def _timed(job: Callable[[], Any]) -> tuple[bool, Any, float]:
+    """In a codec thread: (True, job(), seconds) or (False, the exception it raised, seconds), the seconds being
+    its thread's wall time (titok_codec_decode_seconds counts failed decodes too)."""
     t0 = time.perf_counter()
-    return job(), time.perf_counter() - t0
+    try:
+        return True, job(), time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - handed back to the awaiting request as it is
+        return False, e, time.perf_counter() - t0
 
 
 async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resize: codec.Resize, *,
@@ -167,13 +185,15 @@ async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resiz
     results: list[np.ndarray | None] = [None] * len(blobs)
     running: dict[asyncio.Future[np.ndarray], int] = {}
     queued = 0  # images handed to the queue so far
+    # One key for all of this request's images: its arrival plus their expected decoding time (DecodeQueue.run)
+    key = queue.clock() + sum(queue.expected_seconds(n, len(b)) for n, b in zip(counts, blobs, strict=True))
     try:
         while queued < len(blobs) or running:
             while queued < len(blobs) and len(running) < window:
                 if clock() >= deadline:
                     break
                 fut = queue.run(counts[queued], _decode, queued, blobs[queued], counts[queued], size, resize,
-                                max_image_pixels)
+                                max_image_pixels, key=key)
                 running[fut] = queued
                 queued += 1
             left = deadline - clock()

@@ -169,7 +169,10 @@ async def _images_to_encode(request: Request, svc: Any, resize: codec.Resize) ->
     t0 = time.perf_counter()
     images = await unless_disconnected(request, decoding.decode_images(
         svc.decode_queue, blobs, eng.image_size, resize, max_image_pixels=s.max_image_pixels,
-        max_request_pixels=s.max_request_pixels, deadline=deadline, window=svc.decode_queue.workers))
+        max_request_pixels=s.max_request_pixels, deadline=deadline,
+        # one image more than the codec has threads: when one of this request's images is done, its next one is
+        # already waiting under the request's key, so a request's images follow one another (decode_images)
+        window=svc.decode_queue.workers + 1))
     return images, deadline, time.perf_counter() - t0
 
 

@@ -297,3 +297,34 @@ def test_an_unknown_resize_mode_is_refused_not_padded(image) -> None:
 def test_an_empty_pil_image_is_refused(size: tuple[int, int]) -> None:
     with pytest.raises(InvalidImage, match="the image is empty"):
         fit(Image.new("RGB", size), 32)
+
+
+def test_a_png_size_is_read_from_its_ihdr_without_walking_its_chunks(monkeypatch) -> None:
+    """pixel_count reads a PNG's IHDR itself: Pillow's open walks every chunk before the image data, and a 1 x 1
+    PNG padded with 30 MiB of private chunks held the event loop for 5.6 s (a hostile pass)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from titok.core import codec
+    from titok.core.errors import ImageTooLarge, InvalidImage
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2)).save(buf, format="PNG")
+    png = buf.getvalue()
+    chunk = struct.pack(">I", 4) + b"prVt" + b"junk" + struct.pack(">I", zlib.crc32(b"prVtjunk"))
+    padded = png[:33] + chunk * 10_000 + png[33:]  # 10,000 private chunks between IHDR and the image data
+
+    def no_pillow(*_a, **_k):
+        raise AssertionError("Pillow's open was called")
+
+    monkeypatch.setattr(codec, "_open", no_pillow)
+    assert codec.pixel_count(png) == codec.pixel_count(padded) == 6
+    with pytest.raises(ImageTooLarge, match="3 x 2 = 6 pixels; the limit is 5 pixels"):
+        codec.pixel_count(padded, max_pixels=5)
+    with pytest.raises(InvalidImage, match="declares a 0 x 2 image"):
+        codec.pixel_count(png[:16] + struct.pack(">II", 0, 2) + png[24:])
+    monkeypatch.undo()
+    assert codec.load_image(padded, 4).shape == (4, 4, 3)  # the padded file still decodes

@@ -198,3 +198,59 @@ def test_an_image_is_overtaken_only_by_those_that_arrive_within_its_expected_dec
 
     asyncio.run(scenario())
     assert order == expected
+
+
+def test_a_burst_of_requests_is_decoded_request_by_request_not_image_by_image(monkeypatch) -> None:
+    """Every image of a request shares the request's key (its arrival plus all its images' expected time), so
+    three 3-image requests sent together are decoded one request after another. Image by image, each request
+    advanced a third at a time and, under a deadline, all of them missed it (a hostile pass: 24 requests of 4
+    large PNGs, 2 answered and 22 x 504 while the codec decoded 54 images)."""
+    blobs = {f"r{r}i{i}": png((48, 48), 10 * r + i) for r in range(3) for i in range(3)}
+    blocker = png((40, 40), 99)
+    order, first_started, release = record_decodes(monkeypatch, {b: n for n, b in blobs.items()} | {blocker: "b"})
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            queue = DecodeQueue(pool, 1)
+            hold = asyncio.ensure_future(decoding.decode_images(queue, [blocker], 32, "crop", **LIMITS))
+            await asyncio.to_thread(first_started.wait, 30)  # the one codec thread is busy: the rest queue
+            requests = []
+            for r in range(3):
+                requests.append(asyncio.ensure_future(decoding.decode_images(  # window: threads + 1, as /encode
+                    queue, [blobs[f"r{r}i{i}"] for i in range(3)], 32, "crop", **LIMITS, window=2)))
+                await asyncio.sleep(0.01)  # r0, r1, r2 arrive in this order
+            release.set()
+            await asyncio.gather(hold, *requests)
+
+    asyncio.run(scenario())
+    assert order == ["b"] + [f"r{r}i{i}" for r in range(3) for i in range(3)]
+
+
+def test_an_image_is_priced_by_its_bytes_as_well_as_its_pixels() -> None:
+    """A 1 x 1 PNG padded with 30 MiB of private chunks took 6 s to decode (a hostile pass): priced by its
+    pixels alone it went first; priced by its bytes too, it waits behind a photo."""
+    queue = DecodeQueue(ThreadPoolExecutor(1), 1)
+    padded, photo = queue.expected_seconds(1, 30 * 2**20), queue.expected_seconds(512 * 512, 400_000)
+    assert padded > 1.0 > photo > 0.01
+    queue.pool.shutdown()
+
+
+def test_a_failed_decode_is_timed_like_a_good_one() -> None:
+    """titok_codec_decode_seconds counts every decode the codec ran, the ones that fail too (a truncated PNG
+    takes nearly a full decode before its 400): its count equals titok_codec_wait_seconds'."""
+    from titok.server.metrics import Metrics
+
+    def fail() -> None:
+        raise ValueError("truncated")
+
+    async def scenario(metrics: Metrics) -> list:
+        with ThreadPoolExecutor(1) as pool:
+            queue = DecodeQueue(pool, 1, metrics=metrics)
+            return await asyncio.gather(queue.run(1, lambda: 7), queue.run(1, fail), return_exceptions=True)
+
+    metrics = Metrics()
+    ok, failed = asyncio.run(scenario(metrics))
+    assert ok == 7 and isinstance(failed, ValueError)
+    samples = {s.name: s.value for m in metrics.registry.collect() for s in m.samples}
+    assert samples["titok_codec_decode_seconds_count"] == samples["titok_codec_wait_seconds_count"] == 2
+    assert samples["titok_codec_queue_depth"] == 0
