@@ -113,6 +113,13 @@ class Draining(ServiceError):
     status, code = 503, "draining"
 
 
+class CodecBusy(ServiceError):
+    """The image codec's backlog alone would outlast the request's timeout: refused at once (a load balancer
+    retries elsewhere) rather than decoded too late for a 504."""
+
+    status, code = 503, "codec_busy"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

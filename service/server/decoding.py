@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core import codec
-from ..errors import ANSWERABLE, DeadlineExceeded, TooManyPixels
+from ..errors import ANSWERABLE, CodecBusy, DeadlineExceeded, TooManyPixels
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -103,37 +103,48 @@ class DecodeQueue:
         self.seconds_per_byte = seconds_per_byte
         self.clock = clock
         self.metrics = metrics
-        # a heap by (arrival + expected decoding time), then arrival order; with the arrival time itself
-        self._waiting: list[tuple[float, int, Callable[[], Any], asyncio.Future[Any], float]] = []
+        # a heap by (arrival + expected decoding time), then arrival order; with the arrival time and the price
+        self._waiting: list[tuple[float, int, Callable[[], Any], asyncio.Future[Any], float, float]] = []
         self._order = itertools.count()
         self._busy = 0
+        self._backlog = 0.0  # expected seconds of the images waiting or being decoded
+
+    def expected_wait(self) -> float:
+        """Seconds a new request can expect to wait for the images ahead of it: the backlog over the threads."""
+        return self._backlog / max(1, self.workers)
 
     def expected_seconds(self, pixels: int, nbytes: int) -> float:
         """The price of decoding one image: the larger of its pixels' and its file's bytes' expected times."""
         return max(pixels * self.seconds_per_pixel, nbytes * self.seconds_per_byte)
 
-    def run(self, pixels: int, fn: Callable[..., Any], *args: Any, key: float | None = None) -> asyncio.Future[Any]:
+    def run(self, pixels: int, fn: Callable[..., Any], *args: Any, key: float | None = None,
+            price: float | None = None) -> asyncio.Future[Any]:
         """fn(*args) in the pool once no image with an earlier key waits; cancelling the future before then
         skips it. pixels: the image's pixel count (from its header). key: the image's place in the queue
         (seconds on `clock`); default its arrival plus pixels x seconds_per_pixel. decode_images gives every
         image of a request the request's own key (its arrival plus all its images' expected time), so that a
         request's images go together: requests finish in order of their expected finish, rather than all of a
-        burst's requests advancing image by image and all missing their deadlines."""
+        burst's requests advancing image by image and all missing their deadlines. price: its expected decoding
+        seconds (expected_seconds; default pixels x seconds_per_pixel), counted in the backlog until it is done."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         now = self.clock()
-        key = now + pixels * self.seconds_per_pixel if key is None else key
-        heapq.heappush(self._waiting, (key, next(self._order), partial(fn, *args), fut, now))
+        price = pixels * self.seconds_per_pixel if price is None else price
+        key = now + price if key is None else key
+        heapq.heappush(self._waiting, (key, next(self._order), partial(fn, *args), fut, now, price))
+        self._backlog += price
         self._start_next()
         return fut
 
     def _start_next(self) -> None:
         while self._busy < self.workers and self._waiting:
-            _, _, job, fut, arrived = heapq.heappop(self._waiting)
+            _, _, job, fut, arrived, price = heapq.heappop(self._waiting)
             if fut.done():  # cancelled while waiting: its request has failed, timed out or gone
+                self._backlog -= price
                 continue
             try:
                 running = self.pool.submit(_timed, job) if self.metrics else self.pool.submit(job)
             except RuntimeError as e:  # the pool is shut down: the service is stopping
+                self._backlog -= price
                 fut.set_exception(e)
                 continue
             if self.metrics:
@@ -141,12 +152,14 @@ class DecodeQueue:
             self._busy += 1
             loop = fut.get_loop()
             running.add_done_callback(
-                lambda done, fut=fut, loop=loop: loop.call_soon_threadsafe(self._finished, done, fut))
+                lambda done, fut=fut, loop=loop, price=price: loop.call_soon_threadsafe(self._finished, done, fut,
+                                                                                        price))
         if self.metrics:
             self.metrics.codec_depth.set(len(self._waiting))
 
-    def _finished(self, done: PoolFuture[Any], fut: asyncio.Future[Any]) -> None:
+    def _finished(self, done: PoolFuture[Any], fut: asyncio.Future[Any], price: float = 0.0) -> None:
         self._busy -= 1
+        self._backlog = max(0.0, self._backlog - price)
         error, result = done.exception(), None
         if error is None:
             result = done.result()
@@ -185,6 +198,15 @@ async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resiz
     results: list[np.ndarray | None] = [None] * len(blobs)
     running: dict[asyncio.Future[np.ndarray], int] = {}
     queued = 0  # images handed to the queue so far
+    # Shed at admission: when the images ahead alone would outlast this request's time, a 503 now (a load balancer
+    # retries elsewhere) beats decoding them only to answer 504 (under 1.4x overload every request became a 504
+    # while the codec kept working for them). An idle or keeping-up codec never sheds.
+    ahead = queue.expected_wait()
+    if ahead > deadline - clock():
+        if queue.metrics:
+            queue.metrics.rejections.labels("codec_busy").inc()
+        raise CodecBusy(f"the image codec is {ahead:.1f} s behind, more than this request's time left "
+                        f"(TITOK_REQUEST_TIMEOUT_S); retry later or on another replica", headers={"Retry-After": "1"})
     # One key for all of this request's images: its arrival plus their expected decoding time (DecodeQueue.run)
     key = queue.clock() + sum(queue.expected_seconds(n, len(b)) for n, b in zip(counts, blobs, strict=True))
     try:
@@ -193,7 +215,8 @@ async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resiz
                 if clock() >= deadline:
                     break
                 fut = queue.run(counts[queued], _decode, queued, blobs[queued], counts[queued], size, resize,
-                                max_image_pixels, key=key)
+                                max_image_pixels, key=key,
+                                price=queue.expected_seconds(counts[queued], len(blobs[queued])))
                 running[fut] = queued
                 queued += 1
             left = deadline - clock()

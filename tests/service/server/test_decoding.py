@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -254,3 +255,37 @@ def test_a_failed_decode_is_timed_like_a_good_one() -> None:
     samples = {s.name: s.value for m in metrics.registry.collect() for s in m.samples}
     assert samples["titok_codec_decode_seconds_count"] == samples["titok_codec_wait_seconds_count"] == 2
     assert samples["titok_codec_queue_depth"] == 0
+
+
+def test_a_request_is_refused_with_503_when_the_codec_backlog_alone_outlasts_its_time() -> None:
+    """Shedding at admission: under 1.4x overload every request became a 504 while the codec kept decoding for
+    them (a hostile pass). A request whose images would wait longer than its time left for the images ahead is
+    refused at once with 503 codec_busy and Retry-After; an idle codec never refuses, whatever the request."""
+    from titok.errors import CodecBusy
+    from titok.server.metrics import Metrics
+
+    gate = threading.Event()
+
+    async def scenario(metrics: Metrics) -> None:
+        with ThreadPoolExecutor(1) as pool:
+            queue = DecodeQueue(pool, 1, metrics=metrics)
+            big = png((64, 64), 1)
+            # idle: a request far costlier than its time is still taken (nothing is ahead of it)
+            assert queue.expected_wait() == 0
+            held = queue.run(1, gate.wait, 30, price=100.0)  # 100 s of expected work ahead of anyone else
+            assert queue.expected_wait() == 100.0
+            with pytest.raises(CodecBusy, match="the image codec is 100.0 s behind") as e:
+                await decoding.decode_images(queue, [big], 32, "crop", max_image_pixels=10**9,
+                                             max_request_pixels=10**9, deadline=time.monotonic() + 30)
+            assert e.value.status == 503 and e.value.headers["Retry-After"] == "1"
+            gate.set()
+            await held
+            assert queue.expected_wait() == 0
+            out = await decoding.decode_images(queue, [big], 32, "crop", max_image_pixels=10**9,
+                                               max_request_pixels=10**9, deadline=time.monotonic() + 30)
+            assert out[0].shape == (32, 32, 3)
+
+    metrics = Metrics()
+    asyncio.run(scenario(metrics))
+    samples = {(s.name, tuple(s.labels.items())): s.value for m in metrics.registry.collect() for s in m.samples}
+    assert samples[("titok_rejections_total", (("reason", "codec_busy"),))] == 1
