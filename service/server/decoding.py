@@ -142,7 +142,7 @@ class DecodeQueue:
                 self._backlog -= price
                 continue
             try:
-                running = self.pool.submit(_timed, job) if self.metrics else self.pool.submit(job)
+                running = self.pool.submit(_timed, job)
             except RuntimeError as e:  # the pool is shut down: the service is stopping
                 self._backlog -= price
                 fut.set_exception(e)
@@ -160,13 +160,12 @@ class DecodeQueue:
     def _finished(self, done: PoolFuture[Any], fut: asyncio.Future[Any], price: float = 0.0) -> None:
         self._busy -= 1
         self._backlog = max(0.0, self._backlog - price)
-        error, result = done.exception(), None
+        error, result = done.exception(), None  # an error of the pool itself; a job's own comes from _timed
         if error is None:
-            result = done.result()
-            if self.metrics:  # (ok, result or error, seconds) from _timed: failed decodes cost time too
-                ok, value, seconds = result
+            ok, value, seconds = done.result()
+            if self.metrics:  # failed decodes cost time too
                 self.metrics.codec_decode.observe(seconds)
-                error, result = (None, value) if ok else (value, None)
+            error, result = (None, value) if ok else (value, None)
         if not fut.done():
             if error is None:
                 fut.set_result(result)
