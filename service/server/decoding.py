@@ -3,9 +3,11 @@
 A few tiny files can decode to gigabytes of pixels (a 143 KB black PNG is 7000 x 7000). So, per request:
 every header is read first and the pixels summed against `max_request_pixels` before anything is
 decoded; at most `window` of its images wait for or run in the codec pool at a time (it queues its next
-one only when one of its own is done); the waiting images of all requests go in the order of their arrival
-plus their own expected decoding time (smallest first among images that arrive close together, and no image
-overtaken for ever); no image is started after the request's deadline; and after a big decode the C heap is
+one only when one of its own is done); the waiting images of all requests go in the order of their request's
+arrival plus the expected decoding time of all its images (smaller requests first among those that arrive close
+together, requests of a burst one after another, and none overtaken for ever); a request that would wait longer
+than its time left for the images ahead of it is refused at once (503); no image is started after the request's
+deadline; and after a big decode the C heap is
 trimmed so that a burst's memory goes back to the system. A small request that arrives behind big ones, in one
 request or in many, thus waits for the images being decoded at that moment, not for all of them.
 """
@@ -82,7 +84,8 @@ def _decode(i: int, data: bytes, pixels: int, size: int, resize: codec.Resize, m
 
 class DecodeQueue:
     """The codec pool's door for image decodes: at most `workers` in the pool at once, each waiting image served
-    in the order of its arrival time plus its own expected decoding time (pixels x `seconds_per_pixel`).
+    in the order of its key: by default its arrival time plus its own expected decoding time; decode_images gives
+    all images of a request the request's key (see run).
 
     A plain pool serves its queue in arrival order, so one small photo sent after sixteen one-image
     requests of 7000 x 7000 waited for all sixteen (49 megapixels: 2.5 s of slack each, so the photo goes
@@ -207,15 +210,15 @@ async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resiz
         raise CodecBusy(f"the image codec is {ahead:.1f} s behind, more than this request's time left "
                         f"(TITOK_REQUEST_TIMEOUT_S); retry later or on another replica", headers={"Retry-After": "1"})
     # One key for all of this request's images: its arrival plus their expected decoding time (DecodeQueue.run)
-    key = queue.clock() + sum(queue.expected_seconds(n, len(b)) for n, b in zip(counts, blobs, strict=True))
+    prices = [queue.expected_seconds(n, len(b)) for n, b in zip(counts, blobs, strict=True)]
+    key = queue.clock() + sum(prices)
     try:
         while queued < len(blobs) or running:
             while queued < len(blobs) and len(running) < window:
                 if clock() >= deadline:
                     break
                 fut = queue.run(counts[queued], _decode, queued, blobs[queued], counts[queued], size, resize,
-                                max_image_pixels, key=key,
-                                price=queue.expected_seconds(counts[queued], len(blobs[queued])))
+                                max_image_pixels, key=key, price=prices[queued])
                 running[fut] = queued
                 queued += 1
             left = deadline - clock()
