@@ -2,6 +2,7 @@
 
     python scripts/service_speed.py --images photos/dev-eval
     python scripts/service_speed.py --images photos/dev-eval --configs "today:dtype=float32" "new:" --rounds 2
+    python scripts/service_speed.py --ops "decode .npy" --configs new: --overhead     # one cell only
 
 1. Per image, single-threaded: the codec (photo decode + resize; PNG encode) against the model's share of a
    batch in each dtype; this says what sets the pace once the model is faster.
@@ -12,8 +13,10 @@
    one multipart form, /decode of a (32, K) .npy; concurrency / 32 at a time, at least 2).
    Configurations run in turn, `--rounds` times over (interleaved, so a busy neighbour hurts each alike); each cell
    is the best round.
-3. The raw engine (the artifact called on full batches with the same decoding / PNG encoding, one thread of
-   work) in the dtype the default service chose: the ceiling the service is measured against.
+3. The raw engine (the artifact called on full batches with the same decoding / PNG encoding) in the dtype the
+   default service chose, in two layouts: one call at a time on every core's torch threads, and the service's own
+   layout (`--raw-workers` threads side by side, one torch thread each, each decoding / encoding its own images).
+   The faster of the two is the ceiling the service is measured against.
 4. With `--overhead`: the same loads against the default service around an instant stand-in for the model
    (titok.bench.instant), once per round: the service's own CPU per item, on the event loop and on the other
    threads (the codec's), and the load generator's (it runs on the same cores), beside the raw engine's whole CPU
@@ -45,6 +48,7 @@ from titok.core.engine import cpu_flags
 from titok.settings import DEFAULT_MODEL_PATH
 
 OPS = ("encode photo", "decode -> PNG", "decode .npy", "encode 32 photos", "decode .npy x32")
+RAW_OP = {"encode 32 photos": "encode photo", "decode .npy x32": "decode .npy"}  # the raw engine batches either way
 BATCHED = {"encode 32 photos": 32, "decode .npy x32": 32}  # items per request; the others send one
 # The defaults before TITOK_DTYPE=auto: fp32, one model call at a time on all the cores' threads, codec threads =
 # half the cores.
@@ -118,7 +122,8 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
 def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], tokens: list[list[int]],
                   requests: int, concurrency: int, module: str = "titok",
                   loop_cpu: dict[str, float] | None = None,
-                  client_cpu: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float], str]:
+                  client_cpu: dict[str, float] | None = None,
+                  ops: tuple[str, ...] = OPS) -> tuple[dict[str, float], dict[str, float], str]:
     """items/s and server CPU ms per item for each op under one configuration, and the dtype it chose.
 
     CPU ms per item hardly depends on what else runs on the machine (unlike items/s): cores * 1000 / it is the
@@ -137,7 +142,7 @@ def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], t
     try:
         dtype = httpx.get(f"{server.url}/info", timeout=30).json()["model"]["dtype"]
         rate, cpu = {}, {}
-        for op in OPS:
+        for op in ops:
             reqs = requests_for(server.url, op, photos, tokens)
             per = BATCHED.get(op, 1)  # batched requests: a few at a time, as many items in all
             c, n = (max(2, concurrency // per), max(8, requests // per)) if per > 1 else (concurrency, requests)
@@ -157,8 +162,13 @@ def service_round(model: Path, overrides: dict[str, str], photos: list[bytes], t
 
 
 def raw_round(module: Any, size: int, photos: list[bytes], tokens: list[list[int]], batch: int,
-              n: int) -> dict[str, tuple[float, float]]:
-    """items/s and CPU ms per item of the artifact called directly on full batches, per op (one round)."""
+              n: int, workers: int = 1, ops: set[str] | None = None) -> dict[str, tuple[float, float]]:
+    """items/s and CPU ms per item of the artifact called directly on full batches, per op (one round).
+
+    workers=1: one call at a time on every core's thread (torch's own layout). workers=W > 1: the service's layout,
+    W threads each calling the artifact on one torch thread (torch.set_num_threads is per thread), n items each."""
+    if workers > 1:
+        return _raw_round_workers(module, size, photos, tokens, batch, n, workers, ops)
     ids = torch.tensor([tokens[i % len(tokens)] for i in range(batch)])
 
     def decode_npy() -> None:
@@ -170,6 +180,8 @@ def raw_round(module: Any, size: int, photos: list[bytes], tokens: list[list[int
     out = {}
     for op, run in (("encode photo", partial(loop, op="encode")), ("decode -> PNG", partial(loop, op="decode")),
                     ("decode .npy", decode_npy)):
+        if ops is not None and op not in ops:
+            continue
         if op == "decode .npy":
             decode_npy()  # warm-up (raw_artifact warms up by itself)
         c0, t0 = time.process_time(), time.perf_counter()
@@ -177,6 +189,52 @@ def raw_round(module: Any, size: int, photos: list[bytes], tokens: list[list[int
         items = n if op != "decode .npy" else (n // batch) * batch
         out[op] = (items / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / items)
     return out
+
+
+def _raw_round_workers(module: Any, size: int, photos: list[bytes], tokens: list[list[int]], batch: int, n: int,
+                       workers: int, ops: set[str] | None = None) -> dict[str, tuple[float, float]]:
+    """raw_round's ops with `workers` threads side by side, each on one torch thread (the service's layout)."""
+    import threading
+
+    loop = partial(raw_artifact, module, size, photos=photos, tokens=tokens, batch=batch, n=n, png_level=1)
+    ids = torch.tensor([tokens[i % len(tokens)] for i in range(batch)])
+
+    def decode_npy(count: int) -> None:
+        with torch.inference_mode():
+            for _ in range(count):
+                write_npy(module.decode(ids).numpy())
+
+    out = {}
+    for op, warm, run in (
+            ("encode photo", partial(loop, op="encode", n=batch), partial(loop, op="encode", warmup=0)),
+            ("decode -> PNG", partial(loop, op="decode", n=batch), partial(loop, op="decode", warmup=0)),
+            ("decode .npy", partial(decode_npy, 3), partial(decode_npy, n // batch))):
+        if ops is not None and op not in ops:
+            continue
+        ready = threading.Barrier(workers + 1)
+
+        def work(warm: Any = warm, run: Any = run, ready: threading.Barrier = ready) -> None:
+            torch.set_num_threads(1)  # this thread's torch calls only
+            warm()  # each thread's first calls: TorchScript profiles and optimises per thread's first shapes too
+            ready.wait()
+            ready.wait()
+            run()
+
+        threads = [threading.Thread(target=work) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        ready.wait()  # every thread warm
+        c0, t0 = time.process_time(), time.perf_counter()
+        ready.wait()  # go
+        for t in threads:
+            t.join()
+        items = workers * (n if op != "decode .npy" else (n // batch) * batch)
+        out[op] = (items / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / items)
+    return out
+
+
+def _layout(workers: int) -> str:
+    return "one call at a time, all cores' threads" if workers == 1 else f"{workers} workers x 1 thread"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead", action="store_true",
                    help="also run the default service around an instant stand-in for the model (titok.bench.instant) "
                         "in each round: the service's own CPU per item")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), metavar="OP",
+                   help=f"the cells to measure (default: all): {', '.join(repr(o) for o in OPS)}")
+    p.add_argument("--raw-workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="the raw engine also runs in the service's layout: this many threads side by side, one torch "
+                        "thread each (default: min(2, cores), the service's TITOK_MODEL_WORKERS on a CPU); the ratios "
+                        "are against the faster of the two layouts; 1: one layout only")
     args = p.parse_args(argv)
+    ops = tuple(op for op in OPS if op in args.ops)
     if args.images:
         photos = load_photos(args.images, 16)
     else:
@@ -220,11 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     overhead_loop: dict[str, float] = {}  # ... and its event loop's
     overhead_client: dict[str, float] = {}  # ... and the load generator's
     overhead_rate: dict[str, float] = {}
-    n = max(args.batch * 8, args.requests // 2)  # raw items per op and round
+    n = max(args.batch * 8, args.requests // 2)  # raw items per op and round (per thread in the workers layout)
+    layouts = sorted({1, max(1, args.raw_workers)})
+    raw_by: dict[int, dict[str, float]] = {w: {} for w in layouts}  # raw engine items/s per layout (best round)
     for r in range(args.rounds):
         for name, overrides in configs.items():
             got, cpu, dtypes[name] = service_round(args.model, overrides, photos, tokens, args.requests,
-                                                   args.concurrency)
+                                                   args.concurrency, ops=ops)
             for op, v in got.items():
                 best[name][op] = max(best[name].get(op, 0.0), v)
                 least_cpu[name][op] = min(least_cpu[name].get(op, float("inf")), cpu[op])
@@ -236,55 +303,63 @@ def main(argv: list[str] | None = None) -> int:
             client: dict[str, float] = {}
             got, cpu, _ = service_round(args.model, configs.get("new", {}), photos, tokens, args.requests,
                                         args.concurrency, module="titok.bench.instant", loop_cpu=loop,
-                                        client_cpu=client)
-            for op in OPS:
+                                        client_cpu=client, ops=ops)
+            for op in ops:
                 for table, value in ((overhead, cpu[op]), (overhead_loop, loop[op]), (overhead_client, client[op])):
                     table[op] = min(table.get(op, float("inf")), value)
                 overhead_rate[op] = max(overhead_rate.get(op, 0.0), got[op])
             out(f"round {r + 1} service with an instant model: " + ", ".join(
-                f"{op} {got[op]:.1f}/s {cpu[op]:.2f} CPU ms/item ({loop[op]:.2f} event loop)" for op in OPS) + "\n")
+                f"{op} {got[op]:.1f}/s {cpu[op]:.2f} CPU ms/item ({loop[op]:.2f} event loop)" for op in ops) + "\n")
         # The raw engine in each round too, after the services, in the dtype the default service chose.
         default_dtype = dtypes.get("new", next(iter(dtypes.values())))
         if module is None:
             module, _ = load_artifact(args.model, "cpu", default_dtype)
-        torch.set_num_threads(os.cpu_count() or 1)
-        got = raw_round(module, size, photos, tokens, args.batch, n)
-        for op, (rate, cpu_ms) in got.items():
-            raw[op] = max(raw.get(op, 0.0), rate)
-            raw_cpu[op] = min(raw_cpu.get(op, float("inf")), cpu_ms)
-        out(f"round {r + 1} raw engine ({default_dtype}): " + ", ".join(
-            f"{op} {v[0]:.1f}/s {v[1]:.1f} CPU ms/item" for op, v in got.items()) + "\n")
+        for workers in layouts:
+            torch.set_num_threads(os.cpu_count() or 1)
+            got = raw_round(module, size, photos, tokens, args.batch, n, workers=workers,
+                            ops={RAW_OP.get(op, op) for op in ops})
+            for op, (rate, cpu_ms) in got.items():
+                raw_by[workers][op] = max(raw_by[workers].get(op, 0.0), rate)
+                raw[op] = max(raw.get(op, 0.0), rate)
+                raw_cpu[op] = min(raw_cpu.get(op, float("inf")), cpu_ms)
+            out(f"round {r + 1} raw engine ({default_dtype}, {_layout(workers)}): " + ", ".join(
+                f"{op} {v[0]:.1f}/s {v[1]:.1f} CPU ms/item" for op, v in got.items()) + "\n")
         sys.stdout.flush()
-    for batched, single in (("encode 32 photos", "encode photo"), ("decode .npy x32", "decode .npy")):
-        raw[batched], raw_cpu[batched] = raw[single], raw_cpu[single]  # the raw engine runs batches either way
-    out(f"\n| items/s (best of {args.rounds}) | " + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
+    for table in (raw, raw_cpu, *raw_by.values()):  # the raw engine runs full batches either way
+        for batched, single in RAW_OP.items():
+            if single in table:
+                table[batched] = table[single]
+    out(f"\n| items/s (best of {args.rounds}) | " + " | ".join(ops) + " |\n|---|" + "---|" * len(ops) + "\n")
     for name in configs:
         out(f"| service {name} ({dtypes[name]}; {configs[name] or 'defaults'}) | "
-            + " | ".join(f"{best[name][op]:.1f}" for op in OPS) + " |\n")
-    out(f"| raw engine ({default_dtype}, batch {args.batch}) | " + " | ".join(f"{raw[op]:.1f}" for op in OPS) + " |\n")
+            + " | ".join(f"{best[name][op]:.1f}" for op in ops) + " |\n")
+    for workers in layouts:
+        out(f"| raw engine ({default_dtype}, batch {args.batch}, {_layout(workers)}) | "
+            + " | ".join(f"{raw_by[workers][op]:.1f}" for op in ops) + " |\n")
     if "today" in best and "new" in best:
-        out("| new / today | " + " | ".join(f"{best['new'][op] / best['today'][op]:.2f}" for op in OPS) + " |\n")
-        out("| new / raw engine | " + " | ".join(f"{best['new'][op] / raw[op]:.2f}" for op in OPS) + " |\n")
+        out("| new / today | " + " | ".join(f"{best['new'][op] / best['today'][op]:.2f}" for op in ops) + " |\n")
+        out("| new / raw engine (the faster layout) | "
+            + " | ".join(f"{best['new'][op] / raw[op]:.2f}" for op in ops) + " |\n")
     out(f"\n| CPU ms per item (least of {args.rounds}; the server process, or the raw loop's) | "
-        + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
+        + " | ".join(ops) + " |\n|---|" + "---|" * len(ops) + "\n")
     for name in configs:
-        out(f"| service {name} | " + " | ".join(f"{least_cpu[name][op]:.1f}" for op in OPS) + " |\n")
-    out(f"| raw engine ({default_dtype}) | " + " | ".join(f"{raw_cpu[op]:.1f}" for op in OPS) + " |\n")
+        out(f"| service {name} | " + " | ".join(f"{least_cpu[name][op]:.1f}" for op in ops) + " |\n")
+    out(f"| raw engine ({default_dtype}) | " + " | ".join(f"{raw_cpu[op]:.1f}" for op in ops) + " |\n")
     if "today" in best and "new" in best:
         out("| raw engine / new (CPU per item) | " + " | ".join(
-            f"{raw_cpu[op] / least_cpu['new'][op]:.2f}" for op in OPS) + " |\n")
+            f"{raw_cpu[op] / least_cpu['new'][op]:.2f}" for op in ops) + " |\n")
         out("| today / new (CPU per item) | " + " | ".join(
-            f"{least_cpu['today'][op] / least_cpu['new'][op]:.2f}" for op in OPS) + " |\n")
+            f"{least_cpu['today'][op] / least_cpu['new'][op]:.2f}" for op in ops) + " |\n")
     if args.overhead:
         out(f"\n| the service's own cost, model excluded (instant stand-in; least of {args.rounds}) | "
-            + " | ".join(OPS) + " |\n|---|" + "---|" * len(OPS) + "\n")
-        out("| items/s | " + " | ".join(f"{overhead_rate[op]:.0f}" for op in OPS) + " |\n")
-        out("| server CPU ms per item | " + " | ".join(f"{overhead[op]:.2f}" for op in OPS) + " |\n")
-        out("| of which the event loop | " + " | ".join(f"{overhead_loop[op]:.2f}" for op in OPS) + " |\n")
+            + " | ".join(ops) + " |\n|---|" + "---|" * len(ops) + "\n")
+        out("| items/s | " + " | ".join(f"{overhead_rate[op]:.0f}" for op in ops) + " |\n")
+        out("| server CPU ms per item | " + " | ".join(f"{overhead[op]:.2f}" for op in ops) + " |\n")
+        out("| of which the event loop | " + " | ".join(f"{overhead_loop[op]:.2f}" for op in ops) + " |\n")
         out("| the load generator's CPU ms per item (same cores) | "
-            + " | ".join(f"{overhead_client[op]:.2f}" for op in OPS) + " |\n")
+            + " | ".join(f"{overhead_client[op]:.2f}" for op in ops) + " |\n")
         out(f"| raw engine's whole CPU ms per item ({default_dtype}) | "
-            + " | ".join(f"{raw_cpu[op]:.2f}" for op in OPS) + " |\n")
+            + " | ".join(f"{raw_cpu[op]:.2f}" for op in ops) + " |\n")
     return 0
 
 

@@ -250,8 +250,10 @@ def plot(results: list[Result], soak_rss: list[tuple[int, float]], path: Path, t
 
 
 def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: list, batch: int, n: int,
-                 png_level: int, device: str = "cpu") -> Result:
-    """The artifact called directly on the same batches, with the same image decoding / PNG encoding."""
+                 png_level: int, device: str = "cpu", warmup: int = 3) -> Result:
+    """The artifact called directly on the same batches, with the same image decoding / PNG encoding.
+
+    `warmup` untimed calls of each batch size come first (0: the caller warmed the artifact up already)."""
     import torch
 
     from ..core.codec import encode_png, load_image
@@ -272,7 +274,7 @@ def raw_artifact(module: Any, size: int, op: str, photos: list[bytes], tokens: l
     # compiles kernels) on a later one, so one call left the compile inside the timed loop (the GPU run measured
     # TiTok-L-32's raw encode at p95 786 ms against a p50 of 93). Three calls of each batch size the loop uses.
     for count in {batch, n % batch or batch}:
-        for _ in range(3):
+        for _ in range(warmup):
             one_batch(0, count)
     lat = []
     t0 = time.perf_counter()

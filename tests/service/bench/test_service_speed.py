@@ -20,8 +20,10 @@ def test_service_speed_prints_every_cell_for_today_new_and_the_raw_engine(tiny_a
     out = done.stdout
     ops = ("encode photo", "decode -> PNG", "decode .npy", "encode 32 photos", "decode .npy x32")
     assert "| items/s (best of 1) | " + " | ".join(ops) + " |" in out
-    for row in ("| service today (float32;", "| service new (", "| raw engine (", "| new / today |",
-                "| new / raw engine |", "| raw engine / new (CPU per item) |",
+    dtype = next(ln for ln in out.splitlines() if ln.startswith("| service new (")).split("(")[1].split(";")[0]
+    for row in ("| service today (float32;", "| service new (", f"| raw engine ({dtype}, batch 8, one call at a time",
+                f"| raw engine ({dtype}, batch 8, 2 workers x 1 thread) |", "| new / today |",
+                "| new / raw engine (the faster layout) |", "| raw engine / new (CPU per item) |",
                 "| server CPU ms per item |", "| of which the event loop |",  # --overhead: the instant model
                 "| the load generator's CPU ms per item (same cores) |"):
         line = next((ln for ln in out.splitlines() if ln.startswith(row)), None)
@@ -29,6 +31,30 @@ def test_service_speed_prints_every_cell_for_today_new_and_the_raw_engine(tiny_a
         cells = [c.strip() for c in line.split("|")[2:-1]]
         assert len(cells) == len(ops) and all(float(c) >= 0 for c in cells), line  # no nan: every request answered
     assert "round 1 raw engine" in out and "'model_workers': '1'" in out
+    # the ratio row is against the faster of the two raw layouts, cell by cell
+    rows = {ln.split("|")[1].strip(): [float(c) for c in ln.split("|")[2:-1]] for ln in out.splitlines()
+            if ln.startswith(("| service new (", f"| raw engine ({dtype}, batch 8", "| new / raw engine"))}
+    new = next(v for k, v in rows.items() if k.startswith("service new"))
+    raws = [v for k, v in rows.items() if k.startswith("raw engine")]
+    ratio = rows["new / raw engine (the faster layout)"]
+    assert len(raws) == 2
+    assert ratio == pytest.approx([round(n / max(r), 2) for n, *r in zip(new, *raws, strict=True)], abs=0.011)
+
+
+@pytest.mark.slow
+def test_service_speed_measures_only_the_cells_asked_for(tiny_artifact: Path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_artifact), "--requests", "16",
+                           "--rounds", "1", "--concurrency", "2", "--batch", "8", "--ops", "decode .npy",
+                           "--configs", "new:", "--raw-workers", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "| items/s (best of 1) | decode .npy |" in out
+    assert "encode photo 0" not in out and "decode -> PNG" not in out.split("| items/s")[1]
+    raw_rows = [ln for ln in out.splitlines() if ln.startswith("| raw engine (") and "batch 8" in ln]
+    assert len(raw_rows) == 1 and "one call at a time" in raw_rows[0]  # --raw-workers 1: one layout
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--ops", "decode png"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'decode png'" in bad.stderr
 
 
 def test_the_instant_engine_answers_every_item_with_the_models_own_result(tiny_artifact: Path) -> None:
