@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,78 @@ def load_artifact(path: str | Path, device: str = "cpu", dtype: str = "float32")
                              "yucornetto/tokenizer_titok_l32_imagenet: see titok models)")
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    check_archive(path)
     extra = {META_FILE: ""}
     module = _jit_load(path, device, extra)
     meta = _parse_meta(extra[META_FILE], path)
-    ModelInfo.from_meta(meta, path)  # refuses a meta.json without the required fields
+    check_contract(module, ModelInfo.from_meta(meta, path), path, device)  # from_meta: the required fields
     return to_compute_dtype(module, dtype), meta
+
+
+def check_archive(path: str | Path) -> None:
+    """Check every member of the artifact's zip archive against its CRC-32; torch.jit.load checks none.
+
+    A copy or download damaged on the way (a few flipped bytes in the codebook, say) loaded and was served under
+    the content hash of weights it no longer held, its pictures up to 55 levels off (a hostile pass). Reads the
+    whole file once (about 10 ms for the bundled 15 MB on one core). A file that is not a zip archive at all is
+    left to torch.jit.load to refuse. Raises ModelLoadError naming the damaged member.
+    """
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip archive: _jit_load says so, in torch's words
+    try:
+        with archive:
+            bad = archive.testzip()  # the first member whose bytes fail their CRC-32, or None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
+        bad = f"? ({e})"
+    if bad is not None:
+        raise ModelLoadError(f"model file {path} is damaged: its member {bad} fails its CRC-32 check (a corrupted "
+                             "copy or an interrupted download): copy or fetch it again")
+
+
+def check_contract(module: Any, info: ModelInfo, path: str | Path = "artifact", device: str = "cpu") -> None:
+    """One encode and decode of two images: the module must keep the contract its meta.json states.
+
+    encode: uint8 (2, S, S, 3) -> int64 (2, K), every id in [0, codebook_size); decode -> uint8 (2, S, S, 3), also
+    from the first token alone when meta.json says prefix_decodable. A file whose module answers otherwise (a
+    forged or mislabelled artifact: 7 tokens under a meta.json that says 32, once served as they were) is
+    refused at load instead. Raises ModelLoadError saying which output broke which promise.
+    """
+    s, k = info.image_size, info.num_tokens
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, s, s, 3), dtype=np.uint8)).to(device)
+
+    def broken(what: str) -> ModelLoadError:
+        return ModelLoadError(f"model file {path} does not keep the contract its {META_FILE} states: {what}")
+
+    def call(op: str, x: torch.Tensor) -> Any:
+        try:
+            with torch.inference_mode():
+                return getattr(module, op)(x)
+        except Exception as e:  # noqa: BLE001  (whatever the module raises, it cannot serve)
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            # TorchScript puts its own banner first and the module's error (e.g. "builtins.ValueError: ...") last
+            reason = lines[-1].strip() if isinstance(e, torch.jit.Error) else lines[0]
+            raise broken(f"{op} of {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} failed ({reason})") from e
+
+    tokens = call("encode", images)
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 or tuple(tokens.shape) != (2, k):
+        got = (f"{tuple(tokens.shape)} {str(tokens.dtype).removeprefix('torch.')}" if isinstance(tokens, torch.Tensor)
+               else type(tokens).__name__)
+        raise broken(f"encode of 2 images gave {got}, not (2, {k}) int64 (num_tokens {k})")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= info.codebook_size:
+        raise broken(f"encode gave token ids in [{low}, {high}], outside [0, {info.codebook_size}) "
+                     f"(codebook_size {info.codebook_size})")
+    for ids in ([tokens, tokens[:, :1]] if info.prefix_decodable else [tokens]):
+        pixels = call("decode", ids)
+        if (not isinstance(pixels, torch.Tensor) or pixels.dtype != torch.uint8
+                or tuple(pixels.shape) != (2, s, s, 3)):
+            got = (f"{tuple(pixels.shape)} {str(pixels.dtype).removeprefix('torch.')}"
+                   if isinstance(pixels, torch.Tensor) else type(pixels).__name__)
+            raise broken(f"decode of {ids.shape[1]} tokens gave {got}, not (2, {s}, {s}, 3) uint8 "
+                         f"(image_size {s})")
 
 
 def _in_quantizer(module_path: str) -> bool:

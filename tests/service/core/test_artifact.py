@@ -139,3 +139,120 @@ def test_an_unknown_device_is_named_before_the_artifact_is_read(device: str, tmp
 def test_cpu_and_auto_resolve() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda")
+
+
+def _damaged_copy(src: Path, dst: Path) -> str:
+    """A copy with 64 bytes flipped inside its largest stored member (the weights); that member's name."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        biggest = max(z.infolist(), key=lambda i: i.compress_size)
+        # the member's data follows its 30-byte local header, file name and extra field
+        with open(src, "rb") as f:
+            f.seek(biggest.header_offset + 26)
+            name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+        start = biggest.header_offset + 30 + int(name_len) + int(extra_len) + biggest.compress_size // 2
+    data = bytearray(src.read_bytes())
+    for i in range(start, start + 64):
+        data[i] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return biggest.filename
+
+
+def test_a_damaged_copy_of_an_artifact_is_refused_naming_the_member(tiny_artifact: Path, tmp_path: Path) -> None:
+    """torch.jit.load checks no CRC: flipped bytes in the weights loaded and were served under the true hash."""
+    from titok.core.tokenizer import Tokenizer
+
+    damaged = tmp_path / "damaged.pt"
+    member = _damaged_copy(tiny_artifact, damaged)
+    with warnings.catch_warnings():  # what torch itself does with it: loads it without a word
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        torch.jit.load(str(damaged))
+    for load in (lambda: load_artifact(damaged), lambda: Engine.load(damaged, "cpu", "float32"),
+                 lambda: Tokenizer.load(damaged)):
+        with pytest.raises(ModelLoadError, match=rf"is damaged: its member {member} fails its CRC-32 check"):
+            load()
+
+
+def _forged(tmp_path: Path, meta: dict, encode_len: int = 8, codebook: int = 64, size: int = 32,
+            pixel_dtype: str = "uint8") -> Path:
+    """A scripted module that answers with the given shapes, under a meta.json of our choosing."""
+    code = f"""
+import torch
+class Forged(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+    @torch.jit.export
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full((images.shape[0], {encode_len}), {codebook - 1}, dtype=torch.int64)
+    @torch.jit.export
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((tokens.shape[0], {size}, {size}, 3), dtype=torch.{pixel_dtype})
+"""
+    module_path = tmp_path / f"forged_{encode_len}_{codebook}_{size}_{pixel_dtype}.py"
+    module_path.write_text(code)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        scripted = torch.jit.script(mod.Forged())
+    out = tmp_path / f"{module_path.stem}.pt"
+    save_artifact(scripted, out, meta)
+    return out
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"encode_len": 7}, r"encode of 2 images gave \(2, 7\) int64, not \(2, 8\) int64 \(num_tokens 8\)"),
+    ({"codebook": 65}, r"encode gave token ids in \[64, 64\], outside \[0, 64\) \(codebook_size 64\)"),
+    ({"size": 16}, r"decode of 8 tokens gave \(2, 16, 16, 3\) uint8, not \(2, 32, 32, 3\) uint8 \(image_size 32\)"),
+    ({"pixel_dtype": "float32"}, r"decode of 8 tokens gave \(2, 32, 32, 3\) float32, not"),
+])
+def test_an_artifact_that_breaks_its_meta_contract_is_refused_at_load(tmp_path: Path, kwargs: dict,
+                                                                      message: str) -> None:
+    meta = {"name": "forged", "image_size": 32, "num_tokens": 8, "codebook_size": 64, "content_hash": "ab" * 32}
+    path = _forged(tmp_path, meta, **kwargs)
+    with pytest.raises(ModelLoadError, match=r"does not keep the contract its meta.json states: " + message):
+        load_artifact(path)
+
+
+def test_an_artifact_that_keeps_its_contract_loads(tmp_path: Path) -> None:
+    meta = {"name": "honest", "image_size": 32, "num_tokens": 8, "codebook_size": 64}
+    module, got = load_artifact(_forged(tmp_path, meta))
+    assert got["name"] == "honest" and module.encode(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape == (1, 8)
+
+
+def test_a_prefix_decodable_meta_is_held_to_prefixes_too(tmp_path: Path) -> None:
+    code = """
+import torch
+class Fixed(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+    @torch.jit.export
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((images.shape[0], 8), dtype=torch.int64)
+    @torch.jit.export
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] != 8:
+            raise ValueError("this model decodes exactly 8 tokens")
+        return torch.zeros((tokens.shape[0], 32, 32, 3), dtype=torch.uint8)
+"""
+    import importlib.util
+
+    (tmp_path / "fixed.py").write_text(code)
+    spec = importlib.util.spec_from_file_location("fixed", tmp_path / "fixed.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        scripted = torch.jit.script(mod.Fixed())
+    meta = {"name": "claims-prefixes", "image_size": 32, "num_tokens": 8, "codebook_size": 64}
+    save_artifact(scripted, tmp_path / "fixed.pt", meta)
+    load_artifact(tmp_path / "fixed.pt")  # a fixed-length model that says so loads
+    save_artifact(scripted, tmp_path / "claims.pt", {**meta, "prefix_decodable": True})
+    with pytest.raises(ModelLoadError, match=r"decode of \(2, 1\) int64 failed \(.*decodes exactly 8 tokens"):
+        load_artifact(tmp_path / "claims.pt")
