@@ -83,8 +83,9 @@ class AsyncTitokClient:
         model takes (N, k) for any 1 <= k <= K too, or sequences of different lengths (a list of them, or the
         TargetTokens that encode(target_psnr=) gave). With `model_hash` (the `content_hash` the tokens came
         with), tokens from another model are refused (TitokError 409)."""
+        sequences = token_sequences(tokens)  # what is no token ids is refused before the service is asked anything
         server = await self.server()
-        calls = any_decode_calls(token_sequences(tokens), server, model_hash)
+        calls = any_decode_calls(sequences, server, model_hash)
         return joined_images(await self._run_all(calls), server, as_array)
 
     async def _run_all(self, calls: Iterator[Call]) -> list[np.ndarray]:

@@ -295,18 +295,58 @@ def joined_encoded(parts: list[Any], server: ServerInfo, num_tokens: int | None,
 def token_sequences(tokens: Any) -> np.ndarray | list[np.ndarray]:
     """decode()'s input: (N, k) or (k,) integers -> int64 (N, k) as as_token_array does; a list of sequences of
     different lengths (a prefix-decodable model's, e.g. TargetTokens.tokens) or a TargetTokens -> N int64
-    arrays (k_i,), sent as JSON lists. The lengths and ids the server checks."""
+    arrays (k_i,), sent as JSON lists. The lengths and ids the server checks. Raises TitokError (code
+    invalid_tokens, status None: refused before sending) for what is no sequence of integer ids."""
     if isinstance(tokens, TargetTokens):
         tokens = tokens.tokens
     if isinstance(tokens, list | tuple) and tokens and all(isinstance(t, list | tuple | np.ndarray) for t in tokens):
         lengths = {len(t) for t in tokens}
         if len(lengths) > 1:
-            seqs = [np.asarray(t) for t in tokens]
-            for i, a in enumerate(seqs):
-                if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
-                    raise ValueError(f"tokens[{i}] must be a flat sequence of integers, not {a.dtype} {a.shape}")
-            return [a.astype(np.int64) for a in seqs]
+            seqs = []
+            for i, t in enumerate(tokens):
+                a = _integers(t, f"tokens[{i}]")
+                if a.ndim != 1:
+                    raise _bad_tokens(f"tokens[{i}] must be a flat sequence of integers, not of shape {a.shape}")
+                seqs.append(a)
+            return seqs
     return as_token_array(tokens)
+
+
+def _bad_tokens(message: str) -> TitokError:
+    return TitokError("invalid_tokens", message)
+
+
+def _integers(tokens: Any, what: str = "tokens") -> np.ndarray:
+    """Any nesting of integers -> an int64 array; TitokError naming the first value that is no token id."""
+    try:
+        a = np.asarray(tokens)
+    except ValueError:  # ragged below this level
+        raise _bad_tokens(f"{what} is ragged: its sequences differ in length at a level where they cannot") from None
+    python = not isinstance(tokens, np.ndarray)  # numpy turns [True, 1] into int64 and [1, "x"] into str
+    if a.dtype.kind in "iu" and not (a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max):
+        flag = next(((at, v) for at, v in _leaves(tokens, what) if type(v) is bool), None) if python else None
+        if flag is not None:  # the server refuses a bool in JSON too
+            raise _bad_tokens(f"{flag[0]} must be an integer token id; {flag[1]!r} (bool) is not one")
+        return a.astype(np.int64)
+    if a.size == 0 and a.dtype.kind == "f":  # np.asarray([]) is float64: an empty sequence, not floats
+        return a.astype(np.int64)
+    values = _leaves(tokens, what) if python else ((what, v) for v in a.reshape(-1))
+    for at, v in values:
+        v = v.item() if isinstance(v, np.generic) else v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _bad_tokens(f"{at} must be an integer token id; {v!r} ({type(v).__name__}) is not one")
+        if not -2**63 <= v < 2**63:
+            raise _bad_tokens(f"{at} must be a token id that fits in 64 bits; {v} does not")
+    raise _bad_tokens(f"{what} must hold integer token ids, not {a.dtype}")
+
+
+def _leaves(x: Any, at: str) -> Iterator[tuple[str, Any]]:
+    """(where, value) of every scalar in a nesting of lists, tuples and arrays, depth first."""
+    if isinstance(x, list | tuple | np.ndarray):
+        for i, y in enumerate(x):
+            yield from _leaves(y, f"{at}[{i}]")
+    else:
+        yield at, x
 
 
 def ragged_decode_calls(sequences: list[np.ndarray], server: ServerInfo,
@@ -330,21 +370,21 @@ def any_decode_calls(tokens: np.ndarray | list[np.ndarray], server: ServerInfo,
 
 def as_token_array(tokens: Any) -> np.ndarray:
     """(N, K) or (K,) integers -> int64 (N, K). A ragged list is refused here; whether K is the model's,
-    and the ids' range, the server checks (one place says what a valid token is)."""
-    try:
-        a = np.asarray(tokens)
-    except ValueError:  # a ragged list: say which sequence is off, as the server would
-        lengths = [len(t) if isinstance(t, list | tuple) else 1 for t in tokens]
-        i = next((i for i, n in enumerate(lengths) if n != lengths[0]), None)
-        if i is None:
-            raise ValueError("tokens must be an (N, K) array or a list of equal-length lists of integers") from None
-        raise ValueError(f"tokens[{i}] has {lengths[i]} tokens and tokens[0] has {lengths[0]}; every sequence "
-                         "needs the same number (the model's K)") from None
-    if a.dtype == object or (a.size and not np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"tokens must be integers in an (N, K) array or list of equal-length lists, not {a.dtype}")
+    and the ids' range, the server checks (one place says what a valid token is). Raises TitokError (code
+    invalid_tokens, status None) naming the value or the sequence that is off."""
+    if isinstance(tokens, str | bytes):
+        raise _bad_tokens(f"tokens must be integer token ids, not a {type(tokens).__name__}")
+    if isinstance(tokens, list | tuple) and tokens:
+        nested = [isinstance(t, list | tuple | np.ndarray) for t in tokens]
+        if any(nested) and not all(nested):
+            i = nested.index(not nested[0])
+            raise _bad_tokens(f"tokens[{i}] is {'a sequence' if nested[i] else repr(tokens[i])} where tokens[0] is "
+                              f"{'a sequence' if nested[0] else 'one id'}: send one sequence of ids, or a list of "
+                              "sequences")
+    a = _integers(tokens)
     if a.ndim not in (1, 2):
-        raise ValueError(f"tokens must be (N, K) or (K,), not {a.shape}")
-    return a.reshape(1, -1).astype(np.int64) if a.ndim == 1 else a.astype(np.int64)
+        raise _bad_tokens(f"tokens must be (N, k) or (k,), not of shape {a.shape}")
+    return a.reshape(1, -1) if a.ndim == 1 else a
 
 
 def _pngs_to_pixels(r: httpx.Response) -> np.ndarray:

@@ -82,8 +82,9 @@ class TitokClient:
         model takes (N, k) for any 1 <= k <= K too, or sequences of different lengths (a list of them, or the
         TargetTokens that encode(target_psnr=) gave). With `model_hash` (the `content_hash` the tokens came
         with), tokens from another model are refused (TitokError 409)."""
+        sequences = token_sequences(tokens)  # what is no token ids is refused before the service is asked anything
         server = self.server
-        parts = [self._run(c) for c in any_decode_calls(token_sequences(tokens), server, model_hash)]
+        parts = [self._run(c) for c in any_decode_calls(sequences, server, model_hash)]
         return joined_images(parts, server, as_array)
 
     def _run(self, call: Call) -> np.ndarray:

@@ -151,10 +151,53 @@ def test_server_errors_carry_code_message_request_id_and_status(live_url: str) -
         assert (e.value.status, e.value.code) == (400, "invalid_image")
         with pytest.raises(TitokError, match="not prefix-decodable"):
             client.decode([[1, 2], [3]])  # ragged: a prefix-decodable model's; this one refuses, saying why
-        with pytest.raises(ValueError, match="must be integers"):
+        with pytest.raises(TitokError, match="must be an integer token id; 0.5 \\(float\\) is not one") as e:
             client.decode([[0.5] * 8])
+        assert (e.value.code, e.value.status) == ("invalid_tokens", None)  # refused before sending
         with pytest.raises(TypeError, match="cannot send"):
             client.encode([3.5])
+
+
+@pytest.mark.parametrize(("tokens", "words"), [
+    ([[1.5, 2]], "tokens[0][0] must be an integer token id; 1.5 (float) is not one"),
+    ([[1, True]], "tokens[0][1] must be an integer token id; True (bool) is not one"),
+    ([[2**70, 1]], f"tokens[0][0] must be a token id that fits in 64 bits; {2**70} does not"),
+    (np.array([2**64 - 1], np.uint64), f"tokens must be a token id that fits in 64 bits; {2**64 - 1} does not"),
+    (np.array([[0.5]]), "tokens must be an integer token id; 0.5 (float) is not one"),
+    (np.array(5), "tokens must be (N, k) or (k,), not of shape ()"),
+    ("abc", "tokens must be integer token ids, not a str"),
+    (None, "tokens must be an integer token id; None (NoneType) is not one"),
+    ([[1, 2], [3, "x"]], "tokens[1][1] must be an integer token id; 'x' (str) is not one"),
+    ([[1, 2], [3]], None),  # ragged: for a prefix-decodable model; the server says whether this one is
+    ([[1, 2], [[3]]], "tokens[1] must be a flat sequence of integers, not of shape (1, 1)"),
+    ([[1, 2], [3, 4.5, 5]], "tokens[1][1] must be an integer token id; 4.5 (float) is not one"),
+    ([[1, 2], 3], "tokens[1] is 3 where tokens[0] is a sequence: send one sequence of ids, or a list of sequences"),
+    ([1, [2]], "tokens[1] is a sequence where tokens[0] is one id"),
+])
+def test_tokens_that_are_no_ids_are_titok_errors_before_sending(tokens: Any, words: str | None) -> None:
+    """The README's promise: every failure of a call is a TitokError; these never reach a server (none runs)."""
+    from titok.client.core import token_sequences
+
+    if words is None:
+        assert [a.tolist() for a in token_sequences(tokens)] == tokens
+        return
+    with pytest.raises(TitokError) as e:
+        token_sequences(tokens)
+    assert (e.value.code, e.value.status) == ("invalid_tokens", None)
+    assert e.value.message.startswith(words), e.value.message
+    with TitokClient("http://127.0.0.1:9", retry=FAST) as client, pytest.raises(TitokError) as e:
+        client.decode(tokens)
+    assert e.value.code == "invalid_tokens"  # not connection_error: refused before a connection was tried
+
+
+def test_integer_tokens_of_any_integer_dtype_pass_as_int64() -> None:
+    from titok.client.core import token_sequences
+
+    for tokens in ([[1, 2]], np.array([[1, 2]], np.uint16), np.array([1, 2], np.int32), [(1, 2)]):
+        got = token_sequences(tokens)
+        assert isinstance(got, np.ndarray) and got.dtype == np.int64 and got.tolist() == [[1, 2]]
+    ragged = token_sequences([[1, 2], np.array([3], np.uint8), []])
+    assert [a.tolist() for a in ragged] == [[1, 2], [3], []] and all(a.dtype == np.int64 for a in ragged)
 
 
 def test_an_unreachable_service_is_a_titok_error_after_the_retries() -> None:

@@ -75,7 +75,7 @@ def test_a_fixed_length_model_refuses_a_budget_through_the_client(live_url: str)
         with pytest.raises(TitokError) as refused:
             client.encode(np.zeros((1, 32, 32, 3), np.uint8), target_psnr=20.0)
         assert refused.value.status == 422 and refused.value.code == "not_prefix_decodable"
-        with pytest.raises(ValueError, match="tokens\\[1\\] must be a flat sequence"):
+        with pytest.raises(TitokError, match="tokens\\[1\\] must be a flat sequence"):
             client.decode([[1, 2], [[3]]])
 
 
