@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .client import AsyncTitokClient, TitokClient, TitokError
+    from .core.budgets import TargetTokens
     from .core.errors import CoreError, ModelLoadError
     from .core.tokenizer import Tokenizer
     from .dataset import load_tokens, read_dir_meta
 
 _WHERE = {
     "Tokenizer": ".core.tokenizer",
+    "TargetTokens": ".core.budgets",
     "ModelLoadError": ".core.errors",
     "CoreError": ".core.errors",
     "TitokClient": ".client",
@@ -28,8 +30,8 @@ _WHERE = {
     "load_tokens": ".dataset",
     "read_dir_meta": ".dataset",
 }
-__all__ = ["AsyncTitokClient", "CoreError", "ModelLoadError", "TitokClient", "TitokError", "Tokenizer", "load_tokens",
-           "read_dir_meta"]
+__all__ = ["AsyncTitokClient", "CoreError", "ModelLoadError", "TargetTokens", "TitokClient", "TitokError", "Tokenizer",
+           "load_tokens", "read_dir_meta"]
 
 
 def __getattr__(name: str) -> Any:

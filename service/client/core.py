@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..core import codec
 from ..core.arrays import NPY, write_npy
+from ..core.budgets import TargetTokens
 from ..core.errors import CoreError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -238,7 +239,7 @@ def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str, n
     (whose answer is always JSON: one .npy cannot hold sequences of different lengths)."""
     budget = {name: v for name, v in (("num_tokens", num_tokens), ("target_psnr", target_psnr)) if v is not None}
     accept = "application/json" if target_psnr is not None else NPY
-    parse_json: Callable[[httpx.Response], Any] = (TargetTokens.from_answer if target_psnr is not None
+    parse_json: Callable[[httpx.Response], Any] = (_target_tokens if target_psnr is not None
                                                    else lambda r: np.asarray(r.json()["tokens"], dtype=np.int64))
     for kind, run in _runs((_one_input(item, server, resize) for item in images), server):
         if kind == "array":  # (n, S, S, 3) uint8 in, (n, K) tokens out: no image or PNG coding on either side
@@ -251,35 +252,12 @@ def encode_calls(images: Sequence[ImageLike], server: ServerInfo, resize: str, n
                        parse_json)
 
 
-@dataclass(frozen=True)
-class TargetTokens:
-    """The answer of `encode(..., target_psnr=dB)`: each image's fewest tokens reaching the target.
-
-    tokens: N int64 arrays (k_i,), each the first k_i tokens of the image's encoding (what `decode` takes back);
-    num_tokens: int64 (N,) the k_i; psnr: float64 (N,) dB at k_i; reached: bool (N,), False where the image
-    missed the target with all K tokens (it then has K).
-    """
-
-    tokens: list[np.ndarray]
-    num_tokens: np.ndarray
-    psnr: np.ndarray
-    reached: np.ndarray
-
-    @classmethod
-    def from_answer(cls, r: httpx.Response) -> TargetTokens:
-        body = r.json()
-        return cls([np.asarray(t, dtype=np.int64) for t in body["tokens"]], np.asarray(body["num_tokens"], np.int64),
-                   np.asarray(body["psnr"], np.float64), np.asarray(body["reached"], bool))
-
-    @classmethod
-    def joined(cls, parts: list[TargetTokens]) -> TargetTokens:
-        return cls([t for p in parts for t in p.tokens],
-                   np.concatenate([p.num_tokens for p in parts]) if parts else np.empty(0, np.int64),
-                   np.concatenate([p.psnr for p in parts]) if parts else np.empty(0, np.float64),
-                   np.concatenate([p.reached for p in parts]) if parts else np.empty(0, bool))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
+def _target_tokens(r: httpx.Response) -> TargetTokens:
+    """/encode?target_psnr='s JSON answer -> TargetTokens."""
+    body = r.json()
+    return TargetTokens([np.asarray(t, dtype=np.int64) for t in body["tokens"]],
+                        np.asarray(body["num_tokens"], np.int64), np.asarray(body["psnr"], np.float64),
+                        np.asarray(body["reached"], bool))
 
 
 def joined_encoded(parts: list[Any], server: ServerInfo, num_tokens: int | None,

@@ -57,8 +57,12 @@ def check_budget(num_tokens: int | None, target_psnr: float | None, max_tokens: 
                  model: str = "the model") -> Budget:
     """Validate a budget against a model of `max_tokens` (K) tokens; raises InvalidBudget or NotPrefixDecodable.
 
-    num_tokens must be an int in [1, K]; target_psnr a finite float in (0, MAX_TARGET_PSNR] dB; not both.
+    num_tokens must be an int in [1, K]; target_psnr a finite float in (0, MAX_TARGET_PSNR] dB; not both. A
+    fixed-length model refuses any budget first, whatever its value: naming a range it would then refuse whole
+    misled (a hostile pass).
     """
+    if (num_tokens is not None or target_psnr is not None) and not prefix_decodable:
+        refuse_prefixes(model, max_tokens, "num_tokens" if num_tokens is not None else "target_psnr")
     if num_tokens is not None and target_psnr is not None:
         raise InvalidBudget("send num_tokens or target_psnr, not both: num_tokens fixes the length of every "
                             "sequence, target_psnr chooses it per image")
@@ -74,11 +78,7 @@ def check_budget(num_tokens: int | None, target_psnr: float | None, max_tokens: 
             raise InvalidBudget(f"target_psnr is {target_psnr}; it must be a finite number of dB in "
                                 f"(0, {MAX_TARGET_PSNR:g}] (a reconstruction is never below 0 dB, and none "
                                 f"comes near {MAX_TARGET_PSNR:g} dB)")
-    budget = Budget(None if num_tokens is None else int(num_tokens),
-                    None if target_psnr is None else float(target_psnr))
-    if budget.is_set and not prefix_decodable:
-        refuse_prefixes(model, max_tokens, "num_tokens" if num_tokens is not None else "target_psnr")
-    return budget
+    return Budget(None if num_tokens is None else int(num_tokens), None if target_psnr is None else float(target_psnr))
 
 
 def refuse_prefixes(model: str, max_tokens: int, what: str) -> None:
@@ -157,6 +157,32 @@ class BudgetedTokens:
     tokens: list[np.ndarray]
     psnr: np.ndarray | None = None
     reached: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TargetTokens:
+    """The answer of `encode(..., target_psnr=dB)` (the client's and the in-process Tokenizer's): each image's
+    fewest tokens reaching the target.
+
+    tokens: N int64 arrays (k_i,), each the first k_i tokens of the image's encoding (what `decode` takes back);
+    num_tokens: int64 (N,) the k_i; psnr: float64 (N,) dB at k_i; reached: bool (N,), False where the image
+    missed the target with all K tokens (it then has K).
+    """
+
+    tokens: list[np.ndarray]
+    num_tokens: np.ndarray
+    psnr: np.ndarray
+    reached: np.ndarray
+
+    @classmethod
+    def joined(cls, parts: list[TargetTokens]) -> TargetTokens:
+        return cls([t for p in parts for t in p.tokens],
+                   np.concatenate([p.num_tokens for p in parts]) if parts else np.empty(0, np.int64),
+                   np.concatenate([p.psnr for p in parts]) if parts else np.empty(0, np.float64),
+                   np.concatenate([p.reached for p in parts]) if parts else np.empty(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
 def encode_with_budget(run: Callable[[str, np.ndarray], np.ndarray], images: np.ndarray,

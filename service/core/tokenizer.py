@@ -22,6 +22,7 @@ from PIL import Image
 from . import codec
 from .arrays import check_tokens
 from .artifact import ModelInfo
+from .budgets import Budget, TargetTokens, check_budget, encode_with_budget
 from .engine import Engine
 from .errors import ImageTooLarge, InvalidArray, InvalidImage
 
@@ -65,18 +66,26 @@ class Tokenizer:
         """name, image_size S, num_tokens K, codebook_size, content_hash (and the whole meta.json)."""
         return self.engine.model_info
 
-    def encode(self, images: ImageInput | Sequence[ImageInput], resize: codec.Resize | None = None) -> np.ndarray:
+    def encode(self, images: ImageInput | Sequence[ImageInput], resize: codec.Resize | None = None, *,
+               num_tokens: int | None = None, target_psnr: float | None = None) -> np.ndarray | TargetTokens:
         """Images -> token ids, int64 (B, K), row i for images[i].
 
         Each image is a path (str or Path), encoded bytes, a PIL image or a uint8 array (H, W), (H, W, 3),
         (H, W, 4) of any size; a single image is a batch of one. `resize` (crop, pad, stretch; default the
         tokenizer's) fits it to S x S as /encode's `resize` does. A 4-D uint8 array (B, S, S, 3) is taken as it is.
+        A prefix-decodable model (info.prefix_decodable) also takes a budget, as /encode, the client and the
+        dataset job do: `num_tokens=k` gives int64 (B, k), each image's first k tokens; `target_psnr=dB` gives a
+        TargetTokens, each image's fewest tokens whose reconstruction reaches dB (the same search, so the same
+        tokens as the other doors).
         Raises InvalidImage / ImageTooLarge (naming images[i]; InvalidImage for `images` that is neither an image
-        nor a sequence), FileNotFoundError for a missing path, ValueError for an unknown `resize`.
+        nor a sequence), FileNotFoundError for a missing path, ValueError for an unknown `resize`, InvalidBudget
+        for a budget out of range (or both given), NotPrefixDecodable for a budget on a fixed-length model.
         """
+        info = self.info
+        budget = check_budget(num_tokens, target_psnr, info.num_tokens, self.prefix_decodable, info.name)
         mode = resize or self.resize
         codec.check_resize(mode)
-        s = self.info.image_size
+        s = info.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
             if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
                 raise InvalidImage(f"a batch array must be uint8 (B, {s}, {s}, 3), not {images.dtype} {images.shape}")
@@ -85,8 +94,22 @@ class Tokenizer:
         else:
             items = [images] if _is_single(images) else _as_list(images)
             batches = self._pixel_batches(items, mode)
+        if budget.target_psnr is not None:
+            return TargetTokens.joined([self._target(np.ascontiguousarray(b), budget) for b in batches])
         out = [self.engine.run("encode", np.ascontiguousarray(b)) for b in batches]
-        return np.concatenate(out) if out else np.empty((0, self.info.num_tokens), np.int64)
+        tokens = np.concatenate(out) if out else np.empty((0, info.num_tokens), np.int64)
+        return tokens[:, :budget.num_tokens] if budget.num_tokens is not None else tokens
+
+    @property
+    def prefix_decodable(self) -> bool:
+        """Whether the model decodes any first 1 <= k <= K of its tokens (meta.json `prefix_decodable`)."""
+        return bool(getattr(self.engine, "prefix_decodable", False))
+
+    def _target(self, batch: np.ndarray, budget: Budget) -> TargetTokens:
+        done = encode_with_budget(self.engine.run, batch, budget)
+        assert done.psnr is not None and done.reached is not None  # a target budget measures both
+        return TargetTokens(done.tokens, np.array([len(t) for t in done.tokens], np.int64), done.psnr,
+                            done.reached)
 
     def decode(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
         """Token ids (B, K) or (K,) of any integer type -> uint8 (B, S, S, 3) (B = 1 for a single sequence).
@@ -96,7 +119,7 @@ class Tokenizer:
         the first id outside [0, codebook_size), or a wrong shape, length or dtype.
         """
         info = self.info
-        prefix = bool(getattr(self.engine, "prefix_decodable", False))
+        prefix = self.prefix_decodable
         try:
             a = np.asarray(tokens)
         except ValueError:  # NumPy cannot make one array of sequences of different lengths

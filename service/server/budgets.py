@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from ..core.budgets import MAX_TARGET_PSNR, Budget, TargetSearch, check_budget
+from ..core.budgets import MAX_TARGET_PSNR, Budget, TargetSearch, check_budget, refuse_prefixes
 from ..core.engine import psnr
 from ..errors import InvalidBudget
 from .batcher import Timing
@@ -48,6 +48,10 @@ def budget_from_query(request: Request, engine: Any) -> Budget:
             raise InvalidBudget(f"{name} is given {len(given)} times; give it once")
         values[name] = given[0] if given else None
     max_tokens = engine.num_tokens
+    prefix = getattr(engine, "prefix_decodable", False)
+    given = [name for name in BUDGET_PARAMS if values[name] is not None]
+    if given and not prefix:  # before the value is read: every value would be refused
+        refuse_prefixes(engine.name, max_tokens, given[0])
     num_tokens: int | None = None
     target: float | None = None
     if values["num_tokens"] is not None:
@@ -62,7 +66,7 @@ def budget_from_query(request: Request, engine: Any) -> Budget:
         except ValueError:
             raise InvalidBudget(f"target_psnr is {_shown(values['target_psnr'])}; it must be a number of dB in "
                                 f"(0, {MAX_TARGET_PSNR:g}]") from None
-    return check_budget(num_tokens, target, max_tokens, getattr(engine, "prefix_decodable", False), engine.name)
+    return check_budget(num_tokens, target, max_tokens, prefix, engine.name)
 
 
 def _plain(value: str) -> str:

@@ -12,6 +12,7 @@ from PIL import Image
 from prefix_helpers import banded_images, prefix_artifact  # noqa: F401  (prefix_artifact: fixture)
 from sample_images import all_formats, save
 
+from titok.core.arrays import NPY
 from titok.core.errors import InvalidArray, InvalidImage, ModelLoadError
 from titok.core.tokenizer import Tokenizer
 
@@ -145,3 +146,48 @@ def test_a_prefix_decodable_model_decodes_prefixes_and_ragged_lists(prefix_artif
             tk.decode([[1, 2], 3])
         with pytest.raises(InvalidArray, match=r"^tokens\[1\]: .*shape \(1, 9\)"):
             tk.decode([[1, 2], list(range(9))])
+
+
+def test_the_in_process_tokenizer_takes_the_budgets_every_door_takes(prefix_artifact: Path,  # noqa: F811
+                                                                     tiny_artifact: Path) -> None:
+    """num_tokens and target_psnr as /encode takes them: the same tokens, lengths and PSNR as the service's."""
+    from service_helpers import make_settings
+
+    from titok.core.budgets import TargetTokens
+    from titok.core.errors import InvalidBudget, NotPrefixDecodable
+    from titok.server.app import build_app
+
+    images = banded_images(4, seed=3)  # the test service takes at most 4 images a request
+    for j in range(3):  # image j grey (what an absent token decodes to) below band 2 + 2j: it needs 2 + 2j tokens
+        images[j, (2 + 2 * j) * 4:] = 128
+    with Tokenizer.load(prefix_artifact, device="cpu", dtype="float32", batch_size=2) as tk, \
+            TestClient(build_app(make_settings(prefix_artifact, max_batch_size=4))) as client:
+        full = tk.encode(images)
+        short = tk.encode(images, num_tokens=3)
+        assert short.dtype == np.int64 and np.array_equal(short, full[:, :3])
+        served = client.post("/encode?num_tokens=3", content=_npy(images), headers={"Content-Type": NPY}).json()
+        assert served["tokens"] == short.tolist()
+        target = tk.encode(list(images), target_psnr=30.0)  # a list of arrays: the codec path, in batches of 2
+        assert isinstance(target, TargetTokens) and len(target) == 4
+        answer = client.post("/encode?target_psnr=30", content=_npy(images), headers={"Content-Type": NPY}).json()
+        assert [t.tolist() for t in target.tokens] == answer["tokens"]
+        assert target.num_tokens.tolist() == answer["num_tokens"] and target.reached.tolist() == answer["reached"]
+        assert np.allclose(target.psnr, answer["psnr"], atol=1e-3)
+        assert target.num_tokens.tolist() == [2, 4, 6, 8]  # each image its own length
+        assert [len(t) for t in target.tokens] == target.num_tokens.tolist()
+        assert np.array_equal(tk.decode(target.tokens)[0], tk.decode(target.tokens[:1])[0])  # decode takes them back
+        for kwargs, words in (({"num_tokens": 0}, r"num_tokens is 0; it must be in \[1, 8\]"),
+                              ({"num_tokens": 2.5}, r"num_tokens must be an integer in \[1, 8\], not 2.5"),
+                              ({"target_psnr": float("nan")}, r"target_psnr is nan; it must be a finite number"),
+                              ({"num_tokens": 2, "target_psnr": 20.0}, "not both")):
+            with pytest.raises(InvalidBudget, match=words):
+                tk.encode(images, **kwargs)
+    with Tokenizer.load(tiny_artifact, device="cpu") as fixed:
+        with pytest.raises(NotPrefixDecodable, match="num_tokens needs a prefix-decodable model"):
+            fixed.encode(images[:, :, :, :], num_tokens=99)  # any value: this model takes no budget at all
+
+
+def _npy(images: np.ndarray) -> bytes:
+    from titok.core.arrays import write_npy
+
+    return write_npy(images)
