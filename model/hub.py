@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +76,7 @@ def parse_name(spec: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
-def _hf_error(spec: str, file: str, e: Exception) -> ModelLoadError:
+def _hf_error(spec: str, file: str, e: Exception, host_unresolved: str | None = None) -> ModelLoadError:
     """huggingface_hub's exceptions -> one line a user can act on."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -87,10 +89,13 @@ def _hf_error(spec: str, file: str, e: Exception) -> ModelLoadError:
 
     repo, revision = parse_name(spec)
     if isinstance(e, LocalEntryNotFoundError):
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+               f"the Hub cannot be reached ({host_unresolved} does not resolve)" if host_unresolved else
+               "the Hub cannot be reached")
         return ModelLoadError(f"{spec}: {why} and no copy of its {file} is cached (Hugging Face cache "
-                              f"{constants.HF_HUB_CACHE}, titok cache {cache_dir()}); run `titok pull {spec}` "
-                              "where the Hub is reachable, with the same HF_HOME and TITOK_CACHE_DIR")
+                              f"{constants.HF_HUB_CACHE}, titok cache {cache_dir()}); pull it on a machine that "
+                              f"reaches the Hub (`titok pull {spec}`) with the same HF_HOME and TITOK_CACHE_DIR, "
+                              "or give an artifact path")
     if isinstance(e, GatedRepoError):
         return ModelLoadError(f"{repo} is gated: accept its terms on the Hub, then set HF_TOKEN")
     if isinstance(e, RepositoryNotFoundError):
@@ -116,24 +121,48 @@ def _token_set() -> bool:
     return get_token() is not None
 
 
-def _download(spec: str, file: str) -> Path:
+_PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unresolvable_hub() -> str | None:
+    """The Hub's host name when it does not resolve here (no DNS: an offline machine), else None.
+
+    huggingface_hub retries a failed connection five times with growing waits before it falls back to its cache:
+    23-25 s for a name that can never load offline, with a retry warning each time (a hostile pass). One lookup
+    answers it at once. Behind a proxy the proxy resolves the name, so nothing is looked up here (None)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_ENV):
+        return None
+    host = urllib.parse.urlsplit(constants.ENDPOINT).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError:  # socket.gaierror: no such name, or no resolver reachable
+        return host
+    return None
+
+
+def _download(spec: str, file: str, host_unresolved: str | None = None) -> Path:
+    """The file from the Hub or, when the Hub's host does not resolve (`host_unresolved`), from the HF cache only."""
     from huggingface_hub import hf_hub_download
 
     repo, revision = parse_name(spec)
     try:
-        return Path(hf_hub_download(repo, file, revision=revision))
+        return Path(hf_hub_download(repo, file, revision=revision, local_files_only=host_unresolved is not None))
     except Exception as e:  # noqa: BLE001 - every failure of the download becomes one readable line
-        raise _hf_error(spec, file, e) from e
+        raise _hf_error(spec, file, e, host_unresolved) from e
 
 
-def _download_weights(spec: str) -> Path:
+def _download_weights(spec: str, host_unresolved: str | None = None) -> Path:
     """The first of WEIGHT_FILES the repository has (offline: the first one cached)."""
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     errors: list[ModelLoadError] = []
     for file in WEIGHT_FILES:
         try:
-            return _download(spec, file)
+            return _download(spec, file, host_unresolved)
         except ModelLoadError as e:
             if not isinstance(e.__cause__, RemoteEntryNotFoundError | LocalEntryNotFoundError):
                 raise
@@ -202,13 +231,14 @@ def pull(spec: str, progress: Callable[[str], None] = log.info) -> Path:
     except ImportError:
         raise ModelLoadError(f"loading {spec} by name needs huggingface_hub: pip install 'titok-service[serve]'") \
             from None
-    config_path = _download(spec, CONFIG_FILE)
+    host_unresolved = unresolvable_hub()  # no DNS: the HF cache only, at once (not after five retries)
+    config_path = _download(spec, CONFIG_FILE, host_unresolved)
     try:
         config = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{spec}: its {CONFIG_FILE} is not readable JSON ({e})") from None
     presets = recognise_preset(config, spec)
-    weights = _download_weights(spec)
+    weights = _download_weights(spec, host_unresolved)
     key = hashlib.sha256("\n".join([CONVERTER_VERSION, _verified_sha256(weights, spec),
                                     _sha256(config_path)]).encode()).hexdigest()[:24]
     out = cache_dir() / "artifacts" / f"{key}.pt"

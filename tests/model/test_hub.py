@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,9 @@ def test_first_pull_converts_and_serves_then_the_cache_serves_without_the_networ
     before = sum(fake_hub.requests.values())
     _point_at(monkeypatch, "http://127.0.0.1:9")  # nothing listens on the discard port
     assert hub.pull(REPO) == path
+    _point_at(monkeypatch, "https://hub.invalid")  # no DNS either: the cache at once, no retries
+    _no_dns(monkeypatch, "hub.invalid")
+    assert hub.pull(REPO) == path
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with Tokenizer.load(REPO, device="cpu") as tok:
         assert tok.info.content_hash == meta["content_hash"]
@@ -162,6 +166,40 @@ def test_offline_without_a_cached_copy_names_the_caches_and_the_pull_to_run(
     message = str(info.value)
     assert "HF_HUB_OFFLINE" in message and f"titok pull {REPO}" in message
     assert str(tmp_path / "hf") in message and str(tmp_path / "titok") in message
+    assert sum(fake_hub.requests.values()) == 0
+
+
+def _no_dns(monkeypatch: pytest.MonkeyPatch, host: str) -> list[str]:
+    """The resolver knows no `host` (an offline machine); the names looked up."""
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(name: str, *args: object, **kwargs: object) -> object:
+        looked_up.append(name)
+        if name == host:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return looked_up
+
+
+def test_a_hub_name_that_does_not_resolve_fails_at_once_from_the_cache_alone(
+        fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DNS: the HF cache only, without huggingface_hub's five retries (23-25 s offline, a hostile pass)."""
+    _point_at(monkeypatch, "https://hub.invalid")
+    looked_up = _no_dns(monkeypatch, "hub.invalid")
+    with pytest.raises(ModelLoadError) as info:
+        hub.pull(REPO)
+    message = str(info.value)
+    assert message.startswith(f"{REPO}: the Hub cannot be reached (hub.invalid does not resolve) and no copy of "
+                              "its config.json is cached"), message
+    assert f"`titok pull {REPO}`" in message and str(tmp_path / "hf") in message
+    assert looked_up.count("hub.invalid") == 1  # one lookup, no connection tried (huggingface_hub resolves none)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # a proxy resolves names for us: not checked
+    assert hub.unresolvable_hub() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert hub.unresolvable_hub() == "hub.invalid"
     assert sum(fake_hub.requests.values()) == 0
 
 
