@@ -46,8 +46,16 @@ def read_npy(body: bytes) -> np.ndarray:
     offset = 8 + width + int.from_bytes(body[8:8 + width], "little")
     try:
         shape, fortran_order, dtype = _read_header(body[:offset])
-    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError or TokenError on junk
-        raise MalformedArray(f"the .npy header cannot be read ({type(e).__name__})") from None
+    except ValueError as e:  # numpy says what is off (a key too many, fortran_order 1, a nested shape, 10,000 bytes)
+        said = " ".join(str(e).split())
+        if said.startswith("malformed node or string"):  # ast.literal_eval on a call, a name, ...: no object repr
+            said = "it holds something other than plain literals (a call, a name)"
+        said = said if len(said) <= 200 else said[:200] + "..."
+        raise MalformedArray(f"the .npy header cannot be read: {said or 'ValueError'}; write it with numpy.save") \
+            from None
+    except Exception as e:  # SyntaxError or TokenError: the header is no Python literal at all
+        raise MalformedArray(f"the .npy header cannot be read ({type(e).__name__}: not a Python dict literal); "
+                             "write it with numpy.save") from None
     _check_header(shape, dtype)
     count = math.prod(shape)  # Python ints: a forged shape cannot overflow; itemsize >= 1 bounds it by the body
     expected = count * dtype.itemsize

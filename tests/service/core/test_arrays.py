@@ -111,6 +111,18 @@ def handmade(header: str, data: bytes = b"") -> bytes:
     ("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3)", "header cannot be read"),
     ("{'descr': '<i8', 'fortran_order': False, 'shape': (__import__('os'),), }", "header cannot be read"),
     ("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", "Python objects"),
+    # numpy's own words say what is off (they were "cannot be read (ValueError)", a hostile pass)
+    ("{'descr': '<i8', 'fortran_order': 1, 'shape': (1, 6), }",
+     r"header cannot be read: fortran_order is not a valid bool: 1; write it with numpy.save"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (1, 6), 'x': 1, }",
+     r"header cannot be read: Header does not contain the correct keys: \['descr', 'fortran_order', 'shape', 'x'\]"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (1, (6,)), }",
+     r"header cannot be read: shape is not valid: \(1, \(6,\)\)"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (1, 6), }" + " " * 12000,
+     r"header cannot be read: Header info length \(\d+\) is large and may not be safe to load securely"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3)", r"header cannot be read \(TokenError: not a Python"),
+    ("{'descr': '<i8', 'fortran_order': False, 'shape': (__import__('os'),), }",
+     "header cannot be read: it holds something other than plain literals"),
 ])
 def test_hostile_headers_are_refused_before_any_data_is_read(header: str, words: str) -> None:
     with pytest.raises(MalformedArray, match=words):
