@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from ..core import codec
-from ..core.arrays import NPY, write_npy
+from ..core.arrays import NPY, as_token_ids, write_npy
 from ..core.budgets import TargetTokens
-from ..core.errors import CoreError
+from ..core.errors import CoreError, InvalidArray
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "TITOK_API_KEY"  # the client's, not a server setting
@@ -295,36 +295,11 @@ def _bad_tokens(message: str) -> TitokError:
 
 
 def _integers(tokens: Any, what: str = "tokens") -> np.ndarray:
-    """Any nesting of integers -> an int64 array; TitokError naming the first value that is no token id."""
+    """arrays.as_token_ids, its InvalidArray a TitokError invalid_tokens (refused before sending)."""
     try:
-        a = np.asarray(tokens)
-    except ValueError:  # ragged below this level
-        raise _bad_tokens(f"{what} is ragged: its sequences differ in length at a level where they cannot") from None
-    python = not isinstance(tokens, np.ndarray)  # numpy turns [True, 1] into int64 and [1, "x"] into str
-    if a.dtype.kind in "iu" and not (a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max):
-        flag = next(((at, v) for at, v in _leaves(tokens, what) if type(v) is bool), None) if python else None
-        if flag is not None:  # the server refuses a bool in JSON too
-            raise _bad_tokens(f"{flag[0]} must be an integer token id; {flag[1]!r} (bool) is not one")
-        return a.astype(np.int64)
-    if a.size == 0 and a.dtype.kind == "f":  # np.asarray([]) is float64: an empty sequence, not floats
-        return a.astype(np.int64)
-    values = _leaves(tokens, what) if python else ((what, v) for v in a.reshape(-1))
-    for at, v in values:
-        v = v.item() if isinstance(v, np.generic) else v
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise _bad_tokens(f"{at} must be an integer token id; {v!r} ({type(v).__name__}) is not one")
-        if not -2**63 <= v < 2**63:
-            raise _bad_tokens(f"{at} must be a token id that fits in 64 bits; {v} does not")
-    raise _bad_tokens(f"{what} must hold integer token ids, not {a.dtype}")
-
-
-def _leaves(x: Any, at: str) -> Iterator[tuple[str, Any]]:
-    """(where, value) of every scalar in a nesting of lists, tuples and arrays, depth first."""
-    if isinstance(x, list | tuple | np.ndarray):
-        for i, y in enumerate(x):
-            yield from _leaves(y, f"{at}[{i}]")
-    else:
-        yield at, x
+        return as_token_ids(tokens, what)
+    except InvalidArray as e:
+        raise _bad_tokens(e.message) from None
 
 
 def ragged_decode_calls(sequences: list[np.ndarray], server: ServerInfo,

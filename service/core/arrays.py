@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -183,6 +184,44 @@ def check_tokens(a: np.ndarray, num_tokens: int, codebook_size: int, max_sequenc
         i, j = (int(v) for v in np.argwhere((a < 0) | (a >= codebook_size))[0])
         raise InvalidArray(f"tokens[{i}][{j}] is {int(a[i, j])}; token ids must be in [0, {codebook_size})")
     return a
+
+
+def as_token_ids(tokens: Any, what: str = "tokens") -> np.ndarray:
+    """Any nesting of integer ids (lists, tuples, arrays of any integer dtype) -> an int64 array, unchecked for
+    shape and range (check_tokens does that). Raises InvalidArray naming the first value that is no token id,
+    where it is (`tokens[1][3]`) and what it is: a float, a bool (numpy silently makes [True, 1] an int64 array),
+    a string, None, an int beyond 64 bits; or a nesting numpy cannot make one array of.
+    """
+    try:
+        a = np.asarray(tokens)
+    except ValueError:  # ragged below the level a caller splits at
+        raise InvalidArray(f"{what} is ragged: its sequences differ in length at a level where they cannot") \
+            from None
+    python = not isinstance(tokens, np.ndarray)
+    if a.dtype.kind in "iu" and not (a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max):
+        flag = next(((at, v) for at, v in _leaves(tokens, what) if type(v) is bool), None) if python else None
+        if flag is not None:
+            raise InvalidArray(f"{flag[0]} must be an integer token id; {flag[1]!r} (bool) is not one")
+        return a.astype(np.int64)
+    if a.size == 0 and a.dtype.kind == "f" and python:  # np.asarray([]) is float64: empty, not floats
+        return a.astype(np.int64)
+    values = _leaves(tokens, what) if python else ((what, v) for v in a.reshape(-1))
+    for at, v in values:
+        v = v.item() if isinstance(v, np.generic) else v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InvalidArray(f"{at} must be an integer token id; {v!r} ({type(v).__name__}) is not one")
+        if not -2**63 <= v < 2**63:
+            raise InvalidArray(f"{at} must be a token id that fits in 64 bits; {v} does not")
+    raise InvalidArray(f"{what} must hold integer token ids, not {a.dtype}")
+
+
+def _leaves(x: Any, at: str) -> Iterator[tuple[str, Any]]:
+    """(where, value) of every scalar in a nesting of lists, tuples and arrays, depth first."""
+    if isinstance(x, list | tuple | np.ndarray):
+        for i, y in enumerate(x):
+            yield from _leaves(y, f"{at}[{i}]")
+    else:
+        yield at, x
 
 
 def stack(arrays: Iterable[np.ndarray], dtype: np.dtype | None = None) -> bytes:

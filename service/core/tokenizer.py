@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import codec
-from .arrays import check_tokens
+from .arrays import as_token_ids, check_tokens
 from .artifact import ModelInfo
 from .budgets import Budget, TargetTokens, check_budget, encode_with_budget
 from .engine import Engine
@@ -127,6 +127,11 @@ class Tokenizer:
                 raise InvalidArray(f"the token sequences have different lengths; send integer token ids of shape "
                                    f"(B, {info.num_tokens})") from None
             return self._decode_ragged(list(tokens))  # type: ignore[arg-type]
+        if a.size == 0:
+            raise InvalidArray(f"no token ids (shape {a.shape}); send integer token ids of shape "
+                               f"(B, {'k' if prefix else info.num_tokens})")
+        if not isinstance(tokens, np.ndarray):  # an array's dtype says enough (check_tokens); a list's values do
+            a = as_token_ids(tokens)  # names the value that is no id (a float, a bool, None, 2**70) and where
         if a.ndim == 1:
             a = a[None]
         a = check_tokens(a, info.num_tokens, info.codebook_size, max(len(a) if a.ndim else 1, 1),
@@ -144,6 +149,8 @@ class Tokenizer:
                 row = np.empty((0, 0))
             if row.ndim != 1:
                 raise InvalidArray(f"tokens[{i}] is not a flat sequence of token ids")
+            if row.shape[0] == 0:
+                raise InvalidArray(f"tokens[{i}] is empty; a sequence holds 1 to {self.info.num_tokens} token ids")
             by_length.setdefault(row.shape[0], []).append(i)
         out: list[np.ndarray | None] = [None] * len(sequences)
         for rows in by_length.values():

@@ -119,7 +119,7 @@ def test_load_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
 def test_wrong_kinds_of_input_raise_the_documented_errors(tok: Tokenizer, tiny_artifact: Path) -> None:
     with pytest.raises(InvalidArray, match=r"different lengths; send integer token ids of shape \(B, 8\)"):
         tok.decode([[1, 2], [3]])
-    with pytest.raises(InvalidArray, match="dtype object"):
+    with pytest.raises(InvalidArray, match=r"tokens must be an integer token id; None \(NoneType\) is not one"):
         tok.decode(None)  # type: ignore[arg-type]
     for junk in (None, 5):
         with pytest.raises(InvalidImage, match=f"images must be one image .* or a sequence of them, not "
@@ -191,3 +191,19 @@ def _npy(images: np.ndarray) -> bytes:
     from titok.core.arrays import write_npy
 
     return write_npy(images)
+
+
+@pytest.mark.parametrize(("tokens", "words"), [
+    ([[1, 2], []], r"^tokens\[1\] is empty; a sequence holds 1 to 8 token ids"),
+    ([], r"^no token ids \(shape \(0,\)\); send integer token ids of shape \(B, k\)"),
+    ([[2**70, 1]], rf"^tokens\[0\]\[0\] must be a token id that fits in 64 bits; {2**70} does not"),
+    (None, r"^tokens must be an integer token id; None \(NoneType\) is not one"),
+    ([[1, True]], r"^tokens\[0\]\[1\] must be an integer token id; True \(bool\) is not one"),
+    ([[1.5, 2]], r"^tokens\[0\]\[0\] must be an integer token id; 1.5 \(float\) is not one"),
+    (np.array([[1.0, 2.0]]), r"^the tokens array has dtype float64"),
+])
+def test_decode_names_what_is_wrong_with_the_tokens(prefix_artifact: Path, tokens: object,  # noqa: F811
+                                                     words: str) -> None:
+    """Each was "the tokens array has dtype float64/object" (a hostile pass)."""
+    with Tokenizer.load(prefix_artifact, device="cpu") as tk, pytest.raises(InvalidArray, match=words):
+        tk.decode(tokens)
