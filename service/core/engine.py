@@ -101,7 +101,8 @@ class Engine:
         explicit dtype measured slower an info line, not a warning (a default the caller did not choose).
         """
         if dtype not in DTYPE_CHOICES:
-            raise ModelLoadError(f"TITOK_DTYPE={dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+            raise ModelLoadError(f"dtype {dtype!r} (TITOK_DTYPE, --dtype or dtype=) is not one of "
+                                 f"{', '.join(DTYPE_CHOICES)}")
         dev = resolve_device(device)
         module, meta = load_artifact(resolve_model(path), dev, "float32")
         engine = cls(module, meta, dev, "float32", torch_threads, workers or default_workers(dev))
@@ -118,7 +119,8 @@ class Engine:
         Must be called before serving: it runs on the model thread and casts the weights in place.
         """
         if requested not in DTYPE_CHOICES:
-            raise ModelLoadError(f"TITOK_DTYPE={requested!r} is not one of {', '.join(DTYPE_CHOICES)}")
+            raise ModelLoadError(f"dtype {requested!r} (TITOK_DTYPE, --dtype or dtype=) is not one of "
+                                 f"{', '.join(DTYPE_CHOICES)}")
         cuda = self.device.startswith("cuda")
         if requested in ("auto", "float32"):
             reduced = "float16" if cuda and not torch.cuda.is_bf16_supported() else "bfloat16"

@@ -7,6 +7,7 @@ Only a Hub name loads the hub code (titok.model.hub: huggingface_hub and the con
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from .errors import ModelLoadError
@@ -18,6 +19,8 @@ __all__ = ["BUNDLED", "resolve_model"]
 # whose first k tokens decode for every k (token budgets, the page's slider), trained with tail drop.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED = {"default": BUNDLED_DIR / "default.pt", "ordered": BUNDLED_DIR / "ordered.pt"}
+WHAT_TO_GIVE = ("give an exported artifact's path, a bundled model's name (default, ordered), or a Hugging Face Hub "
+                "name such as yucornetto/tokenizer_titok_l32_imagenet (see titok models)")
 
 
 def model_argument(text: str) -> str:
@@ -37,11 +40,21 @@ def resolve_model(name_or_path: str | Path) -> Path:
     .pt, or without the owner/name shape, is a path; otherwise `owner/name` is a Hub name.
     Raises ModelLoadError (missing file, unknown repository, offline without a cached copy, ...).
     """
+    if name_or_path is None or not str(name_or_path).strip():
+        raise ModelLoadError(f"no model given ({name_or_path!r}): {WHAT_TO_GIVE}")
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if not path.exists() and text in BUNDLED:
+    if text in BUNDLED and not path.is_file():  # a folder named like a bundled model does not hide it
         return BUNDLED[text]
-    if path.exists() or not _looks_like_hub_name(text):
+    if path.is_dir():
+        raise ModelLoadError(f"{text} is a folder, not a model file: {WHAT_TO_GIVE}")
+    if text.lower().startswith(("http://", "https://")):
+        hub = re.match(r"https?://(?:www\.)?huggingface\.co/([^/?#]+/[^/?#]+)", text)
+        hint = f"; to load this Hub model give its name, {hub[1]}" if hub else ""
+        raise ModelLoadError(f"{text} is a URL; models load from a file path, a bundled name or a Hub name{hint}")
+    if not path.exists() and not _looks_like_hub_name(text):
+        raise ModelLoadError(f"model file not found: {text} ({WHAT_TO_GIVE})")
+    if path.exists():
         return path
     try:
         from titok.model.hub import pull  # the converter needs the model code; a plain artifact path never loads it

@@ -53,8 +53,35 @@ def test_missing_corrupt_and_wrong_dtype_are_clear_errors(tmp_path: Path, tiny_a
         load_artifact(junk)
     with pytest.raises(ModelLoadError, match="'float64' is not one of float32, float16, bfloat16"):
         load_artifact(tiny_artifact, "cpu", "float64")
-    with pytest.raises(ModelLoadError, match="TITOK_DTYPE='fp8' is not one of auto, float32"):
+    with pytest.raises(ModelLoadError, match=r"dtype 'fp8' \(TITOK_DTYPE, --dtype or dtype=\) is not one of auto"):
         Engine.load(tiny_artifact, "cpu", "fp8")
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ("", r"^no model given \(''\): give an exported artifact's path, a bundled model's name \(default, ordered\)"),
+    ("   ", r"^no model given \('   '\)"),
+    (None, r"^no model given \(None\)"),
+    ("./ordered", r"^model file not found: \./ordered \(give"),  # a path, as written: not the bundled name
+    ("https://huggingface.co/yucornetto/tokenizer_titok_l32_imagenet",
+     r"is a URL; .*give its name, yucornetto/tokenizer_titok_l32_imagenet$"),
+    ("http://example.com/m.pt", r"^http://example.com/m.pt is a URL; models load from a file path"),
+])
+def test_model_names_that_name_nothing_say_so_as_given(given: object, words: str) -> None:
+    from titok.core.models import resolve_model
+
+    with pytest.raises(ModelLoadError, match=words):
+        resolve_model(given)  # type: ignore[arg-type]
+
+
+def test_a_folder_is_no_model_and_does_not_hide_a_bundled_name(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from titok.core.models import BUNDLED, resolve_model
+
+    with pytest.raises(ModelLoadError, match=rf"^{tmp_path} is a folder, not a model file: give"):
+        resolve_model(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ordered").mkdir()
+    assert resolve_model("ordered") == BUNDLED["ordered"]
 
 
 def _fake_probe(figures: dict[str, dict[str, float]] | Exception):
