@@ -32,8 +32,8 @@ from typing import Any
 
 from titok.core.artifact import read_meta
 from titok.core.errors import ModelLoadError
+from titok.core.models import cache_dir
 
-CACHE_ENV = "TITOK_CACHE_DIR"  # read by every door that loads by name (serve, pull, tokenize, Tokenizer.load)
 CONVERTER_VERSION = "1"  # bump when the conversion's output changes: every cached artifact is then redone
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # tried in this order
@@ -58,13 +58,6 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     KnownModel("yucornetto/tokenizer_titok_bl128_vq8k_imagenet", "titok-bl-128-vq8k", "ImageNet-1k 256 px"),
     KnownModel("yucornetto/tokenizer_titok_sl256_vq8k_imagenet", "titok-sl-256-vq8k", "ImageNet-1k 256 px"),
 )
-
-
-def cache_dir() -> Path:
-    """Where converted artifacts live: TITOK_CACHE_DIR, else $XDG_CACHE_HOME/titok, else ~/.cache/titok."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "titok"
 
 
 def parse_name(spec: str) -> tuple[str, str | None]:

@@ -26,7 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from titok import cli, errors
 from titok.client.core import API_KEY_ENV
-from titok.model.hub import CACHE_ENV
+from titok.core.models import CACHE_ENV
 from titok.server.metrics import Metrics
 from titok.settings import DEFAULT_MODEL_PATH, Settings
 

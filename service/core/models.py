@@ -7,6 +7,7 @@ Only a Hub name loads the hub code (titok.model.hub: huggingface_hub and the con
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,33 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED = {"default": BUNDLED_DIR / "default.pt", "ordered": BUNDLED_DIR / "ordered.pt"}
 WHAT_TO_GIVE = ("give an exported artifact's path, a bundled model's name (default, ordered), or a Hugging Face Hub "
                 "name such as yucornetto/tokenizer_titok_l32_imagenet (see titok models)")
+
+
+CACHE_ENV = "TITOK_CACHE_DIR"  # read by every door that loads by name (serve, pull, tokenize, Tokenizer.load)
+
+
+def cache_dir() -> Path:
+    """Where converted Hub models live: TITOK_CACHE_DIR, else $XDG_CACHE_HOME/titok, else ~/.cache/titok (its
+    `artifacts/` folder holds the artifacts)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "titok"
+
+
+def model_with_hash(content_hash: str) -> Path | None:
+    """The bundled model, or the converted Hub model in the titok cache, whose content hash is `content_hash`; None
+    when none is (only each file's meta.json is read, not its weights)."""
+    from .artifact import read_meta
+
+    if not content_hash:
+        return None
+    for path in [*BUNDLED.values(), *sorted((cache_dir() / "artifacts").glob("*.pt"))]:
+        try:
+            if read_meta(path).get("content_hash") == content_hash:
+                return path
+        except ModelLoadError:
+            continue
+    return None
 
 
 def model_argument(text: str) -> str:

@@ -234,8 +234,16 @@ def _detokenize(args: argparse.Namespace) -> int:
     from .reader import read_ragged
     from .writer import describe
 
-    settings = _settings(args)
     meta, keys, ids, offsets = read_ragged(args.directory)  # any row length: --num-tokens / --target-psnr too
+    if not args.model and not any(os.environ.get(v) for v in ("TITOK_MODEL", "TITOK_MODEL_PATH")):
+        from ..core.models import model_with_hash
+
+        found = model_with_hash(str(meta.get("content_hash") or ""))
+        if found is not None:  # the model the directory records, not the default (which may be another)
+            args.model = str(found)
+            sys.stderr.write(f"titok detokenize: decoding with {found}, the model {args.directory} records "
+                             f"({meta.get('model')}, found by its content hash)\n")
+    settings = _settings(args)
     index = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated key: its first row
     missing = [k for k in args.keys or [] if k not in index]
     if missing:
@@ -246,8 +254,9 @@ def _detokenize(args: argparse.Namespace) -> int:
     try:
         served = engine.model_info
         if served.content_hash != meta["content_hash"] or served.name != meta["model"]:
-            raise DatasetError(f"{args.directory} holds tokens of {describe(meta)}, but --model is {served.name} "
-                               f"(content hash {served.short_hash}): its codebook would decode them to noise")
+            raise DatasetError(f"{args.directory} holds tokens of {describe(meta)}, but the model is {served.name} "
+                               f"(content hash {served.short_hash}; --model, TITOK_MODEL or the default): its codebook "
+                               "would decode them to noise; pass the directory's model with --model")
         by_length: dict[int, list[int]] = {}  # a prefix model decodes one length per call
         for n, i in enumerate(rows):
             by_length.setdefault(int(offsets[i + 1] - offsets[i]), []).append(n)

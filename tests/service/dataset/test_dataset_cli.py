@@ -123,8 +123,31 @@ def test_detokenize_refuses_a_model_that_did_not_make_the_tokens(tmp_path: Path,
     assert main(["detokenize", str(tmp_path / "out"), "--out", str(tmp_path / "png"), "--model",
                  str(other_artifact)]) == 2
     err = capsys.readouterr().err
-    assert "holds tokens of model test-tiny" in err and "but --model is test-other" in err
+    assert "holds tokens of model test-tiny" in err and "but the model is test-other" in err
+    assert "pass the directory's model with --model" in err
     assert not (tmp_path / "png").exists()
+
+
+def test_detokenize_without_a_model_uses_the_one_the_directory_records(
+        tmp_path: Path, tiny_artifact: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by its content hash among the bundled models and the converted ones in the titok cache (the README's
+    `titok detokenize` of an `ordered` directory failed without --model: the default decoded other tokens)."""
+    import shutil
+
+    tokenize([write_folder(tmp_path / "pics", {"a.png": photo(0)})], tmp_path / "out", engine)
+    monkeypatch.delenv("TITOK_MODEL", raising=False)
+    monkeypatch.delenv("TITOK_MODEL_PATH", raising=False)
+    monkeypatch.setenv("TITOK_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["detokenize", str(tmp_path / "out"), "--out", str(tmp_path / "png"), "--device", "cpu"]) == 2
+    assert "but the model is titok-tiny-128px-32tok" in capsys.readouterr().err  # not found: the default, refused
+    (tmp_path / "cache" / "artifacts").mkdir(parents=True)
+    shutil.copy(tiny_artifact, tmp_path / "cache" / "artifacts" / "0123.pt")
+    assert main(["detokenize", str(tmp_path / "out"), "--out", str(tmp_path / "png"), "--device", "cpu"]) == 0
+    assert "decoding with " + str(tmp_path / "cache" / "artifacts" / "0123.pt") in capsys.readouterr().err
+    got = np.asarray(Image.open(tmp_path / "png" / "a.png.png"))
+    keys, tokens = load_tokens(tmp_path / "out")
+    np.testing.assert_array_equal(got, engine.run("decode", tokens[:1].astype(np.int64))[0])
 
 
 def _big_photos(folder: Path, n: int) -> None:
