@@ -54,7 +54,16 @@ class TitokError(Exception):
             error = r.json()["error"]
             return cls(str(error["code"]), str(error["message"]), error.get("request_id") or rid, r.status_code)
         except (ValueError, KeyError, TypeError):  # not the service's JSON error (e.g. a proxy's page)
-            return cls(f"http_{r.status_code}", r.text[:200] or r.reason_phrase, rid, r.status_code)
+            ctype = r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+            try:
+                where = f"{r.request.method} {r.request.url}"
+            except RuntimeError:  # a Response built without its request
+                where = "the server"
+            said = " ".join(r.text[:200].split()) if ctype.startswith(("text/plain", "application/json")) else ""
+            return cls(f"http_{r.status_code}", f"{where} answered {r.status_code} {r.reason_phrase} with "
+                       f"{ctype} ({len(r.content)} bytes), not a titok service's JSON error: is the URL that of a "
+                       f"titok service, or is a proxy in the way?" + (f" It said: {said}" if said else ""),
+                       rid, r.status_code)
 
 
 # What is worth sending again: the request never reached the service, or it closed without answering

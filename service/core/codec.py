@@ -275,6 +275,18 @@ class TokenRequest(NamedTuple):
     content_hash: str | None  # the model the caller says made the tokens
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (RFC 8259 section 4: names SHOULD be unique; parsers then differ)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return doc
+
+
 def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences: int, *,
                  prefix: bool = False) -> TokenRequest:
     """{"tokens": [K ints] or [[K ints], ...], "content_hash"?: str} -> TokenRequest.
@@ -284,7 +296,10 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
     if not body.strip():
         raise MalformedJSON('the body is empty; send {"tokens": [...]}')
     try:
-        doc: Any = json.loads(body)
+        doc: Any = json.loads(body, object_pairs_hook=_unique_keys)
+    except DuplicateKey as e:
+        raise MalformedJSON(f"the body names {e.args[0]!r} twice; send each field once (which one counts is "
+                            "read differently by different parsers)") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise MalformedJSON(f"the body is not valid JSON ({e})") from None
     except ValueError:  # what is left: an integer over Python's digit limit, far outside every codebook

@@ -200,6 +200,28 @@ def test_integer_tokens_of_any_integer_dtype_pass_as_int64() -> None:
     assert [a.tolist() for a in ragged] == [[1, 2], [3], []] and all(a.dtype == np.int64 for a in ragged)
 
 
+def test_a_server_that_is_not_this_service_is_named_not_dumped(tmp_path: Path) -> None:
+    """`python -m http.server` at the URL: a TitokError saying so, not 200 characters of its HTML page."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with TitokClient(url, retry=FAST) as client, pytest.raises(TitokError) as e:
+            client.decode([[1, 2]])
+        assert (e.value.status, e.value.code) == (404, "http_404")
+        assert e.value.message.startswith(f"GET {url}/info answered 404 File not found with text/html ("), e.value
+        assert "not a titok service's JSON error: is the URL that of a titok service" in e.value.message
+        assert "<" not in e.value.message  # no HTML
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_unreachable_service_is_a_titok_error_after_the_retries() -> None:
     with TitokClient("http://127.0.0.1:9", retry=FAST) as client, pytest.raises(TitokError) as e:
         client.encode([b"x"])

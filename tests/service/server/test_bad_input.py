@@ -67,6 +67,13 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
      400, "malformed_json", "not valid JSON"),
     ("empty JSON body", "/decode", {"content": b"", "headers": {"content-type": "application/json"}},
      400, "malformed_json", "empty"),
+    ("a JSON field given twice", "/decode", {"content": b'{"tokens": [0, 0, 0, 0, 0, 0, 0, 0], "tokens": [1]}',
+                                             "headers": {"content-type": "application/json"}},
+     400, "malformed_json", "the body names 'tokens' twice; send each field once"),
+    ("content_hash given twice", "/decode", {"content": b'{"tokens": [0, 0, 0, 0, 0, 0, 0, 0], '
+                                                                b'"content_hash": "ab", "content_hash": "cd"}',
+                                                     "headers": {"content-type": "application/json"}},
+     400, "malformed_json", "names 'content_hash' twice"),
     ("tokens missing", "/decode", {"json": {"ids": [0] * 8}}, 422, "invalid_tokens", '"tokens" field'),
     ("too few tokens", "/decode", {"json": {"tokens": [0] * 7}}, 422, "invalid_tokens", "has 7 tokens"),
     ("too many tokens", "/decode", {"json": {"tokens": [0] * 9}}, 422, "invalid_tokens", "exactly 8"),
