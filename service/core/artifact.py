@@ -26,6 +26,9 @@ from .errors import ModelLoadError
 
 META_FILE = "meta.json"
 REQUIRED_META = ("name", "image_size", "num_tokens", "codebook_size")
+# What a meta.json may say, checked before any image or token array is sized by it: the published TiTok and
+# One-D-Piece models are 256 px, 32-256 tokens, 4096-8192 codes; the bounds leave room and stop a forged 10^6 px.
+META_BOUNDS = {"image_size": (1, 4096), "num_tokens": (1, 65536), "codebook_size": (2, 2**31 - 1)}
 DTYPES = ("float32", "float16", "bfloat16")
 # The attribute name of the codebook module in every model layout (titok.model.tokenizer.TiTok, model.reference):
 # its weights stay fp32 in every compute dtype, so that the nearest-code search and the looked-up codes are fp32.
@@ -75,7 +78,12 @@ class ModelInfo:
         missing = [k for k in REQUIRED_META if k not in meta]
         if missing:
             raise ModelLoadError(f"model file {path}: {META_FILE} lacks {', '.join(missing)}")
-        return cls(str(meta["name"]), int(meta["image_size"]), int(meta["num_tokens"]), int(meta["codebook_size"]),
+        for key, (low, high) in META_BOUNDS.items():  # before anything is sized by them (check_contract's images)
+            value = meta[key]
+            if type(value) is not int or not low <= value <= high:
+                raise ModelLoadError(f"model file {path}: {META_FILE} says {key} {value!r}; it must be an integer "
+                                     f"in [{low}, {high}]")
+        return cls(str(meta["name"]), meta["image_size"], meta["num_tokens"], meta["codebook_size"],
                    str(meta.get("content_hash") or ""), meta)
 
     @property

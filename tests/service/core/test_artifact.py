@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -256,3 +257,30 @@ class Fixed(torch.nn.Module):
     save_artifact(scripted, tmp_path / "claims.pt", {**meta, "prefix_decodable": True})
     with pytest.raises(ModelLoadError, match=r"decode of \(2, 1\) int64 failed \(.*decodes exactly 8 tokens"):
         load_artifact(tmp_path / "claims.pt")
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("image_size", 1_000_000, r"says image_size 1000000; it must be an integer in \[1, 4096\]"),
+    ("image_size", 32.0, r"says image_size 32.0; it must be an integer"),
+    ("num_tokens", 0, r"says num_tokens 0; it must be an integer in \[1, 65536\]"),
+    ("num_tokens", True, r"says num_tokens True"),
+    ("codebook_size", "64", r"says codebook_size '64'"),
+    ("codebook_size", 1, r"says codebook_size 1; it must be an integer in \[2, "),
+])
+def test_a_meta_json_out_of_bounds_is_refused_before_anything_is_sized_by_it(
+        tmp_path: Path, field: str, value: object, words: str) -> None:
+    """A forged image_size of 10^6 would have had the load check allocate 2 x 10^12 x 3 bytes."""
+    meta = {"name": "forged", "image_size": 32, "num_tokens": 8, "codebook_size": 64}
+    path = _forged(tmp_path, meta)
+    import zipfile
+
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:  # meta.json rewritten inside the archive
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("/extra/meta.json"):
+                data = json.dumps({**meta, field: value}).encode()
+            dst.writestr(item, data)
+    for load in (load_artifact, read_meta):
+        with pytest.raises(ModelLoadError, match=words):
+            load(bad)
