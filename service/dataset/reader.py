@@ -37,6 +37,9 @@ def _complete_with_meta(directory: str | Path) -> tuple[list[Path], dict[str, An
 def read_dir_meta(directory: str | Path) -> dict[str, Any]:
     """The job metadata every complete shard of `directory` shares (model, content hash, sizes, resize mode).
 
+    `num_tokens` is the model's K. A job run under a budget (`budget`: {"num_tokens": k} or {"target_psnr": dB})
+    has shorter rows: k each for num_tokens (load_tokens gives (N, k)), each its own length for target_psnr
+    (load_ragged_tokens); size arrays from what those return, not from `num_tokens`.
     Raises DatasetError when there is no complete shard, or when two shards come from different jobs.
     """
     return _complete_with_meta(directory)[1]
