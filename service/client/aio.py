@@ -23,6 +23,7 @@ from .core import (
     as_image_list,
     auth_headers,
     encode_calls,
+    info_json,
     joined_encoded,
     joined_images,
     next_wait,
@@ -57,7 +58,7 @@ class AsyncTitokClient:
     async def info(self) -> dict[str, Any]:
         """The server's /info (model, limits), fetched once."""
         if self._info is None:
-            self._info = (await self._send({"method": "GET", "url": "/info"})).json()
+            self._info = info_json(await self._send({"method": "GET", "url": "/info"}))
         return self._info
 
     async def server(self) -> ServerInfo:

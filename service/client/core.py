@@ -139,14 +139,28 @@ class ServerInfo:
 
     @classmethod
     def from_info(cls, info: dict[str, Any], arrays: bool | None) -> ServerInfo:
-        m, limits = info["model"], info["limits"]
-        # /info lists the media types each path takes; a server with the .npy formats names them for both.
-        formats = info.get("formats") or {}
-        has_arrays = all(NPY in formats.get(path, ()) for path in ("/encode", "/decode"))
-        return cls(str(m["name"]), str(m.get("content_hash") or ""), int(m["image_size"]), int(m["num_tokens"]),
-                   int(m["codebook_size"]),
-                   int(limits["max_images_per_request"]), int(limits["max_upload_bytes"]),
-                   has_arrays if arrays is None else arrays)
+        """Raises TitokError (code not_titok) when `info` is not a titok service's /info."""
+        try:
+            m, limits = info["model"], info["limits"]
+            # /info lists the media types each path takes; a server with the .npy formats names them for both.
+            formats = info.get("formats") or {}
+            has_arrays = all(NPY in formats.get(path, ()) for path in ("/encode", "/decode"))
+            return cls(str(m["name"]), str(m.get("content_hash") or ""), int(m["image_size"]),
+                       int(m["num_tokens"]), int(m["codebook_size"]), int(limits["max_images_per_request"]),
+                       int(limits["max_upload_bytes"]), has_arrays if arrays is None else arrays)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TitokError("not_titok", f"GET /info answered without a titok service's fields ({type(e).__name__}: "
+                             f"{str(e)[:80]}): is the URL that of a titok service?") from None
+
+
+def info_json(r: httpx.Response) -> Any:
+    """/info's JSON; TitokError (not_titok) for an answer that is not JSON (a web server's page)."""
+    try:
+        return r.json()
+    except ValueError:
+        ctype = r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        raise TitokError("not_titok", f"GET {r.request.url} answered {r.status_code} with {ctype}, not JSON: is the "
+                         "URL that of a titok service?", status=r.status_code) from None
 
 
 @dataclass

@@ -197,11 +197,12 @@ def as_token_ids(tokens: Any, what: str = "tokens") -> np.ndarray:
     except ValueError:  # ragged below the level a caller splits at
         raise InvalidArray(f"{what} is ragged: its sequences differ in length at a level where they cannot") \
             from None
-    python = not isinstance(tokens, np.ndarray)
+    python = isinstance(tokens, list | tuple)  # a tensor or other array-like: its dtype and values, not its repr
     if a.dtype.kind in "iu" and not (a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max):
-        flag = next(((at, v) for at, v in _leaves(tokens, what) if type(v) is bool), None) if python else None
+        flag = next(((at, v) for at, v in _leaves(tokens, what) if isinstance(v, bool | np.bool_)), None) \
+            if python else None
         if flag is not None:
-            raise InvalidArray(f"{flag[0]} must be an integer token id; {flag[1]!r} (bool) is not one")
+            raise InvalidArray(f"{flag[0]} must be an integer token id; {bool(flag[1])!r} (bool) is not one")
         return a.astype(np.int64)
     if a.size == 0 and a.dtype.kind == "f" and python:  # np.asarray([]) is float64: empty, not floats
         return a.astype(np.int64)
@@ -209,7 +210,8 @@ def as_token_ids(tokens: Any, what: str = "tokens") -> np.ndarray:
     for at, v in values:
         v = v.item() if isinstance(v, np.generic) else v
         if isinstance(v, bool) or not isinstance(v, int):
-            raise InvalidArray(f"{at} must be an integer token id; {v!r} ({type(v).__name__}) is not one")
+            shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:40] + "..."
+            raise InvalidArray(f"{at} must be an integer token id; {shown} ({type(v).__name__}) is not one")
         if not -2**63 <= v < 2**63:
             raise InvalidArray(f"{at} must be a token id that fits in 64 bits; {v} does not")
     raise InvalidArray(f"{what} must hold integer token ids, not {a.dtype}")

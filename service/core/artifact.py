@@ -178,15 +178,16 @@ def check_contract(module: Any, info: ModelInfo, path: str | Path = "artifact", 
     def broken(what: str) -> ModelLoadError:
         return ModelLoadError(f"model file {path} does not keep the contract its {META_FILE} states: {what}")
 
-    def call(op: str, x: torch.Tensor) -> Any:
+    def call(op: str, x: torch.Tensor, what: str = "") -> Any:
         try:
             with torch.inference_mode():
                 return getattr(module, op)(x)
         except Exception as e:  # noqa: BLE001  (whatever the module raises, it cannot serve)
             lines = str(e).strip().splitlines() or [type(e).__name__]
             # TorchScript puts its own banner first and the module's error (e.g. "builtins.ValueError: ...") last
-            reason = lines[-1].strip() if isinstance(e, torch.jit.Error) else lines[0]
-            raise broken(f"{op} of {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} failed ({reason})") from e
+            reason = lines[-1].strip() if "TorchScript interpreter" in lines[0] else lines[0]
+            raise broken(f"{op} of {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}{what} failed "
+                         f"({reason})") from e
 
     tokens = call("encode", images)
     if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 or tuple(tokens.shape) != (2, k):
@@ -197,8 +198,14 @@ def check_contract(module: Any, info: ModelInfo, path: str | Path = "artifact", 
     if low < 0 or high >= info.codebook_size:
         raise broken(f"encode gave token ids in [{low}, {high}], outside [0, {info.codebook_size}) "
                      f"(codebook_size {info.codebook_size})")
-    for ids in ([tokens, tokens[:, :1]] if info.prefix_decodable else [tokens]):
-        pixels = call("decode", ids)
+    # the encoded tokens; every id the codebook has, its last one included (a codebook_size larger than the
+    # module's own was found only by a client's ids, as 500s); and prefixes at 1 and K/2 (the export check's)
+    last = torch.full_like(tokens, info.codebook_size - 1)
+    checks = [(tokens, ""), (last, f" (every id {info.codebook_size - 1}, the last of codebook_size)")]
+    if info.prefix_decodable:
+        checks += [(tokens[:, :n], " (a prefix)") for n in sorted({1, max(1, k // 2)})]
+    for ids, what in checks:
+        pixels = call("decode", ids, what)
         if (not isinstance(pixels, torch.Tensor) or pixels.dtype != torch.uint8
                 or tuple(pixels.shape) != (2, s, s, 3)):
             got = (f"{tuple(pixels.shape)} {str(pixels.dtype).removeprefix('torch.')}"

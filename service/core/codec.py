@@ -298,7 +298,8 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
     try:
         doc: Any = json.loads(body, object_pairs_hook=_unique_keys)
     except DuplicateKey as e:
-        raise MalformedJSON(f"the body names {e.args[0]!r} twice; send each field once (which one counts is "
+        key = e.args[0] if len(e.args[0]) <= 40 else e.args[0][:40] + "..."
+        raise MalformedJSON(f"the body names {key!r} twice; send each field once (which one counts is "
                             "read differently by different parsers)") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise MalformedJSON(f"the body is not valid JSON ({e})") from None

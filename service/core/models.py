@@ -55,8 +55,7 @@ def model_argument(text: str) -> str:
     """argparse `type` for a --model option: the text as given; ArgumentTypeError for an empty or blank one (which
     would otherwise mean "the default model" without a word)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: give a Hugging Face Hub name (owner/name[@revision], see "
-                                         "`titok models`) or an artifact path, or leave the option out for the default")
+        raise argparse.ArgumentTypeError(f"is empty: {WHAT_TO_GIVE}, or leave the option out for the default")
     return text
 
 

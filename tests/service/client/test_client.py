@@ -172,6 +172,8 @@ def test_server_errors_carry_code_message_request_id_and_status(live_url: str) -
     ([[1, 2], [[3]]], "tokens[1] must be a flat sequence of integers, not of shape (1, 1)"),
     ([[1, 2], [3, 4.5, 5]], "tokens[1][1] must be an integer token id; 4.5 (float) is not one"),
     ([[1, 2], 3], "tokens[1] is 3 where tokens[0] is a sequence: send one sequence of ids, or a list of sequences"),
+    ([np.bool_(True), 1, 2], "tokens[0] must be an integer token id; True (bool) is not one"),
+    (np.ones((1, 400), bool), "tokens must be an integer token id; True (bool) is not one"),  # no array repr
     ([1, [2]], "tokens[1] is a sequence where tokens[0] is one id"),
 ])
 def test_tokens_that_are_no_ids_are_titok_errors_before_sending(tokens: Any, words: str | None) -> None:
@@ -217,6 +219,16 @@ def test_a_server_that_is_not_this_service_is_named_not_dumped(tmp_path: Path) -
         assert e.value.message.startswith(f"GET {url}/info answered 404 File not found with text/html ("), e.value
         assert "not a titok service's JSON error: is the URL that of a titok service" in e.value.message
         assert "<" not in e.value.message  # no HTML
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "info").write_text("<html>a page</html>")  # a 200, but a page
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "info").write_text("{}")  # a 200, JSON, but not /info's
+        for path, words in (("a", "answered 200 with application/octet-stream, not JSON"),
+                            ("b", "GET /info answered without a titok service's fields (KeyError")):
+            with TitokClient(f"{url}/{path}", retry=FAST) as client, pytest.raises(TitokError) as e:
+                client.decode([[1, 2]])
+            assert e.value.code == "not_titok" and words in e.value.message, e.value.message
+            assert "is the URL that of a titok service?" in e.value.message
     finally:
         server.shutdown()
         server.server_close()

@@ -255,8 +255,43 @@ class Fixed(torch.nn.Module):
     save_artifact(scripted, tmp_path / "fixed.pt", meta)
     load_artifact(tmp_path / "fixed.pt")  # a fixed-length model that says so loads
     save_artifact(scripted, tmp_path / "claims.pt", {**meta, "prefix_decodable": True})
-    with pytest.raises(ModelLoadError, match=r"decode of \(2, 1\) int64 failed \(.*decodes exactly 8 tokens"):
+    with pytest.raises(ModelLoadError, match=r"decode of \(2, 1\) int64 \(a prefix\) failed \(.*decodes exactly 8"):
         load_artifact(tmp_path / "claims.pt")
+
+
+def test_a_codebook_larger_than_the_modules_is_refused_at_load(tmp_path: Path) -> None:
+    """meta.json said 8192 codes over a 4096-code model: it loaded, and a client's id 5000 was a 500 later."""
+    code = """
+import torch
+class Small(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+    @torch.jit.export
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((images.shape[0], 8), dtype=torch.int64)
+    @torch.jit.export
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        codes = torch.zeros(48, 4)  # 48 codes, not the 64 the meta.json claims
+        return (codes[tokens].sum() * torch.zeros((tokens.shape[0], 32, 32, 3))).to(torch.uint8)
+"""
+    import importlib.util
+
+    (tmp_path / "small.py").write_text(code)
+    spec = importlib.util.spec_from_file_location("small", tmp_path / "small.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        scripted = torch.jit.script(mod.Small())
+    save_artifact(scripted, tmp_path / "small.pt", {"name": "s", "image_size": 32, "num_tokens": 8,
+                                                    "codebook_size": 48})
+    load_artifact(tmp_path / "small.pt")  # honest about its 48 codes: loads
+    save_artifact(scripted, tmp_path / "lies.pt", {"name": "s", "image_size": 32, "num_tokens": 8,
+                                                   "codebook_size": 64})
+    with pytest.raises(ModelLoadError, match=r"decode of \(2, 8\) int64 \(every id 63, the last of codebook_size\) "
+                                             r"failed \(.*index 63 is out of bounds"):
+        load_artifact(tmp_path / "lies.pt")
 
 
 @pytest.mark.parametrize(("field", "value", "words"), [
