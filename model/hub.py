@@ -82,8 +82,10 @@ def _hf_error(spec: str, file: str, e: Exception, host_unresolved: str | None = 
 
     repo, revision = parse_name(spec)
     if isinstance(e, LocalEntryNotFoundError):
+        proxy = next((os.environ[v] for v in _PROXY_ENV if os.environ.get(v)), None)
         why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
                f"the Hub cannot be reached ({host_unresolved} does not resolve)" if host_unresolved else
+               f"the Hub cannot be reached through the proxy {proxy} (HTTPS_PROXY/ALL_PROXY)" if proxy else
                "the Hub cannot be reached")
         return ModelLoadError(f"{spec}: {why} and no copy of its {file} is cached (Hugging Face cache "
                               f"{constants.HF_HUB_CACHE}, titok cache {cache_dir()}); pull it on a machine that "
