@@ -357,3 +357,17 @@ def test_two_processes_pulling_at_once_convert_once(fake_hub: FakeHub, tmp_path:
     paths = {out.strip() for out, _ in outs}
     assert len(paths) == 1 and _artifacts(tmp_path) == [Path(paths.pop())]
     assert sum("converting model.safetensors" in err for _, err in outs) == 1  # the other waited, then reused
+
+
+def test_a_failure_through_a_proxy_names_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    message = str(hub._hf_error(REPO, "config.json", LocalEntryNotFoundError("no connection")))
+    assert message.startswith(f"{REPO}: the Hub cannot be reached through the proxy http://proxy.example:3128")
+    monkeypatch.delenv("HTTPS_PROXY")
+    for name in ("https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert "proxy" not in str(hub._hf_error(REPO, "config.json", LocalEntryNotFoundError("no connection")))
