@@ -175,33 +175,40 @@ def test_a_damaged_copy_of_an_artifact_is_refused_naming_the_member(tiny_artifac
             load()
 
 
-def _forged(tmp_path: Path, meta: dict, encode_len: int = 8, codebook: int = 64, size: int = 32,
-            pixel_dtype: str = "uint8") -> Path:
-    """A scripted module that answers with the given shapes, under a meta.json of our choosing."""
-    code = f"""
+def _scripted(tmp_path: Path, name: str, encode: str, decode: str) -> torch.jit.ScriptModule:
+    """A TorchScript module whose encode(images) and decode(tokens) return the given expressions (source text)."""
+    import importlib.util
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(f"""
 import torch
-class Forged(torch.nn.Module):
+class Module(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
     @torch.jit.export
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.full((images.shape[0], {encode_len}), {codebook - 1}, dtype=torch.int64)
+        return {encode}
     @torch.jit.export
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((tokens.shape[0], {size}, {size}, 3), dtype=torch.{pixel_dtype})
-"""
-    module_path = tmp_path / f"forged_{encode_len}_{codebook}_{size}_{pixel_dtype}.py"
-    module_path.write_text(code)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
+{decode}
+""")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
-        scripted = torch.jit.script(mod.Forged())
-    out = tmp_path / f"{module_path.stem}.pt"
+        return torch.jit.script(mod.Module())
+
+
+def _forged(tmp_path: Path, meta: dict, encode_len: int = 8, codebook: int = 64, size: int = 32,
+            pixel_dtype: str = "uint8") -> Path:
+    """A scripted module that answers with the given shapes, under a meta.json of our choosing."""
+    name = f"forged_{encode_len}_{codebook}_{size}_{pixel_dtype}"
+    scripted = _scripted(tmp_path, name, f"torch.full((images.shape[0], {encode_len}), {codebook - 1}, "
+                                         "dtype=torch.int64)",
+                         f"        return torch.zeros((tokens.shape[0], {size}, {size}, 3), dtype=torch.{pixel_dtype})")
+    out = tmp_path / f"{name}.pt"
     save_artifact(scripted, out, meta)
     return out
 
@@ -227,30 +234,10 @@ def test_an_artifact_that_keeps_its_contract_loads(tmp_path: Path) -> None:
 
 
 def test_a_prefix_decodable_meta_is_held_to_prefixes_too(tmp_path: Path) -> None:
-    code = """
-import torch
-class Fixed(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-    @torch.jit.export
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((images.shape[0], 8), dtype=torch.int64)
-    @torch.jit.export
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.shape[1] != 8:
-            raise ValueError("this model decodes exactly 8 tokens")
-        return torch.zeros((tokens.shape[0], 32, 32, 3), dtype=torch.uint8)
-"""
-    import importlib.util
-
-    (tmp_path / "fixed.py").write_text(code)
-    spec = importlib.util.spec_from_file_location("fixed", tmp_path / "fixed.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
-        scripted = torch.jit.script(mod.Fixed())
+    scripted = _scripted(tmp_path, "fixed", "torch.zeros((images.shape[0], 8), dtype=torch.int64)",
+                         "        if tokens.shape[1] != 8:\n"
+                         "            raise ValueError('this model decodes exactly 8 tokens')\n"
+                         "        return torch.zeros((tokens.shape[0], 32, 32, 3), dtype=torch.uint8)")
     meta = {"name": "claims-prefixes", "image_size": 32, "num_tokens": 8, "codebook_size": 64}
     save_artifact(scripted, tmp_path / "fixed.pt", meta)
     load_artifact(tmp_path / "fixed.pt")  # a fixed-length model that says so loads
@@ -261,29 +248,10 @@ class Fixed(torch.nn.Module):
 
 def test_a_codebook_larger_than_the_modules_is_refused_at_load(tmp_path: Path) -> None:
     """meta.json said 8192 codes over a 4096-code model: it loaded, and a client's id 5000 was a 500 later."""
-    code = """
-import torch
-class Small(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-    @torch.jit.export
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((images.shape[0], 8), dtype=torch.int64)
-    @torch.jit.export
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        codes = torch.zeros(48, 4)  # 48 codes, not the 64 the meta.json claims
-        return (codes[tokens].sum() * torch.zeros((tokens.shape[0], 32, 32, 3))).to(torch.uint8)
-"""
-    import importlib.util
-
-    (tmp_path / "small.py").write_text(code)
-    spec = importlib.util.spec_from_file_location("small", tmp_path / "small.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
-        scripted = torch.jit.script(mod.Small())
+    scripted = _scripted(tmp_path, "small", "torch.zeros((images.shape[0], 8), dtype=torch.int64)",
+                         "        codes = torch.zeros(48, 4)  # 48 codes, not the 64 the meta.json claims\n"
+                         "        blank = torch.zeros((tokens.shape[0], 32, 32, 3))\n"
+                         "        return (codes[tokens].sum() * blank).to(torch.uint8)")
     save_artifact(scripted, tmp_path / "small.pt", {"name": "s", "image_size": 32, "num_tokens": 8,
                                                     "codebook_size": 48})
     load_artifact(tmp_path / "small.pt")  # honest about its 48 codes: loads
