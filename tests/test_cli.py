@@ -160,4 +160,5 @@ def test_an_empty_model_is_refused_not_read_as_the_default(argv: list[str], monk
 
     monkeypatch.setattr(titok.__main__, "serve", lambda *a, **k: 0)  # never listen, whatever the parse
     assert cli.main(argv) == 2
-    assert "argument --model: is empty: give a Hugging Face Hub name" in capsys.readouterr().err
+    assert ("argument --model: is empty: give an exported artifact's path, a bundled model's name (default, ordered)"
+            in capsys.readouterr().err)

@@ -297,8 +297,10 @@ def test_steps_zero_fits_the_schedule_to_max_minutes(tmp_path, photo_dir):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     planned = ckpt["training"]["steps_planned"]
     assert 25 < planned < 10_000, planned
-    # it ends on its schedule, or (on a machine whose load grew after the last fit) at the time limit
-    assert ckpt["step"] == planned or ckpt["elapsed_s"] >= 0.15 * 60, (planned, ckpt["step"], ckpt["elapsed_s"])
+    # it ends on its schedule, or (on a machine whose load grew after the last fit) at the time limit; a step that
+    # saves (every 5th here) saves just before the clock is read, so its elapsed_s may be a hair under the limit
+    # (CI: step 530 of 531 saved at 8.993 s, then the clock said 9 s)
+    assert ckpt["step"] == planned or ckpt["elapsed_s"] >= 0.15 * 60 * 0.95, (planned, ckpt["step"], ckpt["elapsed_s"])
     assert ckpt["elapsed_s"] < 0.15 * 60 * 1.5
     with pytest.raises(SystemExit, match="needs --max-minutes"):
         train(photo_dir, tmp_path / "run2", 0)
