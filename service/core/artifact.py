@@ -165,12 +165,13 @@ def check_archive(path: str | Path) -> None:
 
 
 def check_contract(module: Any, info: ModelInfo, path: str | Path = "artifact", device: str = "cpu") -> None:
-    """One encode and decode of two images: the module must keep the contract its meta.json states.
+    """One encode and a few decodes of two images: the module must keep the contract its meta.json states.
 
-    encode: uint8 (2, S, S, 3) -> int64 (2, K), every id in [0, codebook_size); decode -> uint8 (2, S, S, 3), also
-    from the first token alone when meta.json says prefix_decodable. A file whose module answers otherwise (a
-    forged or mislabelled artifact: 7 tokens under a meta.json that says 32, once served as they were) is
-    refused at load instead. Raises ModelLoadError saying which output broke which promise.
+    encode: uint8 (2, S, S, 3) -> int64 (2, K), every id in [0, codebook_size); decode -> uint8 (2, S, S, 3) from
+    those tokens, from a row of the codebook's last id (codebook_size - 1), and, when meta.json says
+    prefix_decodable, from their first 1 and K/2. A file whose module answers otherwise (a forged or mislabelled
+    artifact: 7 tokens under a meta.json that says 32, or 8192 codes claimed over 4096, once served as they were)
+    is refused at load instead. Raises ModelLoadError saying which output broke which promise.
     """
     s, k = info.image_size, info.num_tokens
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, s, s, 3), dtype=np.uint8)).to(device)
