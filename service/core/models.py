@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
-__all__ = ["BUNDLED", "resolve_model"]
+__all__ = ["BUNDLED", "CACHE_ENV", "cache_dir", "model_with_hash", "resolve_model"]
 
 # The models shipped inside the package, by name (model/MODEL_CARD.md describes both):
 # default, the 32-token model every door serves unless told otherwise, and ordered, a prefix-decodable model

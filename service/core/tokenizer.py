@@ -98,7 +98,7 @@ class Tokenizer:
             return TargetTokens.joined([self._target(np.ascontiguousarray(b), budget) for b in batches])
         out = [self.engine.run("encode", np.ascontiguousarray(b)) for b in batches]
         tokens = np.concatenate(out) if out else np.empty((0, info.num_tokens), np.int64)
-        return tokens[:, :budget.num_tokens] if budget.num_tokens is not None else tokens
+        return np.ascontiguousarray(tokens[:, :budget.num_tokens]) if budget.num_tokens is not None else tokens
 
     @property
     def prefix_decodable(self) -> bool:
