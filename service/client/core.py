@@ -39,7 +39,9 @@ class TitokError(Exception):
     """Every failure of a call: the server's error code, message and request ID, and the HTTP status.
 
     Failures that never got an answer have `status` None: the service cannot be reached (code
-    `connection_error`), or an image was refused before sending (code `invalid_image`, as the server says).
+    `connection_error`), or an image or the tokens were refused before sending (codes `invalid_image` and
+    `invalid_tokens`, as the server says them). A URL that answers but is not a titok service gives `http_<status>`
+    or `not_titok`, naming what answered.
     """
 
     def __init__(self, code: str, message: str, request_id: str | None = None, status: int | None = None) -> None:
