@@ -49,9 +49,9 @@ def budget_from_query(request: Request, engine: Any) -> Budget:
         values[name] = given[0] if given else None
     max_tokens = engine.num_tokens
     prefix = getattr(engine, "prefix_decodable", False)
-    given = [name for name in BUDGET_PARAMS if values[name] is not None]
-    if given and not prefix:  # before the value is read: every value would be refused
-        refuse_prefixes(engine.name, max_tokens, given[0])
+    asked = [name for name in BUDGET_PARAMS if values[name] is not None]
+    if asked and not prefix:  # before the value is read: every value would be refused
+        refuse_prefixes(engine.name, max_tokens, asked[0])
     num_tokens: int | None = None
     target: float | None = None
     if values["num_tokens"] is not None:
