@@ -56,7 +56,7 @@ class TitokError(Exception):
             error = r.json()["error"]
             return cls(str(error["code"]), str(error["message"]), error.get("request_id") or rid, r.status_code)
         except (ValueError, KeyError, TypeError):  # not the service's JSON error (e.g. a proxy's page)
-            ctype = r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+            ctype = _content_type(r)
             try:
                 where = f"{r.request.method} {r.request.url}"
             except RuntimeError:  # a Response built without its request
@@ -155,12 +155,17 @@ class ServerInfo:
                              f"{str(e)[:80]}): is the URL that of a titok service?") from None
 
 
+def _content_type(r: httpx.Response) -> str:
+    """The answer's media type without parameters, or 'no content type'."""
+    return r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+
+
 def info_json(r: httpx.Response) -> Any:
     """/info's JSON; TitokError (not_titok) for an answer that is not JSON (a web server's page)."""
     try:
         return r.json()
     except ValueError:
-        ctype = r.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        ctype = _content_type(r)
         raise TitokError("not_titok", f"GET {r.request.url} answered {r.status_code} with {ctype}, not JSON: is the "
                          "URL that of a titok service?", status=r.status_code) from None
 
