@@ -69,6 +69,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="with --tail-drop, how each step's prefix length k is drawn: uniform in 1..K (One-D-Piece's "
                         "rule), or mixed: half the steps uniform in 1..K, half a power of two 1, 2, 4, ..., K (the "
                         "lengths evaluated; it trains the shortest prefixes and the full length far more often)")
+    p.add_argument("--prefix-per", choices=("step", "sample"), default="step",
+                   help="with --tail-drop, one prefix length for the whole step (One-D-Piece's rule; the decoder "
+                        "then runs on the k tokens only), or one per image of the batch (each step then trains "
+                        "every token position: the decoder runs on all K with the absent tokens masked out, as "
+                        "--compile does)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="autocast dtype of the forward pass; auto: bf16 on CUDA, and on CPU whichever a short "
                         "measurement at start finds faster")
@@ -221,7 +226,9 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     ema: dict[str, torch.Tensor] | None = None
     if args.ema > 0:
         ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.99))
+    # fused on CUDA: the update of every parameter in one kernel launch (a small model's step is launch-bound there)
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.99),
+                            fused=device.type == "cuda")
     step, elapsed_before = 0, 0.0
     max_side = args.max_side or int(cfg.image_size * 2.5)
     images, report = load_images(args.data, max_side=max_side, min_side=cfg.image_size // 2)
@@ -286,6 +293,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                     "crops": [r["crops"] for r in ranks]},
             "training": {"data": portable_paths(args.data), "images": report.loaded, "steps": step,
                          "tail_drop": cfg.tail_drop, "prefix_dist": args.prefix_dist if cfg.tail_drop else None,
+                         "prefix_per": args.prefix_per if cfg.tail_drop else None,
                          "precision": precision, "init": args.init, "compile": args.compile,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world,
@@ -336,9 +344,17 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             x = crops.sample(args.batch_size).to(device, non_blocking=True)
             # Tail drop: one prefix length for the whole step, uniform in 1..K, drawn from the checkpointed
             # torch RNG (so a resume draws the same lengths); the same on every rank (same seed and draws).
-            prefix = draw_prefix(cfg.num_tokens, args.prefix_dist) if cfg.tail_drop else 0
+            per_sample = cfg.tail_drop and args.prefix_per == "sample"
+            if per_sample:  # (B,) lengths, one per image
+                prefixes = draw_prefixes(cfg.num_tokens, args.prefix_dist, args.batch_size)
+                prefix = float(prefixes.float().mean())
+            else:
+                prefix = draw_prefix(cfg.num_tokens, args.prefix_dist) if cfg.tail_drop else 0
             with autocast:
-                if args.compile:  # static shapes: every prefix decodes all K latents, those past it masked out
+                if per_sample:  # (B, K) keep mask: each image decodes its own prefix
+                    keep = positions[None, :] < prefixes.to(device, non_blocking=True)[:, None]
+                    recon, idx, vq_loss, z = forward(x, 0, keep)
+                elif args.compile:  # static shapes: every prefix decodes all K latents, those past it masked out
                     keep = positions < (prefix or cfg.num_tokens)
                     recon, idx, vq_loss, z = forward(x, 0, keep)
                 else:
@@ -454,6 +470,19 @@ def draw_prefix(num_tokens: int, dist: str = "uniform") -> int:
         lengths = prefix_lengths(num_tokens)
         return lengths[int(torch.randint(0, len(lengths), ()))]
     return int(torch.randint(1, num_tokens + 1, ()))
+
+
+def draw_prefixes(num_tokens: int, dist: str, n: int) -> torch.Tensor:
+    """n tail-drop prefix lengths, int64 (n,) in 1..K, one per image, from the (checkpointed) global torch RNG.
+
+    The same distributions as draw_prefix, drawn for each image independently (--prefix-per sample).
+    """
+    lengths = torch.randint(1, num_tokens + 1, (n,))
+    if dist == "mixed":
+        powers = torch.tensor(prefix_lengths(num_tokens))
+        pick = powers[torch.randint(0, len(powers), (n,))]
+        lengths = torch.where(torch.randint(0, 2, (n,)) == 1, pick, lengths)
+    return lengths
 
 
 def init_from(model: nn.Module, path: str | Path) -> int:

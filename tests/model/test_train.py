@@ -16,7 +16,7 @@ from titok.model.config import TiTokConfig
 from titok.model.data import load_images
 from titok.model.quality import psnr, thumbnail_baseline, to_uint8
 from titok.model.tokenizer import TiTok
-from titok.model.train import choose_precision, draw_prefix, fitted_steps, init_from
+from titok.model.train import choose_precision, draw_prefix, draw_prefixes, fitted_steps, init_from
 from titok.model.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,9 @@ def test_held_out_eval_runs_once_per_eval_step_and_at_the_last_step(tmp_path, ph
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--tail-drop", "--prefix-dist", "mixed"]], ids=["plain", "tail-drop"])
+@pytest.mark.parametrize("extra", [[], ["--tail-drop", "--prefix-dist", "mixed"],
+                                   ["--tail-drop", "--prefix-dist", "mixed", "--prefix-per", "sample"]],
+                         ids=["plain", "tail-drop", "tail-drop-per-image"])
 def test_resume_continues_exactly_where_it_stopped(tmp_path, photo_dir, extra):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(photo_dir, straight, 20, *extra)
@@ -237,6 +239,43 @@ def test_prefix_draws_cover_one_to_k(micro_cfg):
     assert min(mixed) == 1 and max(mixed) == 16
     powers = sum(k in (1, 2, 4, 8, 16) for k in mixed) / len(mixed)
     assert 0.55 < powers < 0.7  # 1/2 from the powers of two, plus 5/16 of the uniform half
+
+
+def test_per_image_prefix_draws_follow_the_same_distributions():
+    torch.manual_seed(0)
+    uniform = draw_prefixes(16, "uniform", 4000)
+    assert uniform.shape == (4000,) and uniform.dtype == torch.int64
+    assert int(uniform.min()) == 1 and int(uniform.max()) == 16 and len(set(uniform.tolist())) == 16
+    assert abs(float(uniform.float().mean()) - 8.5) < 0.3
+    mixed = draw_prefixes(16, "mixed", 4000)
+    assert int(mixed.min()) == 1 and int(mixed.max()) == 16
+    powers = float(sum((mixed == k).sum() for k in (1, 2, 4, 8, 16))) / len(mixed)
+    assert 0.55 < powers < 0.7  # as draw_prefix: 1/2 from the powers of two, plus 5/16 of the uniform half
+    assert len(set(draw_prefixes(16, "mixed", 64).tolist())) > 5  # one length per image, not one per call
+
+
+@pytest.mark.slow
+def test_per_image_tail_drop_trains_each_image_at_its_own_prefix(tmp_path, photo_dir):
+    """--prefix-per sample: the logged prefix is the batch's mean length (not one of 1..K's integers every step),
+    the checkpoint records the rule, and the first k tokens still reconstruct better the larger k is."""
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 150, "--lr", "3e-3", "--ema", "0", "--tail-drop", "--prefix-dist", "mixed",
+                 "--prefix-per", "sample", "--precision", "fp32", "--batch-size", "8") == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["training"]["prefix_per"] == "sample"
+    prefixes = [r["prefix"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if r["kind"] == "train"]
+    assert any(p != int(p) for p in prefixes) and all(1 <= p <= 16 for p in prefixes)
+    model = TiTok(TiTokConfig.from_dict(ckpt["config"])).eval()
+    model.load_state_dict(ckpt["model"])
+    from titok.model.data import center_crop
+
+    raw, _ = load_images([photo_dir], max_side=64)
+    x = torch.stack([center_crop(im, 32) for im in raw])
+    with torch.no_grad():
+        tokens = model.encode_indices(x)
+        mse = {k: float(F.mse_loss(model.decode_indices(tokens[:, :k]).clamp(0, 1), x)) for k in (1, 4, 16)}
+    assert mse[1] > mse[4] > mse[16], mse
 
 
 def test_precision_probe_measures_both_and_leaves_the_model_alone(micro_cfg):
