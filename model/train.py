@@ -288,6 +288,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         atomic_save({
             "config": cfg.to_dict(), "preset": args.preset if ckpt is None else ckpt.get("preset"),
             "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(), "step": step,
+            "nonfinite_steps": nonfinite["steps"],
             "elapsed_s": elapsed_before + time.time() - t_start,
             "rng": {"torch": mine["torch"], "torch_ranks": [r["torch"] for r in ranks],
                     "crops": [r["crops"] for r in ranks]},
@@ -302,6 +303,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         }, ckpt_path)
 
     stop = {"flag": False}
+    nonfinite = {"steps": int(ckpt.get("nonfinite_steps", 0)) if ckpt is not None else 0}
+    nonfinite_run = 0
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop["flag"] = True
@@ -336,6 +339,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     t_start, t_log, seen_log = time.time(), time.time(), 0
     first_step, t_probe = step, t_start
     model.train()
+    failure: NonFiniteTraining | None = None
     in_step = True  # until the loop ends cleanly, ranks may be at different steps: no collectives in `finally`
     try:
         while step < args.steps:
@@ -366,7 +370,24 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            opt.step()
+            # A non-finite loss or gradient (seen twice on an H200 in bf16, mid-run, with no loss spike before it)
+            # would turn every weight into NaN for good: that step's update is skipped instead (one device sync a
+            # step). The gradients are all-reduced first under DDP, so every rank skips the same steps.
+            if bool(torch.isfinite(grad_norm)):
+                opt.step()
+                nonfinite_run = 0
+            else:
+                nonfinite["steps"] += 1
+                nonfinite_run += 1
+                if d.master:
+                    log.warning(f"step {step + 1}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g}: "
+                                "not finite, update skipped")
+                if nonfinite_run >= MAX_NONFINITE_RUN:
+                    step += 1
+                    raise NonFiniteTraining(
+                        f"training stopped at step {step}: the loss or its gradients were not finite for "
+                        f"{nonfinite_run} steps in a row (the weights were last updated at step {step - nonfinite_run}"
+                        f", and the checkpoint holds them); --resume with a lower --lr, or --precision fp32")
             step += 1
             reseeded = 0
             if step % 50 == 0:
@@ -404,7 +425,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                     "kind": "train", "step": step, "loss": loss.item(), "recon": rec.item(), "vq": vq_loss.item(),
                     "psnr": train_psnr, "prefix": prefix or cfg.num_tokens, "usage": usage,
                     "lr": lr_at(step - 1, args), "grad_norm": grad_norm.item(),
-                    "images_per_s": ips, "reseeded": reseeded, "time_s": elapsed_before + time.time() - t_start})
+                    "images_per_s": ips, "reseeded": reseeded, "nonfinite_steps": nonfinite["steps"],
+                    "time_s": elapsed_before + time.time() - t_start})
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{train_psnr:.2f}", usage=f"{usage:.0%}",
                                     img_s=f"{ips:.1f}")
@@ -420,6 +442,8 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         in_step = False
     except KeyboardInterrupt:
         log.info("interrupted: saving the checkpoint before exiting")
+    except NonFiniteTraining as exc:  # the weights are the last finite ones: saved below, then a clear exit
+        failure = exc
     finally:
         if in_step and d.world > 1 and d.master:
             log.info("stopped mid-step: the checkpoint keeps rank 0's RNG states only; other ranks restart their "
@@ -433,11 +457,23 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             redirect.__exit__(None, None, None)
     if d.master:
         log.info(f"saved {ckpt_path} at step {step}")
+    if failure is not None:
+        if d.world > 1:
+            dist.destroy_process_group()
+        raise SystemExit(str(failure))
     if d.world > 1:
         if not in_step:  # after an interrupt the other ranks may never reach a barrier
             dist.barrier()
         dist.destroy_process_group()
     return model
+
+
+# Steps in a row whose loss or gradients are not finite (each update skipped) before training stops with an error.
+MAX_NONFINITE_RUN = 50
+
+
+class NonFiniteTraining(RuntimeError):
+    """MAX_NONFINITE_RUN steps in a row had a non-finite loss or gradient norm (their updates were skipped)."""
 
 
 # --steps 0: the speed is measured from the first of these step counts of the run (after its first, slower steps);

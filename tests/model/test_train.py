@@ -371,3 +371,54 @@ def test_fitted_steps_fill_the_time_left_at_the_measured_speed():
     # slower now (the same 100 steps over 40 s): fewer steps; past the time: one more step, not fewer than done
     assert fitted_steps(step=105, measured=100, t_probe=20.0, t_start=0.0, max_minutes=2, now=60.0) == 105 + 142
     assert fitted_steps(step=105, measured=100, t_probe=50.0, t_start=0.0, max_minutes=0.5, now=60.0) == 106
+
+
+class _NaNLoss:
+    """torch.nn.functional, except that mse_loss gives NaN on the calls listed (the training loop calls it once a
+    step for the reconstruction; the quantizer's own losses do not go through this module attribute)."""
+
+    def __init__(self, bad_calls) -> None:
+        self.calls, self.bad = 0, bad_calls
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+    def mse_loss(self, *args, **kwargs):
+        self.calls += 1
+        out = F.mse_loss(*args, **kwargs)
+        return out * float("nan") if self.bad(self.calls) else out
+
+
+def _all_finite(state) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped_not_applied(tmp_path, photo_dir, monkeypatch):
+    """One NaN loss mid-run (as two bf16 runs on an H200 met): that update is skipped, counted, and the run ends
+    with finite weights; without the guard every weight would be NaN from that step on."""
+    import titok.model.train as train_mod
+
+    monkeypatch.setattr(train_mod, "F", _NaNLoss(lambda n: n == 4))
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 8, "--precision", "fp32") == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 8 and ckpt["nonfinite_steps"] == 1
+    assert _all_finite(ckpt["model"]) and _all_finite(ckpt["ema"])
+    assert all(torch.isfinite(s["exp_avg"]).all() for s in ckpt["optimizer"]["state"].values())
+
+
+def test_a_run_that_stays_non_finite_stops_with_a_clear_error_and_keeps_finite_weights(tmp_path, photo_dir,
+                                                                                         monkeypatch):
+    import titok.model.train as train_mod
+
+    monkeypatch.setattr(train_mod, "F", _NaNLoss(lambda n: n >= 3))
+    monkeypatch.setattr(train_mod, "MAX_NONFINITE_RUN", 4)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"stopped at step 6: the loss or its gradients were not finite for 4 steps "
+                                         r"in a row \(the weights were last updated at step 2"):
+        train(photo_dir, out, 20, "--precision", "fp32")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 6 and ckpt["nonfinite_steps"] == 4 and _all_finite(ckpt["model"])
+    monkeypatch.setattr(train_mod, "F", F)  # a sound loss again: the run resumes from the finite weights
+    assert train(photo_dir, out, 8, "--resume", "--precision", "fp32") == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["nonfinite_steps"] == 4
