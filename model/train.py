@@ -125,10 +125,12 @@ def setup_distributed() -> tuple[Dist, torch.device]:
     return d, torch.device("cpu")
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
+def lr_at(step: int, args: argparse.Namespace, steps: int | None = None) -> float:
+    """The learning rate at a step: linear warm-up, then cosine decay to args.lr * args.min_lr_ratio at `steps`
+    (default args.steps)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    t = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    t = min(1.0, (step - args.warmup) / max(1, (steps or args.steps) - args.warmup))
     floor = args.lr * args.min_lr_ratio
     return floor + (args.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
@@ -250,8 +252,13 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     ema_float = [(e, v) for e, v in ema_pairs if v.dtype == torch.float32]
     ema_other = [(e, v) for e, v in ema_pairs if v.dtype != torch.float32]
     auto_steps = args.steps == 0  # check_args: then --max-minutes is above 0
+    lr_steps: int | None = None
     if auto_steps:
-        args.steps = 1 << 40  # until measured (below); the warm-up does not depend on it
+        # Until measured (below): a fresh run's warm-up does not depend on the length; a resumed run keeps the
+        # schedule it stopped on (an endless one would put its first steps back at the peak rate).
+        planned = int(ckpt.get("training", {}).get("steps_planned") or 0) if ckpt is not None else 0
+        args.steps = 1 << 40
+        lr_steps = planned or None  # the learning rate's schedule length until measured; None: args.steps
     heldout = None
     if args.eval_data:
         heldout = load_center_crops([args.eval_data], cfg.image_size)[0].to(device)
@@ -344,7 +351,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     try:
         while step < args.steps:
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, args)
+                g["lr"] = lr_at(step, args, lr_steps)
             x = crops.sample(args.batch_size).to(device, non_blocking=True)
             # Tail drop: one prefix length for the whole step, uniform in 1..K, drawn from the checkpointed
             # torch RNG (so a resume draws the same lengths); the same on every rank (same seed and draws).
@@ -403,6 +410,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
             if auto_steps and since >= AUTO_STEPS_PROBE[1] and (since - AUTO_STEPS_PROBE[1]) % AUTO_STEPS_REFIT == 0:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
+                lr_steps = None
                 before, args.steps = args.steps, fitted_steps(step, since - AUTO_STEPS_PROBE[0], t_probe, t_start,
                                                               args.max_minutes, time.time())
                 if bar is not None:
@@ -424,7 +432,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                 append_jsonl(out / "metrics.jsonl", {
                     "kind": "train", "step": step, "loss": loss.item(), "recon": rec.item(), "vq": vq_loss.item(),
                     "psnr": train_psnr, "prefix": prefix or cfg.num_tokens, "usage": usage,
-                    "lr": lr_at(step - 1, args), "grad_norm": grad_norm.item(),
+                    "lr": lr_at(step - 1, args, lr_steps), "grad_norm": grad_norm.item(),
                     "images_per_s": ips, "reseeded": reseeded, "nonfinite_steps": nonfinite["steps"],
                     "time_s": elapsed_before + time.time() - t_start})
                 if bar is not None:

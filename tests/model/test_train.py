@@ -345,6 +345,18 @@ def test_steps_zero_fits_the_schedule_to_max_minutes(tmp_path, photo_dir):
         train(photo_dir, tmp_path / "run2", 0)
 
 
+def test_a_resume_with_steps_zero_does_not_restart_at_the_peak_rate(tmp_path, photo_dir):
+    """--resume --steps 0 --max-minutes M: until the speed is measured (25 steps in), the run keeps the schedule it
+    stopped on, here ended (the 5% floor); the H200 run that met this went back to the peak 2e-3 for 25 steps."""
+    out = tmp_path / "run"
+    assert train(photo_dir, out, 30, "--warmup", "5", "--lr", "1e-3") == 0
+    assert train(photo_dir, out, 0, "--resume", "--max-minutes", "0.05", "--lr", "1e-3") == 0
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "train"}
+    assert lrs[30] < 6e-5  # the first run ended near its floor, 5% of 1e-3
+    assert lrs[40] < 6e-5 and lrs[50] < 6e-5, lrs  # not back at 1e-3 before the measurement
+
+
 @pytest.mark.slow
 def test_compiled_training_serves_every_prefix_from_one_graph(tmp_path, photo_dir):
     """--compile with tail drop: the step's forward goes through torch.compile with the prefix as a mask (static
