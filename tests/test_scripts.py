@@ -78,3 +78,18 @@ def test_call_times_print_a_row_per_mode_op_and_batch(tmp_path: Path, capsys) ->
             or line.startswith("| no-fusion")]
     assert len(rows) == 2 * 2 * 2, rows
     assert all(float(row.split("|")[7]) > 0 for row in rows)
+
+
+def test_artifact_speed_prints_a_row_per_artifact_and_dtype(tmp_path: Path, capsys) -> None:
+    cfg = get_preset("tiny", **MICRO)
+    export_model(TiTok(cfg).eval(), cfg, tmp_path / "a.pt")
+    deeper = get_preset("tiny", **{**MICRO, "dec_depth": 2})
+    export_model(TiTok(deeper).eval(), deeper, tmp_path / "b.pt")
+    assert script("artifact_speed").main([str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--batch", "2",
+                                          "--threads", "1", "--repeats", "1", "--dtypes", "float32,bfloat16"]) == 0
+    rows = [line.split("|")[1:5] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [(r[0].strip().rsplit("/", 1)[-1], r[1].strip()) for r in rows[1:]] == [
+        ("a.pt", "float32"), ("b.pt", "float32"), ("a.pt", "bfloat16"), ("b.pt", "bfloat16")]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows[1:])
+    assert script("artifact_speed").main([str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: model file not found" in capsys.readouterr().err
