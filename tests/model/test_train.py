@@ -206,6 +206,19 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, photo_d
     assert 20 <= step < 100_000
 
 
+def prefix_mse(ckpt: dict, photo_dir: Path, lengths: tuple[int, ...]) -> dict[int, float]:
+    """MSE of the checkpoint's (raw) model on the photos' 32 px centre crops, decoded from the first k tokens."""
+    from titok.model.data import center_crop
+
+    model = TiTok(TiTokConfig.from_dict(ckpt["config"])).eval()
+    model.load_state_dict(ckpt["model"])
+    raw, _ = load_images([photo_dir], max_side=64)
+    x = torch.stack([center_crop(im, 32) for im in raw])
+    with torch.no_grad():
+        tokens = model.encode_indices(x)
+        return {k: float(F.mse_loss(model.decode_indices(tokens[:, :k]).clamp(0, 1), x)) for k in lengths}
+
+
 @pytest.mark.slow
 def test_tail_drop_training_orders_the_tokens(tmp_path, photo_dir):
     """150 steps with tail drop: the first k tokens reconstruct better the larger k is."""
@@ -217,15 +230,7 @@ def test_tail_drop_training_orders_the_tokens(tmp_path, photo_dir):
     prefixes = [r["prefix"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
                 if r["kind"] == "train"]
     assert len(set(prefixes)) > 5 and min(prefixes) >= 1 and max(prefixes) <= 16  # one k per step, varied
-    model = TiTok(TiTokConfig.from_dict(ckpt["config"])).eval()
-    model.load_state_dict(ckpt["model"])
-    from titok.model.data import center_crop
-
-    raw, _ = load_images([photo_dir], max_side=64)
-    x = torch.stack([center_crop(im, 32) for im in raw])
-    with torch.no_grad():
-        tokens = model.encode_indices(x)
-        mse = {k: float(F.mse_loss(model.decode_indices(tokens[:, :k]).clamp(0, 1), x)) for k in (1, 2, 4, 8, 16)}
+    mse = prefix_mse(ckpt, photo_dir, (1, 2, 4, 8, 16))
     ks = sorted(mse)
     assert all(mse[a] > mse[b] for a, b in zip(ks, ks[1:], strict=False)), mse
     assert mse[1] > 2 * mse[16], mse
@@ -266,15 +271,7 @@ def test_per_image_tail_drop_trains_each_image_at_its_own_prefix(tmp_path, photo
     prefixes = [r["prefix"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
                 if r["kind"] == "train"]
     assert any(p != int(p) for p in prefixes) and all(1 <= p <= 16 for p in prefixes)
-    model = TiTok(TiTokConfig.from_dict(ckpt["config"])).eval()
-    model.load_state_dict(ckpt["model"])
-    from titok.model.data import center_crop
-
-    raw, _ = load_images([photo_dir], max_side=64)
-    x = torch.stack([center_crop(im, 32) for im in raw])
-    with torch.no_grad():
-        tokens = model.encode_indices(x)
-        mse = {k: float(F.mse_loss(model.decode_indices(tokens[:, :k]).clamp(0, 1), x)) for k in (1, 4, 16)}
+    mse = prefix_mse(ckpt, photo_dir, (1, 4, 16))
     assert mse[1] > mse[4] > mse[16], mse
 
 
