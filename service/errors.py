@@ -120,6 +120,12 @@ class CodecBusy(ServiceError):
     status, code = 503, "codec_busy"
 
 
+class CurvesBusy(ServiceError):
+    """The page's PSNR curve waited for its turn (a few are measured at once) past the request's timeout."""
+
+    status, code = 503, "busy"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

@@ -28,6 +28,7 @@ from .drain import DrainGate
 from .metrics import Metrics
 from .middleware import RequestContext, error_response
 from .routes import router
+from .ui import CURVES_AT_ONCE
 from .ui import page_paths as ui_page_paths
 from .ui import router as ui_router
 
@@ -46,6 +47,8 @@ class ServiceState:
         self.decode_queue: DecodeQueue | None = None
         self.ready = False
         self.draining = False
+        # The page's PSNR curves measured at once (ui.CURVES_AT_ONCE): each is dozens of decodes.
+        self.curve_slots = asyncio.Semaphore(CURVES_AT_ONCE)
 
     def start_draining(self) -> None:
         """Called from the SIGTERM handler: readiness goes false and new work is refused."""

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import Draining
 
 log = logging.getLogger("titok.serve")
-WORK = {("POST", "/encode"), ("POST", "/decode"), ("POST", "/ui/input")}
+WORK = {("POST", "/encode"), ("POST", "/decode"), ("POST", "/ui/input"), ("POST", "/ui/curve")}
 RETRY_AFTER_S = "1"
 ACCEPTED_SETTLE_S = 0.05  # after the listener closes, for connections it accepted last to be made
 FORCED_SETTLE_S = 2.0  # after a second signal, most time for the requests of the connections closed to end

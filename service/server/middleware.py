@@ -36,7 +36,7 @@ access_log = logging.getLogger("titok.access")
 log = logging.getLogger("titok.app")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ENDPOINTS = ("/encode", "/decode", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json",
-             "/", "/ui/input")
+             "/", "/ui/input", "/ui/curve")
 # Headers that carry meaning here and are not lists (RFC 9110, 5.3): sent twice, they are refused.
 SINGLE_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-model-hash", b"content-type"})
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up before its answer; never sent

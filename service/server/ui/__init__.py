@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from ...core import codec
 from ...core.budgets import refuse_prefixes
 from ...core.quality import psnr
-from ...errors import EmptyBody
+from ...errors import CurvesBusy, EmptyBody
 from .. import decoding
 from ..routes import KNOWN_QUERY_ONLY, refuse_declared_over, unless_disconnected
 
@@ -96,6 +96,12 @@ async def model_input(request: Request, resize: Annotated[codec.Resize, Query()]
 
 
 CURVE_POINTS = 64  # prefix lengths measured for the page's curve: every k up to 64 tokens, else 64 of them
+# One curve is up to CURVE_POINTS decodes: a few clients asking for curves at once would fill the batcher's queue
+# (512 items by default) and turn every other client away with 503 queue_full. So at most CURVES_AT_ONCE curves
+# are measured at a time (the others wait, within the request's timeout), each submitting CURVE_CHUNK decodes at a
+# time: curves hold at most CURVES_AT_ONCE * CURVE_CHUNK queue places.
+CURVES_AT_ONCE = 2
+CURVE_CHUNK = 16
 
 
 def curve_lengths(max_tokens: int) -> list[int]:
@@ -110,8 +116,9 @@ async def psnr_curve(request: Request, resize: Annotated[codec.Resize, Query()] 
     """One raw image body -> {"num_tokens": [k, ...], "psnr": [dB, ...]}: its reconstruction's PSNR from its first
     k tokens, at every k of curve_lengths(K); for the page's curve. 422 for a model that is not prefix-decodable.
 
-    Costs one encode and up to CURVE_POINTS decodes of one image, through the batcher like any request; a client
-    gone meanwhile is dropped (a 499), as on /encode."""
+    Costs one encode and up to CURVE_POINTS decodes of one image, through the batcher like any request, CURVE_CHUNK
+    at a time, with at most CURVES_AT_ONCE curves measured at once (a curve waits for its turn within the request's
+    timeout, else 503 busy); a client gone meanwhile is dropped (a 499), as on /encode."""
     svc: Any = request.app.state.service
     eng = svc.engine
     if not getattr(eng, "prefix_decodable", False):
@@ -120,11 +127,23 @@ async def psnr_curve(request: Request, resize: Annotated[codec.Resize, Query()] 
     body = await _image_body(request)
 
     async def curve() -> dict[str, Any]:
+        deadline = time.monotonic() + svc.settings.request_timeout_s
         pixels = await _one_image(request, body, resize)
-        timeout = svc.settings.request_timeout_s
-        (tokens,) = await svc.batcher.submit("encode", [pixels], timeout)
-        lengths = curve_lengths(eng.num_tokens)
-        decoded = await svc.batcher.submit("decode", [tokens[:k] for k in lengths], timeout)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await svc.curve_slots.acquire()
+        except TimeoutError:
+            raise CurvesBusy(f"{CURVES_AT_ONCE} PSNR curves are being measured and this one's turn did not come "
+                             "within the request's timeout; retry later", headers={"Retry-After": "1"}) from None
+        try:
+            (tokens,) = await svc.batcher.submit("encode", [pixels], max(0.0, deadline - time.monotonic()))
+            lengths = curve_lengths(eng.num_tokens)
+            decoded: list[np.ndarray] = []
+            for i in range(0, len(lengths), CURVE_CHUNK):
+                decoded += await svc.batcher.submit("decode", [tokens[:k] for k in lengths[i:i + CURVE_CHUNK]],
+                                                    max(0.0, deadline - time.monotonic()))
+        finally:
+            svc.curve_slots.release()
         measured = psnr(np.stack(decoded), np.broadcast_to(pixels, (len(lengths), *pixels.shape)))
         return {"num_tokens": lengths, "psnr": [round(float(p), 3) for p in measured]}
 
