@@ -111,13 +111,16 @@ class Tokenizer:
         return TargetTokens(done.tokens, np.array([len(t) for t in done.tokens], np.int64), done.psnr,
                             done.reached)
 
-    def decode(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+    def decode(self, tokens: np.ndarray | Sequence[Sequence[int]] | TargetTokens) -> np.ndarray:
         """Token ids (B, K) or (K,) of any integer type -> uint8 (B, S, S, 3) (B = 1 for a single sequence).
 
         A prefix-decodable model (info.prefix_decodable) takes (B, k) for any 1 <= k <= K too, and a list of
-        sequences of different lengths (row i decoded from its own first k_i tokens). Raises InvalidArray naming
-        the first id outside [0, codebook_size), or a wrong shape, length or dtype.
+        sequences of different lengths (row i decoded from its own first k_i tokens), or the TargetTokens that
+        encode(target_psnr=) gave (as the client's decode does). Raises InvalidArray naming the first id outside
+        [0, codebook_size), or a wrong shape, length or dtype.
         """
+        if isinstance(tokens, TargetTokens):
+            tokens = tokens.tokens
         info = self.info
         prefix = self.prefix_decodable
         try:
@@ -176,7 +179,10 @@ class Tokenizer:
 
     def _pixels(self, item: ImageInput, size: int, mode: codec.Resize) -> np.ndarray:
         if isinstance(item, str | Path):
-            item = Path(item).read_bytes()
+            try:
+                item = Path(item).read_bytes()
+            except OSError as e:  # missing, a folder, unreadable: named with the image's index by the caller
+                raise InvalidImage(f"cannot read {item}: {e.strerror or e}") from None
         if isinstance(item, bytes | bytearray | memoryview):
             return codec.load_image(bytes(item), size, mode, self.max_image_pixels)
         if isinstance(item, Image.Image | np.ndarray):

@@ -101,8 +101,10 @@ def test_bad_input_is_named(tok: Tokenizer, tmp_path: Path) -> None:
         tok.encode([3])
     with pytest.raises(InvalidImage, match=r"a batch array must be uint8 \(B, 32, 32, 3\)"):
         tok.encode(np.zeros((2, 16, 16, 3), np.uint8))
-    with pytest.raises(FileNotFoundError):
-        tok.encode([tmp_path / "missing.png"])
+    with pytest.raises(InvalidImage, match=r"^images\[1\]: cannot read .*missing.png: No such file"):
+        tok.encode([good, tmp_path / "missing.png"])  # the documented error, naming which image, not an OSError
+    with pytest.raises(InvalidImage, match=r"^images\[0\]: cannot read .*: Is a directory"):
+        tok.encode([str(tmp_path)])
     with pytest.raises(InvalidArray, match=r"tokens\[0\]\[2\] is 64; token ids must be in \[0, 64\)"):
         tok.decode([[0, 1, 64, 0, 0, 0, 0, 0]])
     with pytest.raises(InvalidArray, match="exactly 8 tokens"):
@@ -176,6 +178,8 @@ def test_the_in_process_tokenizer_takes_the_budgets_every_door_takes(prefix_arti
         assert target.num_tokens.tolist() == [2, 4, 6, 8]  # each image its own length
         assert [len(t) for t in target.tokens] == target.num_tokens.tolist()
         assert np.array_equal(tk.decode(target.tokens)[0], tk.decode(target.tokens[:1])[0])  # decode takes them back
+        assert np.array_equal(tk.decode(target), tk.decode(target.tokens))  # and the TargetTokens itself, as the
+        # client's decode does
         for kwargs, words in (({"num_tokens": 0}, r"num_tokens is 0; it must be in \[1, 8\]"),
                               ({"num_tokens": 2.5}, r"num_tokens must be an integer in \[1, 8\], not 2.5"),
                               ({"target_psnr": float("nan")}, r"target_psnr is nan; it must be a finite number"),
