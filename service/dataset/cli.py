@@ -239,10 +239,13 @@ def _detokenize(args: argparse.Namespace) -> int:
         from ..core.models import model_with_hash
 
         found = model_with_hash(str(meta.get("content_hash") or ""))
-        if found is not None:  # the model the directory records, not the default (which may be another)
-            args.model = str(found)
-            sys.stderr.write(f"titok detokenize: decoding with {found}, the model {args.directory} records "
-                             f"({meta.get('model')}, found by its content hash)\n")
+        if found is None:  # the default (or any model) would decode them to noise: say which model is missing
+            raise DatasetError(f"{args.directory} holds tokens of {describe(meta)}, and no bundled model and no "
+                               "model in the titok cache has that content hash (a bundled model replaced since, or "
+                               "a model from elsewhere); pass the directory's model with --model")
+        args.model = str(found)  # the model the directory records, not the default (which may be another)
+        sys.stderr.write(f"titok detokenize: decoding with {found}, the model {args.directory} records "
+                         f"({meta.get('model')}, found by its content hash)\n")
     settings = _settings(args)
     index = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated key: its first row
     missing = [k for k in args.keys or [] if k not in index]

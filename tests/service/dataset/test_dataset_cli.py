@@ -140,7 +140,9 @@ def test_detokenize_without_a_model_uses_the_one_the_directory_records(
     monkeypatch.delenv("TITOK_MODEL_PATH", raising=False)
     monkeypatch.setenv("TITOK_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["detokenize", str(tmp_path / "out"), "--out", str(tmp_path / "png"), "--device", "cpu"]) == 2
-    assert "but the model is titok-tiny-128px-32tok" in capsys.readouterr().err  # not found: the default, refused
+    err = capsys.readouterr().err  # not found: refused, naming the model that is missing (not blaming the default)
+    assert "holds tokens of model test-tiny" in err and "no bundled model and no model in the titok cache" in err
+    assert "titok-tiny-128px-32tok" not in err and "pass the directory's model with --model" in err
     (tmp_path / "cache" / "artifacts").mkdir(parents=True)
     shutil.copy(tiny_artifact, tmp_path / "cache" / "artifacts" / "0123.pt")
     assert main(["detokenize", str(tmp_path / "out"), "--out", str(tmp_path / "png"), "--device", "cpu"]) == 0
