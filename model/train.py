@@ -125,6 +125,21 @@ def setup_distributed() -> tuple[Dist, torch.device]:
     return d, torch.device("cpu")
 
 
+def cuda_training_backends() -> None:
+    """Process-wide settings for training on CUDA: TF32 matrix products, and no cuDNN attention.
+
+    cuDNN's attention backward (torch's default SDPA backend on Hopper since 2.11) returns NaN gradients for the
+    queries when an attention mask is given and the sequence length is 64 more than a multiple of 128
+    (pytorch/pytorch#196678). Tail drop's mask (per image, or under --compile) with 64 patches and 128 tokens is
+    exactly that (192), and the likely cause of what the H200 showed: both such runs turned NaN mid-run, while the
+    patch-8 run (384 positions) did not. The attention then runs on the memory-efficient or flash kernels, which
+    that issue found clean.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def lr_at(step: int, args: argparse.Namespace, steps: int | None = None) -> float:
     """The learning rate at a step: linear warm-up, then cosine decay to args.lr * args.min_lr_ratio at `steps`
     (default args.steps)."""
@@ -238,8 +253,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     crops = RandomCrops(images, cfg.image_size, min_scale=args.crop_min_scale, seed=args.seed * 1000 + d.rank,
                         device=device if device.type == "cuda" else None)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        cuda_training_backends()
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

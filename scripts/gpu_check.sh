@@ -37,8 +37,8 @@ export PYTHONUNBUFFERED=1
 # K = 128, tail drop). The first H200 run (2026-11-30) trained three sizes at batch 256 for 5 minutes: none beat the
 # CPU-trained model, and steps counted more than crops. The second (same day) drew each image's prefix length on its
 # own and cut the crops in batched ops: patch 8 with 16,384 codes became the bundled `ordered` model (17.84 dB at
-# K); the 65,536-code run led at step 1,000 but turned NaN (as did the 4,096-code one), which titok train now
-# survives (a non-finite step is skipped). So next: 65,536 codes, with the patch-8 decoder, at two crop ranges (the
+# K); the 65,536-code run led at step 1,000 but turned NaN (as did the 4,096-code one: most likely cuDNN's attention
+# backward at 192 positions with a mask, now turned off in training; a non-finite step is skipped besides). So next: 65,536 codes, with the patch-8 decoder, at two crop ranges (the
 # 0.6 to 1 range over-fitted the 332 photos after 6,000 steps), and the patch-16 model beside them.
 CANDIDATES=(
     "p8d8c64k|2e-3|num_tokens=128 patch_size=8 dec_depth=8 codebook_size=65536|--batch-size 96 --compile --prefix-per sample --crop-min-scale 0.6"

@@ -431,3 +431,19 @@ def test_a_run_that_stays_non_finite_stops_with_a_clear_error_and_keeps_finite_w
     monkeypatch.setattr(train_mod, "F", F)  # a sound loss again: the run resumes from the finite weights
     assert train(photo_dir, out, 8, "--resume", "--precision", "fp32") == 0
     assert torch.load(out / "checkpoint.pt", weights_only=False)["nonfinite_steps"] == 4
+
+
+def test_cuda_training_turns_cudnn_attention_off() -> None:
+    """The flags that cuda_training_backends sets exist on every build (here a CPU one); the run on a GPU checks the
+    rest: cuDNN's attention backward gave NaN gradients at 192 positions with a mask (pytorch/pytorch#196678)."""
+    from titok.model.train import cuda_training_backends
+
+    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.matmul.allow_tf32,
+              torch.backends.cudnn.allow_tf32)
+    try:
+        cuda_training_backends()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1], before[2]
