@@ -361,15 +361,15 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
     first_step, t_probe = step, t_start
     model.train()
     failure: NonFiniteTraining | None = None
+    per_sample = cfg.tail_drop and args.prefix_per == "sample"
     in_step = True  # until the loop ends cleanly, ranks may be at different steps: no collectives in `finally`
     try:
         while step < args.steps:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args, lr_steps)
             x = crops.sample(args.batch_size).to(device, non_blocking=True)
-            # Tail drop: one prefix length for the whole step, uniform in 1..K, drawn from the checkpointed
+            # Tail drop: one prefix length for the whole step (or one per image), drawn from the checkpointed
             # torch RNG (so a resume draws the same lengths); the same on every rank (same seed and draws).
-            per_sample = cfg.tail_drop and args.prefix_per == "sample"
             if per_sample:  # (B,) lengths, one per image
                 prefixes = draw_prefixes(cfg.num_tokens, args.prefix_dist, args.batch_size)
                 prefix = float(prefixes.float().mean())
