@@ -136,8 +136,8 @@ class RandomCrops:
     """Random multi-scale square crops with flips: a crop side between min_scale and 1 of the shorter side.
 
     On the CPU each crop is cut and resized with Pillow (bicubic). With `device` (a CUDA device) the images are
-    kept there as uint8, packed into one zero-padded (N, 3, Hmax, Wmax) tensor, and a batch is cut and resized in
-    a few batched ops whatever its size (`_sample_on_device`), so that a fast accelerator is not left waiting on
+    kept there as uint8, every image's pixels in one flat tensor, and a batch is cut and resized in a few batched
+    ops whatever its size (`_sample_on_device`), so that a fast accelerator is not left waiting on
     one CPU thread launching a resize per crop; the random draws (image, side, position, flip) are the same numbers
     in the same order either way, so a checkpoint's crop RNG state resumes on either.
     """
