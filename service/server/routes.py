@@ -148,7 +148,8 @@ def _media_type(request: Request, default: str = "") -> str:
     return request.headers.get("content-type", default).split(";")[0].strip().lower()
 
 
-def _remaining(deadline: float) -> float:
+def remaining(deadline: float) -> float:
+    """Seconds left until `deadline` (time.monotonic()); DeadlineExceeded (504) once it has passed."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise DeadlineExceeded("the request timeout (TITOK_REQUEST_TIMEOUT_S) passed before its items were queued")
@@ -205,7 +206,7 @@ async def encode(request: Request, resize: Annotated[codec.Resize, Query(descrip
     if budget.is_set:
         return await _encode_budgeted(request, svc, images, budget, quality, deadline, started, codec_s)
     op = "roundtrip" if quality else "encode"
-    results, timing = await unless_disconnected(request, svc.batcher.submit_timed(op, images, _remaining(deadline)))
+    results, timing = await unless_disconnected(request, svc.batcher.submit_timed(op, images, remaining(deadline)))
     tokens = [r["tokens"] for r in results] if quality else results
     psnr = [round(float(r["psnr"]), 3) for r in results] if quality else None
     for _ in tokens:
@@ -225,7 +226,7 @@ async def _encode_budgeted(request: Request, svc: Any, images: list[Any], budget
     """The rest of /encode under num_tokens or target_psnr (see titok.server.budgets)."""
     eng = svc.engine
     done = await budgets.encode_with_budget(svc.batcher, svc.codec_pool, images, budget, quality,
-                                            lambda: _remaining(deadline), lambda w: unless_disconnected(request, w))
+                                            lambda: remaining(deadline), lambda w: unless_disconnected(request, w))
     for k in done.num_tokens:
         svc.metrics.encode_tokens.observe(k)
     headers = model_headers(eng.content_hash, done.timing, started, codec_s)

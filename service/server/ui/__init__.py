@@ -21,7 +21,7 @@ from ...core.budgets import refuse_prefixes
 from ...core.quality import psnr
 from ...errors import CurvesBusy, EmptyBody
 from .. import decoding
-from ..routes import KNOWN_QUERY_ONLY, refuse_declared_over, unless_disconnected
+from ..routes import KNOWN_QUERY_ONLY, refuse_declared_over, remaining, unless_disconnected
 
 _HERE = Path(__file__).parent
 _JS = "text/javascript; charset=utf-8"
@@ -130,18 +130,18 @@ async def psnr_curve(request: Request, resize: Annotated[codec.Resize, Query()] 
         deadline = time.monotonic() + svc.settings.request_timeout_s
         pixels = await _one_image(request, body, resize)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout(remaining(deadline)):
                 await svc.curve_slots.acquire()
         except TimeoutError:
             raise CurvesBusy(f"{CURVES_AT_ONCE} PSNR curves are being measured and this one's turn did not come "
                              "within the request's timeout; retry later", headers={"Retry-After": "1"}) from None
         try:
-            (tokens,) = await svc.batcher.submit("encode", [pixels], max(0.0, deadline - time.monotonic()))
+            (tokens,) = await svc.batcher.submit("encode", [pixels], remaining(deadline))
             lengths = curve_lengths(eng.num_tokens)
             decoded: list[np.ndarray] = []
             for i in range(0, len(lengths), CURVE_CHUNK):
                 decoded += await svc.batcher.submit("decode", [tokens[:k] for k in lengths[i:i + CURVE_CHUNK]],
-                                                    max(0.0, deadline - time.monotonic()))
+                                                    remaining(deadline))
         finally:
             svc.curve_slots.release()
         measured = psnr(np.stack(decoded), np.broadcast_to(pixels, (len(lengths), *pixels.shape)))
