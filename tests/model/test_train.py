@@ -347,11 +347,15 @@ def test_a_resume_with_steps_zero_does_not_restart_at_the_peak_rate(tmp_path, ph
     stopped on, here ended (the 5% floor); the H200 run that met this went back to the peak 2e-3 for 25 steps."""
     out = tmp_path / "run"
     assert train(photo_dir, out, 30, "--warmup", "5", "--lr", "1e-3") == 0
-    assert train(photo_dir, out, 0, "--resume", "--max-minutes", "0.05", "--lr", "1e-3") == 0
+    assert train(photo_dir, out, 0, "--resume", "--max-minutes", "0.1", "--lr", "1e-3") == 0
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
            if r["kind"] == "train"}
     assert lrs[30] < 6e-5  # the first run ended near its floor, 5% of 1e-3
-    assert lrs[40] < 6e-5 and lrs[50] < 6e-5, lrs  # not back at 1e-3 before the measurement
+    # the records (every 10 steps) before the measurement at 25 steps into the resumed run; how many of them fit in
+    # the time limit depends on the machine's load (a busy machine ended one before step 40), so not a fixed list
+    before = {step: lr for step, lr in lrs.items() if 30 < step <= 30 + 25}
+    assert before, lrs
+    assert all(lr < 6e-5 for lr in before.values()), lrs  # not back at 1e-3 before the measurement
 
 
 @pytest.mark.slow
