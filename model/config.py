@@ -60,6 +60,19 @@ class TiTokConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Raises ValueError for a configuration no model can be built from, naming the field."""
+        sizes = ("image_size", "patch_size", "num_tokens", "enc_width", "enc_depth", "enc_heads", "dec_width",
+                 "dec_depth", "dec_heads", "code_dim", "head_channels")
+        for name in sizes:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if isinstance(self.codebook_size, bool) or not isinstance(self.codebook_size, int) or self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be an integer of at least 2, not {self.codebook_size!r}")
+        if isinstance(self.lowfreq_size, bool) or not isinstance(self.lowfreq_size, int) or self.lowfreq_size < 0:
+            raise ValueError(f"lowfreq_size must be 0 (off) or a positive integer, not {self.lowfreq_size!r}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, not {self.mlp_ratio!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.enc_width % self.enc_heads or self.dec_width % self.dec_heads:

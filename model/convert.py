@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,13 +48,28 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise ValueError(f"{path.name} is not a PyTorch state dict: its first bytes {head!r} are neither a zip "
+                         "archive's nor a pickle's (give a .bin / pytorch_model.bin, or a model.safetensors)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors name the offending global: pass them on readably
-        raise ValueError(f"{path.name} is not a tensors-only PyTorch state dict ({exc})") from exc
+        raise ValueError(f"{path.name} is not a tensors-only PyTorch state dict ({_load_failure(exc)})") from exc
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path.name} is not a state dict (a mapping of names to tensors)")
     return dict(obj)
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in one line: the unpickler's own words (e.g. the global it refused) without torch's
+    paragraphs about weights_only, which advise unpickling the file unrestricted: the converter never does."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n\s*Check the documentation|$)", text, re.S)
+    reason = " ".join((found[1] if found else text).split())
+    reason = re.sub(r" was not an allowed global by default.*", ", which is not a tensor", reason)
+    return reason[:300] or type(exc).__name__
 
 
 def find_config_json(checkpoint: Path, config: Path | None) -> Path | None:
@@ -62,6 +78,8 @@ def find_config_json(checkpoint: Path, config: Path | None) -> Path | None:
         if not config.is_file():
             raise ValueError(f"config not found: {config}")
         return config
+    if not checkpoint.is_file():  # said first: its missing config.json would be the lesser news
+        raise ValueError(f"checkpoint not found: {checkpoint}")
     beside = checkpoint.with_name("config.json")
     if checkpoint.name == "pytorch_model.bin" and beside.is_file():  # the hub's other weights file name
         return beside

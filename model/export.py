@@ -65,8 +65,12 @@ class ExportedTokenizer(nn.Module):
         """
         if tokens.dim() != 2:
             raise ValueError("decode expects int64 tokens of shape (B, k), not " + str(tokens.dim()) + " dimensions")
-        if tokens.is_floating_point() or tokens.dtype == torch.bool or tokens.is_complex():
-            raise ValueError("decode expects integer token ids (int64), not " + str(tokens.dtype))
+        # TorchScript's str() of a dtype is its enum number ("6" for float32): the kind is named instead
+        if tokens.is_floating_point():
+            raise ValueError("decode expects integer token ids (int64), not floating-point ones")
+        if tokens.dtype == torch.bool or tokens.is_complex():
+            raise ValueError("decode expects integer token ids (int64), not " + ("bool" if tokens.dtype == torch.bool
+                                                                                 else "complex") + " ones")
         k = tokens.shape[1]
         if self.prefix_decodable:
             if k < 1 or k > self.num_tokens:

@@ -298,7 +298,8 @@ def _convert(spec: str, weights: Path, config_path: Path, presets: list[str], ou
     progress(f"{spec}: wrote {out}")
 
 
-def _model_rows() -> list[tuple[str, ...]]:
+def _model_rows() -> list[dict[str, Any]]:
+    """The published models known by name: repo, preset, sizes (numbers) and what they were trained on."""
     import torch
 
     from .config import get_preset
@@ -309,15 +310,33 @@ def _model_rows() -> list[tuple[str, ...]]:
         cfg = get_preset(m.preset)
         with torch.device("meta"):
             params = sum(p.numel() for p in build_model(cfg).parameters())
-        bits = cfg.num_tokens * (cfg.codebook_size - 1).bit_length()
-        rows.append((m.repo, m.preset, f"{cfg.image_size}", f"{cfg.num_tokens}", f"{cfg.codebook_size}", f"{bits}",
-                     f"{params / 1e6:.0f}M", f"{params * 4 / 1e6:.0f} MB", m.note))
+        rows.append({"name": m.repo, "source": "hub", "preset": m.preset, "image_size": cfg.image_size,
+                     "num_tokens": cfg.num_tokens, "codebook_size": cfg.codebook_size,
+                     "bits_per_image": cfg.num_tokens * (cfg.codebook_size - 1).bit_length(), "params": params,
+                     "fp32_bytes": params * 4, "prefix_decodable": bool(cfg.tail_drop), "trained_on": m.note})
+    return rows
+
+
+def _bundled_rows() -> list[dict[str, Any]]:
+    """One row per bundled model (titok.core.models.BUNDLED) present in this install, from its meta.json."""
+    from titok.core.artifact import read_meta
+    from titok.core.models import BUNDLED
+
+    rows = []
+    for name, path in BUNDLED.items():
+        if path.is_file():
+            meta = read_meta(path)
+            rows.append({"name": name, "source": "bundled", "model": meta["name"], "image_size": meta["image_size"],
+                         "num_tokens": meta["num_tokens"], "codebook_size": meta["codebook_size"],
+                         "prefix_decodable": bool(meta.get("prefix_decodable")), "file_bytes": path.stat().st_size,
+                         "path": str(path)})
     return rows
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", metavar="NAME[@REVISION]",
-                        help="a Hugging Face Hub repository (see `titok models`)")
+                        help="a Hugging Face Hub repository (see `titok models`); a bundled model's name (default, "
+                             "ordered) prints its path")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,6 +348,13 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("titok pull: error: name a model, e.g. titok pull yucornetto/tokenizer_titok_l32_imagenet "
                          "(see titok models)\n")
         return 2
+    from titok.core.models import BUNDLED
+
+    if args.name in BUNDLED and not Path(args.name).exists():  # nothing to fetch: say where it is, as for a pull
+        sys.stdout.write(f"{BUNDLED[args.name]}\n")
+        sys.stderr.write(f"pull: {args.name} is bundled with the package (no download); serve it with: titok serve "
+                         f"--model {args.name}\n")
+        return 0
     try:
         path = pull(args.name, progress)
         meta = read_meta(path)
@@ -347,33 +373,22 @@ def models_main(argv: list[str] | None = None) -> int:
                                      "`titok serve --model NAME` and `titok pull NAME` know by name.")
     parser.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
     args = parser.parse_args(argv)
-    head = ("name", "preset", "px", "tokens", "codebook", "bits/image", "params", "fp32 size", "trained on")
-    rows = _model_rows()
-    if args.json:
-        sys.stdout.write("".join(json.dumps(dict(zip(head, r, strict=True))) + "\n" for r in rows))
+    rows, bundled = _model_rows(), _bundled_rows()
+    if args.json:  # one object a line, numbers as numbers: the Hub's models, then the bundled ones
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in (*rows, *bundled)))
         return 0
-    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
-    for r in (head, *rows):
-        sys.stdout.write("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    head = ("name", "preset", "px", "tokens", "codebook", "bits/image", "params", "fp32 size", "trained on")
+    table = [head, *((r["name"], r["preset"], str(r["image_size"]), str(r["num_tokens"]), str(r["codebook_size"]),
+                      str(r["bits_per_image"]), f"{r['params'] / 1e6:.0f}M", f"{r['fp32_bytes'] / 1e6:.0f} MB",
+                      r["trained_on"]) for r in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    for r in table:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
     sys.stdout.write(f"\nAny repository with a TiTok config.json and weights loads too; converted models are cached in "
                      f"{cache_dir()}.\n")
-    bundled = _bundled_lines()
     if bundled:
-        sys.stdout.write("\nBundled with the package (no download; `titok serve --model NAME`):\n" + bundled)
+        sys.stdout.write("\nBundled with the package (no download; `titok serve --model NAME`):\n" + "".join(
+            f"  {b['name']}: {b['model']}, {b['image_size']} px, {b['num_tokens']} tokens of {b['codebook_size']} "
+            f"codes, {'prefix-decodable (any first k tokens decode)' if b['prefix_decodable'] else 'fixed length'}, "
+            f"{b['file_bytes'] / 1e6:.1f} MB\n" for b in bundled))
     return 0
-
-
-def _bundled_lines() -> str:
-    """One line per bundled model (titok.core.models.BUNDLED) present in this install, from its meta.json."""
-    from titok.core.artifact import read_meta
-    from titok.core.models import BUNDLED
-
-    lines = []
-    for name, path in BUNDLED.items():
-        if not path.is_file():
-            continue
-        meta = read_meta(path)
-        ordered = "prefix-decodable (any first k tokens decode)" if meta.get("prefix_decodable") else "fixed length"
-        lines.append(f"  {name}: {meta['name']}, {meta['image_size']} px, {meta['num_tokens']} tokens of "
-                     f"{meta['codebook_size']} codes, {ordered}, {path.stat().st_size / 1e6:.1f} MB\n")
-    return "".join(lines)

@@ -85,7 +85,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items -> {field: value}, each value of its field's type (bool: true/false, 1/0, yes/no;
+    a tuple: comma-separated integers). Raises SystemExit naming the item for an unknown field or a value that is
+    not of the field's type (the ranges are TiTokConfig's own checks)."""
     fields = TiTokConfig.__dataclass_fields__
     out: dict[str, Any] = {}
     for item in items:
@@ -93,12 +99,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or key not in fields:
             raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
         default = getattr(TiTokConfig(), key)
-        if isinstance(default, bool):
-            out[key] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(default, (int, float)):
-            out[key] = type(default)(raw)
-        else:
-            out[key] = raw
+        try:
+            if isinstance(default, bool):
+                out[key] = BOOLEANS[raw.strip().lower()]
+            elif isinstance(default, (int, float)):
+                out[key] = type(default)(raw)
+            elif isinstance(default, tuple):
+                out[key] = tuple(int(part) for part in raw.split(","))
+            elif isinstance(default, dict):
+                raise SystemExit(f"--set {item!r}: {key} cannot be set from the command line")
+            else:
+                out[key] = raw
+        except (KeyError, ValueError):
+            kind = {bool: "true or false", int: "an integer", float: "a number", tuple: "comma-separated integers"}
+            raise SystemExit(f"--set {item!r}: {key} takes {kind[type(default)]}, not {raw!r}") from None
     return out
 
 
@@ -204,10 +218,24 @@ def check_args(args: argparse.Namespace) -> None:
     for path in [*args.data, *([args.eval_data] if args.eval_data else [])]:
         if not Path(path).exists():
             raise SystemExit(f"no such file or folder: {path} (--data / --eval-data)")
+    if not args.resume:
+        config_from_args(args)
     missing = [m for m in ("tqdm", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(f"titok train needs {' and '.join(missing)}, which are not installed; install the "
                          "training extra with: pip install 'titok-service[train]'")
+
+
+def config_from_args(args: argparse.Namespace) -> TiTokConfig:
+    """The model configuration of a new run: --preset, with --set and --tail-drop over it. Raises SystemExit naming
+    a value no model can be built from (before anything is written)."""
+    overrides = parse_overrides(args.set)
+    if args.tail_drop:
+        overrides["tail_drop"] = True
+    try:
+        return get_preset(args.preset, **overrides)
+    except ValueError as e:
+        raise SystemExit(f"--preset {args.preset} with --set {' '.join(args.set)}: {e}") from None
 
 
 def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top to bottom on purpose
@@ -229,10 +257,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = TiTokConfig.from_dict(ckpt["config"])
     else:
-        overrides = parse_overrides(args.set)
-        if args.tail_drop:
-            overrides["tail_drop"] = True
-        cfg = get_preset(args.preset, **overrides)
+        cfg = config_from_args(args)
 
     torch.manual_seed(args.seed)
     model = TiTok(cfg).to(device)

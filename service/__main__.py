@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import NoReturn
 
@@ -39,6 +40,11 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     except ValidationError as e:
         sys.stderr.write(f"titok serve: invalid settings: {describe_invalid(e)}\n")
         return 2
+    host, port = host or settings.host, settings.port if port is None else port
+    problem = _unbindable(host, port)
+    if problem:  # said now, not after the model has loaded and in uvicorn's words, which name neither
+        sys.stderr.write(f"titok serve: {problem}\n")
+        return 2
     configure_logging(settings.log_format)
     try:
         engine = Engine.load(settings.model_source, settings.device, settings.dtype, settings.torch_threads,
@@ -47,7 +53,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         sys.stderr.write(f"titok serve: {e}\n")
         return 2
     app = build_app(settings, engine=engine)
-    config = uvicorn_config(app, settings, host or settings.host, settings.port if port is None else port)
+    config = uvicorn_config(app, settings, host, port)
     server = DrainingServer(config, app.state.service.start_draining, settings.drain_grace_s,
                             shutdown_timeout_s(settings))
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours makes that a no-op,
@@ -59,6 +65,19 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         sys.stderr.write("titok serve: the server did not start; see the log above\n")
         return 1
     _exit_drained()
+
+
+def _unbindable(host: str, port: int) -> str:
+    """Why the service could not listen on host:port ("" when it may: the bind itself can still fail, e.g. a port in
+    use, which uvicorn reports): a port outside 0..65535 (the kernel would take 99999 modulo 65536 without a word),
+    or a host name that does not resolve."""
+    if not 0 <= port <= 65535:
+        return f"port {port} is not a TCP port (0 to 65535; 0 picks a free one)"
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        return f"cannot listen on host {host!r}: {getattr(e, 'strerror', None) or e}"
+    return ""
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -106,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to bind (default: TITOK_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: TITOK_PORT or 8000)")
     parser.add_argument("--model", type=model_argument, metavar="NAME_OR_PATH",
-                        help="a Hugging Face Hub name (owner/name[@revision], see `titok models`) or an artifact "
-                             "path (default: TITOK_MODEL, else TITOK_MODEL_PATH, else the bundled model)")
+                        help="a bundled model's name (default, ordered), a Hugging Face Hub name "
+                             "(owner/name[@revision], see `titok models`) or an artifact path (default: TITOK_MODEL, "
+                             "else TITOK_MODEL_PATH, else the bundled default)")
     args = parser.parse_args(argv)
     return serve(args.host, args.port, model=args.model)
 

@@ -162,3 +162,25 @@ def test_an_empty_model_is_refused_not_read_as_the_default(argv: list[str], monk
     assert cli.main(argv) == 2
     assert ("argument --model: is empty: give an exported artifact's path, a bundled model's name (default, ordered)"
             in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port", "99999"], "port 99999 is not a TCP port (0 to 65535; 0 picks a free one)"),
+    (["--port", "-5"], "port -5 is not a TCP port"),
+    (["--host", "nosuch.invalid"], "cannot listen on host 'nosuch.invalid': Name or service not known"),
+])
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading_the_model(
+        argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernel took port 99999 as 34463 (modulo 65536) while the log said 99999; -5 and an unknown host failed
+    only after the model had loaded, in words that named neither."""
+    import socket
+
+    import titok.__main__
+
+    def no_such_host(host: str, *args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)  # offline or not, the same answer for the test's host
+    monkeypatch.setattr(titok.__main__.Engine, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert cli.main(["serve", *argv]) == 2
+    assert f"titok serve: {message}" in capsys.readouterr().err

@@ -28,6 +28,8 @@ from PIL import Image
 
 from ..core.codec import IMAGE_EXTS
 from ..core.cpus import available_cpus
+from ..core.errors import ModelLoadError
+from ..core.models import model_argument, resolve_model
 from ..settings import settings_with_dtype
 from . import bench_formats, loadgen
 
@@ -102,7 +104,9 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "TITOK_MODEL_PATH": str(model), "TITOK_LOG_FORMAT": "text",
+        # TITOK_MODEL (a name) would win over TITOK_MODEL_PATH in the child: it serves `model`, nothing else
+        env = {**{k: v for k, v in os.environ.items() if k != "TITOK_MODEL"}, "TITOK_MODEL_PATH": str(model),
+               "TITOK_LOG_FORMAT": "text",
                **{f"TITOK_{k.upper()}": str(v) for k, v in settings.items()}}
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port",
@@ -305,7 +309,9 @@ def png_levels(module: Any, tokens: list, levels: tuple[int, ...] = (0, 1, 3, 6,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="titok bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="artifact to serve (default: TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--model", type=model_argument, help="the model to serve: an artifact's path, a bundled model's "
+                   "name (default, ordered) or a Hub name (default: TITOK_MODEL, else TITOK_MODEL_PATH, else the "
+                   "bundled default)")
     p.add_argument("--url", help="benchmark a running service instead (no raw / no-batching comparison)")
     p.add_argument("--images", type=Path, help="folder of photos to send (default: synthetic photo-like JPEGs)")
     p.add_argument("--requests", type=int, default=512, help="requests per closed-loop run")
@@ -330,13 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_with_dtype("titok bench", args.dtype)
     if settings is None:
         return 2
-    model = args.model or settings.model_path
     if args.url and urlsplit(args.url).scheme != "http":
         sys.stderr.write(f"titok bench: --url {args.url}: only http:// URLs (the load generator speaks plain "
                          "HTTP/1.1; run the bench next to the service or against its plain-HTTP port)\n")
         return 2
-    if not args.url and not Path(model).is_file():
-        sys.stderr.write(f"titok bench: model file not found: {model} (use --model or TITOK_MODEL_PATH)\n")
+    try:  # the service and the raw loop must run the same file, whichever way it was named
+        model = Path("") if args.url else resolve_model(args.model or settings.model_source)
+    except ModelLoadError as e:
+        sys.stderr.write(f"titok bench: {e}\n")
         return 2
     photos = load_photos(args.images, 64) if args.images else synthetic_photos(64)
     out = sys.stdout.write

@@ -39,9 +39,9 @@ class TitokError(Exception):
     """Every failure of a call: the server's error code, message and request ID, and the HTTP status.
 
     Failures that never got an answer have `status` None: the service cannot be reached (code
-    `connection_error`), or an image or the tokens were refused before sending (codes `invalid_image` and
-    `invalid_tokens`, as the server says them). A URL that answers but is not a titok service gives `http_<status>`
-    or `not_titok`, naming what answered.
+    `connection_error`), or an image or the tokens were refused before sending (codes `invalid_image`, also for a
+    path that cannot be read, and `invalid_tokens`, as the server says them). A URL that answers but is not a
+    titok service gives `http_<status>` or `not_titok`, naming what answered.
     """
 
     def __init__(self, code: str, message: str, request_id: str | None = None, status: int | None = None) -> None:
@@ -138,6 +138,7 @@ class ServerInfo:
     max_items: int
     max_bytes: int
     arrays: bool
+    max_pixels: int = 0  # pixels of the images in one request (TITOK_MAX_REQUEST_PIXELS); 0: not said, no bound
 
     @classmethod
     def from_info(cls, info: dict[str, Any], arrays: bool | None) -> ServerInfo:
@@ -149,7 +150,8 @@ class ServerInfo:
             has_arrays = all(NPY in formats.get(path, ()) for path in ("/encode", "/decode"))
             return cls(str(m["name"]), str(m.get("content_hash") or ""), int(m["image_size"]),
                        int(m["num_tokens"]), int(m["codebook_size"]), int(limits["max_images_per_request"]),
-                       int(limits["max_upload_bytes"]), has_arrays if arrays is None else arrays)
+                       int(limits["max_upload_bytes"]), has_arrays if arrays is None else arrays,
+                       int(limits.get("max_request_pixels") or 0))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TitokError("not_titok", f"GET /info answered without a titok service's fields ({type(e).__name__}: "
                              f"{str(e)[:80]}): is the URL that of a titok service?") from None
@@ -235,7 +237,10 @@ def _one_input(item: ImageLike, server: ServerInfo, resize: str) -> tuple[str, A
         return "file", ("image", bytes(item))
     if isinstance(item, str | os.PathLike):
         path = Path(item)
-        return "file", (path.name, path.read_bytes())
+        try:
+            return "file", (path.name, path.read_bytes())
+        except OSError as e:  # a missing or unreadable path: the one exception type, before anything is sent
+            raise TitokError("invalid_image", f"cannot read {os.fspath(item)}: {e.strerror or e}") from None
     raise TypeError(f"cannot send {type(item).__name__} as an image: give paths, bytes, PIL images or arrays")
 
 
@@ -248,15 +253,27 @@ def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
     return list(images)
 
 
+def _file_pixels(data: bytes) -> int:
+    """An image file's pixel count from its header (the server's own rule); 0 where the header cannot be read (the
+    server then names what is wrong with it)."""
+    try:
+        return codec.pixel_count(data, max_pixels=2**62)
+    except (CoreError, OSError, ValueError):
+        return 0
+
+
 def _runs(kinds: Iterable[tuple[str, Any]], server: ServerInfo) -> Iterator[tuple[str, list[Any]]]:
-    """Consecutive inputs of one kind, cut into requests of at most max_items items and max_bytes bytes."""
-    kind, run, size = "", [], 0
+    """Consecutive inputs of one kind, cut into requests of at most max_items items, max_bytes bytes and (image
+    files, whose pixels the server counts before decoding) max_pixels pixels."""
+    kind, run, size, pixels = "", [], 0, 0
     for k, payload in kinds:
         n = payload.nbytes if k == "array" else len(payload[1]) + len(payload[0]) + PART_OVERHEAD
-        if run and (k != kind or len(run) == server.max_items or size + n > server.max_bytes - NPY_HEADER):
+        px = _file_pixels(payload[1]) if k == "file" and server.max_pixels else 0
+        if run and (k != kind or len(run) == server.max_items or size + n > server.max_bytes - NPY_HEADER
+                    or (server.max_pixels and pixels + px > server.max_pixels)):
             yield kind, run
-            run, size = [], 0
-        kind, size = k, size + n
+            run, size, pixels = [], 0, 0
+        kind, size, pixels = k, size + n, pixels + px
         run.append(payload)
     if run:
         yield kind, run

@@ -157,8 +157,14 @@ def check_archive(path: str | Path) -> None:
     try:
         with archive:
             bad = archive.testzip()  # the first member whose bytes fail their CRC-32, or None
+            names = archive.namelist()
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
-        bad = f"? ({e})"
+        bad, names = f"? ({e})", []
+    # torch.save writes ARCHIVE/data.pkl and no code/; torch.jit.save writes both ARCHIVE/code/ and constants.pkl
+    if bad is None and any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names):
+        raise ModelLoadError(f"{path} is a PyTorch checkpoint written by torch.save (a training run's checkpoint.pt, "
+                             "a state dict), not an exported TorchScript artifact: export it with `titok export "
+                             "--checkpoint FILE --out MODEL.pt`, or convert a published one with `titok convert`")
     if bad is not None:
         raise ModelLoadError(f"model file {path} is damaged: its member {bad} fails its CRC-32 check (a corrupted "
                              "copy or an interrupted download): copy or fetch it again")

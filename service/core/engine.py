@@ -190,8 +190,13 @@ class Engine:
         encode: uint8 (B, H, W, 3) -> int64 (B, K); decode: int64 (B, K) -> uint8 (B, H, W, 3), or int64 (B, k)
         for any 1 <= k <= K when the model is prefix_decodable;
         roundtrip: uint8 (B, H, W, 3) -> (B,) records of roundtrip_dtype (encode, then decode in the same call).
+        Raises RuntimeError once close() has been called.
         """
-        return self._thread.submit(self._call, op, batch)
+        try:
+            return self._thread.submit(self._call, op, batch)
+        except RuntimeError:  # the executor's "cannot schedule new futures after shutdown", in our words
+            raise RuntimeError(f"{self.name} was closed (close() was called, or its `with` block ended); "
+                               "load the model again to use it") from None
 
     def run(self, op: Op, batch: np.ndarray) -> np.ndarray:
         """submit() and wait for the result."""

@@ -78,7 +78,7 @@ class Tokenizer:
         TargetTokens, each image's fewest tokens whose reconstruction reaches dB (the same search, so the same
         tokens as the other doors).
         Raises InvalidImage / ImageTooLarge (naming images[i]; InvalidImage for `images` that is neither an image
-        nor a sequence), FileNotFoundError for a missing path, ValueError for an unknown `resize`, InvalidBudget
+        nor a sequence, or for a path that cannot be read), ValueError for an unknown `resize`, InvalidBudget
         for a budget out of range (or both given), NotPrefixDecodable for a budget on a fixed-length model.
         """
         info = self.info
@@ -190,7 +190,7 @@ class Tokenizer:
         raise InvalidImage(f"an image must be a path, bytes, a PIL image or a uint8 array, not {type(item).__name__}")
 
     def close(self) -> None:
-        """Stop the model thread; the tokenizer cannot be used afterwards."""
+        """Stop the model thread; the tokenizer cannot be used afterwards (encode and decode raise RuntimeError)."""
         self.engine.close()
 
     def __enter__(self) -> Tokenizer:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core.artifact import load_artifact
 from ..core.codec import load_image
+from ..core.models import model_argument, resolve_model
 from ..settings import settings_with_dtype
 
 
@@ -65,7 +66,8 @@ def raw_artifact(model: Path, files: list[Path], batch: int, dtype: str = "float
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="titok bench-tokenize", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, help="artifact (default: TITOK_MODEL_PATH or the bundled model)")
+    p.add_argument("--model", type=model_argument, help="an artifact's path, a bundled model's name (default, "
+                   "ordered) or a Hub name (default: TITOK_MODEL, else TITOK_MODEL_PATH, else the bundled default)")
     p.add_argument("--images", type=Path, help="folder of images (default: 256 synthetic 320 px photos)")
     p.add_argument("--repeat", type=int, default=1, help="use the images this many times over (default: 1)")
     p.add_argument("--workers", default="0,1,2", help="decoding worker counts to run the job with (default: 0,1,2)")
@@ -82,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_with_dtype("titok bench-tokenize", args.dtype)
     if settings is None:
         return 2
-    model = args.model or settings.model_path
+    try:
+        model = resolve_model(args.model or settings.model_source)
+    except ModelLoadError as e:
+        sys.stderr.write(f"titok bench-tokenize: {e}\n")
+        return 2
     threads = os.cpu_count() or 1
     import torch
 

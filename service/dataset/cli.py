@@ -13,12 +13,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..core.artifact import DTYPES, ModelInfo, read_meta
-from ..core.codec import RESIZE_MODES
+from ..core.codec import IMAGE_EXTS, RESIZE_MODES
 from ..core.cpus import available_cpus
 from ..core.models import model_argument, resolve_model
 from ..errors import ModelLoadError
 from ..settings import MAX_THREADS, Settings, describe_invalid
-from .inputs import AUTO, DatasetError
+from .inputs import AUTO, PARQUET_IMAGE_COLUMNS, DatasetError
 
 _DEFAULTS = Settings.model_fields
 
@@ -47,8 +47,9 @@ def _threads(text: str) -> int:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=model_argument, metavar="NAME_OR_PATH",
-                   help="artifact path or Hugging Face Hub name (owner/name[@revision], see `titok models`) "
-                   "(default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled model)")
+                   help="a bundled model's name (default, ordered), a Hugging Face Hub name (owner/name[@revision], "
+                   "see `titok models`) or an artifact path (default: TITOK_MODEL, TITOK_MODEL_PATH or the bundled "
+                   "default)")
     p.add_argument("--device", help="auto (default, or TITOK_DEVICE), cpu or cuda")
     p.add_argument("--dtype", help="auto (default, or TITOK_DTYPE: bf16 where it measures faster; float32 with "
                    "--ray on CPUs, so that every actor agrees), float32 (exact tokens), bfloat16 or float16")
@@ -76,8 +77,9 @@ def tokenize_parser() -> argparse.ArgumentParser:
                    "not with --ray: each actor takes its node's default)")
     p.add_argument("--shard-size", type=int, default=10_000, help="images per output shard of a folder")
     p.add_argument("--image-column", default=AUTO,
-                   help="Parquet: the column of image bytes; tar: the image's extension (default: auto, the first "
-                        "of jpg, jpeg, png, webp, image, img)")
+                   help="Parquet: the column of image bytes (default: auto, the first of "
+                        f"{', '.join(PARQUET_IMAGE_COLUMNS)}); tar: the image member's extension (default: auto, the "
+                        f"first of {', '.join(IMAGE_EXTS)})")
     p.add_argument("--max-image-pixels", type=int, help="larger images are skipped as errors, checked in the image "
                    f"header before decoding (default: TITOK_MAX_IMAGE_PIXELS, {_DEFAULTS['max_image_pixels'].default})")
     p.add_argument("--max-image-bytes", type=int, help="larger image files, tar members and Parquet cells are "
@@ -186,7 +188,8 @@ def _tokenize(args: argparse.Namespace) -> int:
             summary = run_local(shards, engine, meta, opts)
         finally:
             engine.close()
-    sys.stdout.write(summary.table())
+    sys.stdout.write(summary.table() + f"{'model':<34} {meta['model']} (content hash {meta['content_hash'][:12]})\n"
+                     f"{'compute dtype':<34} {meta['compute_dtype']}\n")
     return 0
 
 
@@ -234,6 +237,8 @@ def _detokenize(args: argparse.Namespace) -> int:
     from .reader import read_ragged
     from .writer import describe
 
+    if not args.keys and args.first < 1:
+        raise DatasetError(f"--first is {args.first}; it must be 1 or more (the number of rows to decode)")
     meta, keys, ids, offsets = read_ragged(args.directory)  # any row length: --num-tokens / --target-psnr too
     if not args.model and not any(os.environ.get(v) for v in ("TITOK_MODEL", "TITOK_MODEL_PATH")):
         from ..core.models import model_with_hash
@@ -254,6 +259,7 @@ def _detokenize(args: argparse.Namespace) -> int:
                            f"(e.g. {', '.join(map(repr, keys[:3]))})")
     rows = [index[k] for k in args.keys] if args.keys else list(range(min(args.first, len(keys))))
     engine = Engine.load(settings.model_path, settings.device, settings.dtype)
+    sys.stderr.write(f"titok detokenize: {engine.model_info.name} on {engine.device}, compute dtype {engine.dtype}\n")
     try:
         served = engine.model_info
         if served.content_hash != meta["content_hash"] or served.name != meta["model"]:

@@ -164,7 +164,8 @@ def test_decode_refuses_bad_tokens_naming_what_it_expects(tmp_path, micro_cfg, t
     cases = [
         (torch.zeros(1, 0, dtype=torch.long), f"1 to {K} tokens" if tail_drop else f"exactly {K} tokens"),
         (torch.zeros(1, K + 1, dtype=torch.long), f"1 to {K} tokens" if tail_drop else f"exactly {K} tokens"),
-        (torch.zeros(1, K), "integer token ids"),
+        (torch.zeros(1, K), "integer token ids (int64), not floating-point ones"),  # was "not 6", an enum number
+        (torch.zeros(1, K, dtype=torch.bool), "integer token ids (int64), not bool ones"),
         (torch.full((1, K), -1, dtype=torch.long), f"token ids in [0, {cfg.codebook_size})"),
         (torch.full((1, K), cfg.codebook_size, dtype=torch.long), f"token ids in [0, {cfg.codebook_size})"),
         (torch.zeros(K, dtype=torch.long), "shape (B, k)"),

@@ -294,15 +294,35 @@ def test_a_half_written_artifact_is_never_served(fake_hub: FakeHub, tmp_path: Pa
 
 def test_titok_models_lists_the_known_names_with_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     from titok.cli import main
+    from titok.core.models import BUNDLED
 
     assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["name"] for r in rows] == [m.repo for m in hub.KNOWN_MODELS]
+    # the Hub's models by name, then the bundled ones the text listing shows too (they were left out of the JSON)
+    assert [r["name"] for r in rows] == [m.repo for m in hub.KNOWN_MODELS] + list(BUNDLED)
     l32 = rows[0]
-    assert (l32["preset"], l32["tokens"], l32["codebook"], l32["bits/image"]) == ("titok-l-32", "32", "4096", "384")
+    assert (l32["source"], l32["preset"], l32["num_tokens"], l32["codebook_size"], l32["bits_per_image"]) == (
+        "hub", "titok-l-32", 32, 4096, 384)  # numbers as numbers (they were strings)
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(get_preset("titok-l-32")).parameters())
-    assert l32["params"] == f"{params / 1e6:.0f}M"
+    assert l32["params"] == params and l32["fp32_bytes"] == 4 * params
+    ordered = rows[-1]
+    assert (ordered["source"], ordered["num_tokens"], ordered["prefix_decodable"]) == ("bundled", 128, True)
+    assert ordered["file_bytes"] == BUNDLED["ordered"].stat().st_size
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[1].split()[:6] == ["yucornetto/tokenizer_titok_l32_imagenet", "titok-l-32", "256", "32", "4096", "384"]
+    assert "  ordered: titok-p8-128px-128tok-ordered" in text
+
+
+def test_titok_pull_of_a_bundled_name_prints_its_path(capsys: pytest.CaptureFixture[str]) -> None:
+    from titok.cli import main
+    from titok.core.models import BUNDLED
+
+    assert main(["pull", "ordered"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{BUNDLED['ordered']}\n" and "ordered is bundled with the package (no download)" in err
 
 
 def test_titok_pull_cli_answers_a_refusal_in_one_line(fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:

@@ -99,3 +99,37 @@ def test_a_bad_setting_beside_dtype_is_named_not_blamed_on_dtype(monkeypatch: py
     err = capsys.readouterr().err
     assert err.startswith("titok bench: TITOK_MODEL_WORKERS: ") and "TITOK_TORCH_THREADS: " in err
     assert "--dtype" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "env"), [(["--model", "ordered"], {}), ([], {"TITOK_MODEL": "ordered"})])
+def test_bench_serves_and_times_the_model_named_by_name_or_titok_model(argv, env, monkeypatch, capsys) -> None:
+    """A bundled name (or TITOK_MODEL) is the model both the service and the raw loop run: the bench once served
+    TITOK_MODEL (the child read it) while timing TITOK_MODEL_PATH's model raw, and crashed on its 128-token ids."""
+    import titok.bench.bench as bench
+    from titok.core.models import BUNDLED
+
+    started: list[dict[str, str]] = []
+
+    class Exited:  # a service process that ended at once: the bench stops there, having said what it started
+        def __init__(self, cmd: list[str], env: dict[str, str], **kwargs: object) -> None:
+            started.append(env)
+
+        def poll(self) -> int:
+            return 1
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(bench.subprocess, "Popen", Exited)
+    with pytest.raises(SystemExit, match="the service did not start"):
+        main([*argv, "--quick"])
+    assert started and started[0]["TITOK_MODEL_PATH"] == str(BUNDLED["ordered"]) and "TITOK_MODEL" not in started[0]
+
+
+@pytest.mark.parametrize("prog", ["titok bench", "titok bench-tokenize"])
+def test_both_benches_name_a_model_they_cannot_find_and_what_they_take(prog: str, capsys) -> None:
+    from titok.dataset.bench import main as bench_tokenize
+
+    run = main if prog == "titok bench" else bench_tokenize
+    assert run(["--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: model file not found: no-such-model") and "(default, ordered)" in err, err

@@ -129,6 +129,26 @@ def test_large_inputs_go_in_chunks_within_the_server_limits(live_url: str) -> No
     assert np.array_equal(images[:10], images[10:])
 
 
+def test_images_go_in_requests_within_the_servers_pixel_limit(tiny_artifact: Path) -> None:
+    """TITOK_MAX_REQUEST_PIXELS is a limit /info states like the others: five 300 x 300 images (a few KB each) under a
+    limit of 200,000 pixels a request go as three requests (2 + 2 + 1), not one 413 for the whole call."""
+    flat = [save(Image.new("RGB", (300, 300), (40 * s, 90, 200)), "PNG") for s in range(5)]
+    settings = make_settings(tiny_artifact, max_request_pixels=200_000, max_image_pixels=100_000)
+    with serving(build_app(settings)) as url, TitokClient(url) as client:
+        before = requests_to(url, "/encode", "200")
+        tokens = client.encode(flat)
+        assert requests_to(url, "/encode", "200") - before == 3
+        assert tokens.tolist() == [client.encode(b)[0].tolist() for b in flat]
+
+
+def test_a_path_that_cannot_be_read_is_a_titok_error_before_anything_is_sent(live_url: str, tmp_path: Path) -> None:
+    with TitokClient(live_url) as client:
+        before = requests_to(live_url, "/encode", "200")
+        with pytest.raises(TitokError, match=r"refused before sending invalid_image: cannot read .*nope.png: No such"):
+            client.encode([save(noise((40, 40), 0), "PNG"), tmp_path / "nope.png"])
+        assert requests_to(live_url, "/encode", "200") == before
+
+
 def test_decode_returns_pil_images_or_an_array_equal_to_the_servers_png(live_url: str) -> None:
     seq = list(range(8))
     png = httpx.post(f"{live_url}/decode", json={"tokens": seq}).content

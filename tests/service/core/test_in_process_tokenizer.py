@@ -113,6 +113,15 @@ def test_bad_input_is_named(tok: Tokenizer, tmp_path: Path) -> None:
         tok.decode(np.zeros((1, 8)))
 
 
+def test_a_closed_tokenizer_says_so(tiny_artifact: Path) -> None:
+    tok = Tokenizer.load(tiny_artifact, device="cpu")
+    with tok:
+        tokens = tok.encode([_structured(40, 40)])
+    for call in (lambda: tok.encode([_structured(40, 40)]), lambda: tok.decode(tokens)):
+        with pytest.raises(RuntimeError, match=r"was closed \(close\(\) was called, or its `with` block ended\)"):
+            call()
+
+
 def test_load_refuses_a_missing_file_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=f"model file not found: {tmp_path / 'nope.pt'}"):
         Tokenizer.load(tmp_path / "nope.pt", device="cpu")

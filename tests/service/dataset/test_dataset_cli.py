@@ -100,6 +100,7 @@ def test_tokenize_then_detokenize_chosen_rows(tmp_path: Path, tiny_artifact: Pat
                  "--workers", "1", "--shard-size", "2"]) == 0
     report = capsys.readouterr().out
     assert "images tokenized                   5" in report and "shards written                     3" in report
+    assert "compute dtype                      float32" in report and "model                              " in report
     assert {shard_meta(p)["compute_dtype"] for p in out.glob("*.parquet")} == {"float32"}  # TITOK_DTYPE (conftest)
     assert main(["tokenize", str(folder), "--out", str(tmp_path / "bf16"), "--model", str(tiny_artifact),
                  "--dtype", "bf16", "--workers", "0"]) == 0
@@ -111,9 +112,14 @@ def test_tokenize_then_detokenize_chosen_rows(tmp_path: Path, tiny_artifact: Pat
     expected = engine.run("decode", tokens[[keys.index("sub/3.png")]].astype(np.int64))[0]
     got = np.asarray(Image.open(io.BytesIO((tmp_path / "png/sub__3.png.png").read_bytes())))
     np.testing.assert_array_equal(got, expected)
+    assert "compute dtype float32" in capsys.readouterr().err  # what it ran in, on stderr beside its paths
     assert main(["detokenize", str(out), "--keys", "nope.png", "--out", str(tmp_path / "png"),
                  "--model", str(tiny_artifact)]) == 2
     assert "no row with key 'nope.png'" in capsys.readouterr().err
+    for first in ("0", "-1"):  # once read as "no rows": nothing written, nothing said, exit 0
+        assert main(["detokenize", str(out), "--first", first, "--out", str(tmp_path / "none"),
+                     "--model", str(tiny_artifact)]) == 2
+        assert f"--first is {first}; it must be 1 or more" in capsys.readouterr().err
 
 
 def test_detokenize_refuses_a_model_that_did_not_make_the_tokens(tmp_path: Path, engine: Engine,
