@@ -74,6 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_message = False  # a request has begun and not yet been read to its end
         self._cycles: deque[Any] = deque()  # uvicorn's request cycles not yet answered, oldest first
         self._head_timer: asyncio.TimerHandle | None = None
+        self._unread_body_timer: asyncio.TimerHandle | None = None  # the rest of the body of an answered request
         self._shutting_down = False
         self._shutdown_timer: asyncio.TimerHandle | None = None
 
@@ -83,6 +84,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_unread_body_timer()
         if self._shutdown_timer is not None:
             self._shutdown_timer.cancel()
         # uvicorn marks only its newest cycle disconnected: with pipelined requests, the one being answered (its
@@ -119,6 +121,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         if self.head_timeout_s:
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _arm_unread_body_timer(self) -> None:
+        self._cancel_unread_body_timer()
+        if self.head_timeout_s:
+            self._unread_body_timer = self.loop.call_later(self.head_timeout_s, self._unread_body_timed_out)
+
+    def _cancel_unread_body_timer(self) -> None:
+        if self._unread_body_timer is not None:
+            self._unread_body_timer.cancel()
+            self._unread_body_timer = None
+
+    def _unread_body_timed_out(self) -> None:
+        """The body of a request already answered did not end in time: close (its answer has been written)."""
+        self._unread_body_timer = None
+        if self.transport.is_closing() or self._in_head or not self._in_message:
+            return
+        log.warning("body of an answered request not finished within %g s: connection closed", self.head_timeout_s)
+        self.transport.close()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -231,15 +251,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._cancel_unread_body_timer()
         super().on_message_complete()
         self._in_head = True  # whatever comes next on this connection is the next request's head
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # resumes reading, and starts the next pipelined request if there is one
         if self._in_message and self.cycle is not None and self.cycle.response_complete:
-            # The next head is already half read: the head deadline bounds it (and answers 408), not uvicorn's
-            # keep-alive timer, which it armed and which would close the connection without a word.
+            # uvicorn armed its keep-alive timer, which any byte cancels for good: a client could trickle for ever.
             self._unset_keepalive_if_required()
+            if self._in_head:
+                pass  # the next head is already half read: the head deadline bounds it (and answers 408)
+            elif not self.transport.is_closing():
+                # An early answer (401, 404, 413, ...) to a request whose body is still arriving: the rest of the
+                # body must arrive within the same deadline as a head, or the connection closes (no answer is left
+                # to give). It was held open for ever: 3,000 such connections kept 3,000 descriptors (a hostile pass).
+                self._arm_unread_body_timer()
         if self._cut_after_response and not self.transport.is_closing():
             if self._answer_pending():
                 self.flow.pause_reading()

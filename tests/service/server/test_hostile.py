@@ -647,3 +647,33 @@ def test_hang_ups_while_queued_are_499s_with_no_error_logged(tiny_artifact: Path
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not errors, [r.getMessage() for r in errors]  # e.g. asyncio's "exception was never retrieved"
     assert engine.batches[0] == 3 and sum(engine.batches) == 3  # the four gone requests never reached the model
+
+
+def test_the_body_of_an_early_answer_must_still_arrive_within_the_deadline(tiny_artifact: Path) -> None:
+    """An answer given before the body is read (401 without a key, 404, 413 ...) left the connection open for ever
+    when the declared body never came: no body deadline ran any more (the app no longer read) and the keep-alive
+    timer had been cancelled. 3,000 such connections held 3,000 descriptors (a hostile pass). Now the rest of the
+    body has TITOK_BODY_TIMEOUT_S; a client that does send it keeps its connection."""
+    key = "k" * 32
+    app = build_app(make_settings(tiny_artifact, body_timeout_s=1.0, api_keys=[key]), engine=FakeEngine())
+    with serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        early = (b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+                 + b"\x00" * 10)
+        with socket.create_connection((host, int(port)), timeout=30) as stalled, \
+                socket.create_connection((host, int(port)), timeout=30) as finishes:
+            stalled.sendall(early)  # no key: 401 at once, then the 990 other bytes never come
+            finishes.sendall(early)
+            time.sleep(0.3)
+            finishes.sendall(b"\x00" * 990 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            t0 = time.monotonic()
+            answer = until_closed(stalled)
+            assert time.monotonic() - t0 < 5
+            assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+            finishes.settimeout(5)
+            both = b""
+            while both.count(b"HTTP/1.1 ") < 2:  # the 401, then the next request's answer on the same connection
+                part = finishes.recv(65536)
+                assert part, both
+                both += part
+            assert both.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 200 " in both.partition(b"\r\n\r\n")[2]
