@@ -71,6 +71,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     fmt = _sniff(data)
     if fmt is None:
         raise InvalidImage(f"the data is not an image in a supported format ({', '.join(FORMATS)})")
+    if fmt == "JPEG":
+        jpeg_size(data)  # bounded segments and scans before Pillow walks them (and libjpeg decodes every scan)
     try:
         try:
             img = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -96,23 +98,98 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# A JPEG's segments before its frame header (APPn, DQT, DHT, COM, ...: a camera's photo has under 20) and its scans
+# (start-of-scan markers: a baseline JPEG has 1, or 1 a colour component, a progressive one about 10).
+MAX_JPEG_SEGMENTS = 1024
+MAX_JPEG_SCANS = 100
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers (T.81)
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length field (TEM, RSTn)
+_BROKEN_JPEG = "the data starts like a JPEG image but cannot be read"
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """A JPEG's (width, height) from its frame header, walking the segments before it (ITU-T T.81, annex B) without
+    Pillow, and refusing a file that will not decode in bounded time.
+
+    Pillow's open walks every marker before the frame in Python and keeps each APPn segment: a 64 x 64 JPEG padded
+    with 8.3 million empty APP1 segments (33 MB) held the event loop for 7 s and 1.4 GB (a hostile pass). Here at
+    most MAX_JPEG_SEGMENTS segments may come before the frame header. And libjpeg decodes every scan of a
+    progressive JPEG over the whole image: a 560 KB 7000 x 7000 file repeating one refinement scan 1,300 times took
+    35 s of a codec thread; at most MAX_JPEG_SCANS start-of-scan markers (counted over the whole file) are taken.
+    Raises InvalidImage naming what is wrong.
+    """
+    pos, segments = 2, 0
+    while True:
+        while pos < len(data) and data[pos] == 0xFF and pos + 1 < len(data) and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 2 > len(data) or data[pos] != 0xFF:
+            raise InvalidImage(f"{_BROKEN_JPEG}: it ends or breaks before its frame header (SOF); it may be "
+                               "truncated or corrupt")
+        marker = data[pos + 1]
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):
+            raise InvalidImage(f"{_BROKEN_JPEG}: it has a {'start of scan' if marker == 0xDA else 'SOI or EOI'} "
+                               "marker before its frame header (SOF)")
+        if pos + 4 > len(data):
+            raise InvalidImage(f"{_BROKEN_JPEG}: it ends inside a segment header; it may be truncated")
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 9 > len(data):
+                raise InvalidImage(f"{_BROKEN_JPEG}: its frame header (SOF) is cut short")
+            h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+            break
+        segments += 1
+        if length < 2:
+            raise InvalidImage(f"{_BROKEN_JPEG}: a segment before its frame header (SOF) has a malformed length")
+        if segments > MAX_JPEG_SEGMENTS:
+            raise InvalidImage(f"the JPEG has over {MAX_JPEG_SEGMENTS} segments before its frame header (SOF); a "
+                               "photo has a few dozen at most")
+        pos += 2 + length
+    scans = data.count(b"\xff\xda")  # entropy-coded data stuffs every 0xFF, so these are markers (or metadata)
+    if scans > MAX_JPEG_SCANS:
+        raise InvalidImage(f"the JPEG has {scans} scans (start-of-scan markers); at most {MAX_JPEG_SCANS} are decoded "
+                           "(a progressive JPEG has about 10)")
+    if w == 0 or h == 0:
+        raise InvalidImage(f"the JPEG frame header declares a {w} x {h} image (a height set later by a DNL marker "
+                           "is not supported)")
+    return w, h
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read straight from a PNG's IHDR, a GIF's logical screen descriptor or a JPEG's frame header;
+    None for the other formats (Pillow reads theirs). Raises InvalidImage for a size of 0 or a JPEG refused by
+    jpeg_size."""
+    if len(data) >= 24 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        kind = "PNG header"
+    elif len(data) >= 10 and data[:6] in (b"GIF87a", b"GIF89a"):
+        w, h = struct.unpack("<HH", data[6:10])  # Pillow's GIF size is this canvas, whatever the frames hold
+        kind = "GIF logical screen"
+    elif data[:3] == b"\xff\xd8\xff":
+        return jpeg_size(data)
+    else:
+        return None
+    if w == 0 or h == 0:
+        raise InvalidImage(f"the {kind} declares a {w} x {h} image")
+    return w, h
+
+
 def pixel_count(data: bytes, max_pixels: int = 50_000_000) -> int:
     """Width x height from the image's header alone (cheap: no pixel is decoded).
 
-    A PNG's size is read from its IHDR chunk, which the PNG specification (section 5.6) puts first, without
-    Pillow: Pillow's open walks every chunk before the image data, and a 1 x 1 PNG padded with 30 MiB of private
-    chunks held the service's event loop for 5.6 s there (a hostile pass). Anything wrong after the IHDR is
-    found when the image is decoded (InvalidImage then). Raises ImageTooLarge over `max_pixels`, InvalidImage for
-    data that is not a readable image.
+    A PNG's size is read from its IHDR chunk, which the PNG specification (section 5.6) puts first, a GIF's from
+    its logical screen descriptor and a JPEG's from its frame header (jpeg_size), without Pillow: Pillow's open
+    walks every chunk, block or marker before the image data, and a 1 x 1 PNG padded with 30 MiB of private
+    chunks held the service's event loop for 5.6 s there, a GIF with 6.6 million comment blocks 2.6 s (hostile
+    passes). Anything wrong after them is found when the image is decoded (InvalidImage then). Raises
+    ImageTooLarge over `max_pixels`, InvalidImage for data that is not a readable image.
     """
-    if len(data) >= 24 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", data[16:24])
-        if w == 0 or h == 0:
-            raise InvalidImage(f"the PNG header declares a {w} x {h} image")
-        if w * h > max_pixels:
-            raise ImageTooLarge(f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
-        return w * h
-    w, h = _open(data, max_pixels).size
+    size = _declared_size(data)
+    w, h = size if size is not None else _open(data, max_pixels).size
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"the image is {w} x {h} = {w * h} pixels; the limit is {max_pixels} pixels")
     return w * h
 
 

@@ -22,12 +22,16 @@ from sample_images import (
 )
 
 from titok.core.codec import (
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
     encode_png,
     fit,
+    jpeg_size,
     load_image,
     load_image_sized,
     orientation,
     parse_tokens,
+    pixel_count,
     to_uint8,
     upright,
 )
@@ -220,6 +224,51 @@ def test_decompression_bombs_are_refused_from_the_header(w: int, h: int) -> None
     with pytest.raises(ImageTooLarge) as refused:  # junk pixel data: decoding it would say "invalid" instead
         load_image(data, 32, max_pixels=50_000_000)
     assert answer(refused.value)[0] == 413
+
+
+def _photo_jpeg(**options: object) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = (np.linspace(0, 255, 96 * 80 * 3).reshape(80, 96, 3) + rng.integers(0, 40, (80, 96, 3))) % 256
+    return save(Image.fromarray(pixels.astype(np.uint8)), "JPEG", **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True, "subsampling": 0},
+                                     {"icc_profile": b"p" * 150_000}, {"quality": 5}])
+def test_a_jpegs_size_is_read_from_its_frame_header_as_pillow_reads_it(options, monkeypatch) -> None:
+    data = _photo_jpeg(**options)
+    filled = data[:2] + b"\xff\xff\xff" + data[2:]  # fill bytes before a marker (T.81 B.1.1.2)
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the header pass opened the file with Pillow"))
+    assert jpeg_size(data) == jpeg_size(filled) == (96, 80)
+    assert pixel_count(data) == 96 * 80
+
+
+def test_a_jpeg_padded_with_segments_or_scans_is_refused_at_once() -> None:
+    """Pillow walked 8.3 million empty APP1 segments on the event loop (7 s, 1.4 GB) and libjpeg decodes a repeated
+    progressive scan as often as it is repeated (1,300 times: 35 s of a codec thread for a 560 KB file)."""
+    data = _photo_jpeg()
+    padded = data[:2] + b"\xff\xe1\x00\x02" * (MAX_JPEG_SEGMENTS + 1) + data[2:]
+    for call in (pixel_count, lambda d: load_image(d, 32)):
+        with pytest.raises(InvalidImage, match=f"over {MAX_JPEG_SEGMENTS} segments before its frame header"):
+            call(padded)
+    progressive = _photo_jpeg(progressive=True)
+    last, eoi = progressive.rindex(b"\xff\xda"), len(progressive) - 2
+    assert 1 < progressive.count(b"\xff\xda") < 20  # Pillow's progressive JPEG: about 10 scans
+    repeated = progressive[:eoi] + progressive[last:eoi] * MAX_JPEG_SCANS + progressive[eoi:]
+    for call in (pixel_count, lambda d: load_image(d, 32)):
+        with pytest.raises(InvalidImage, match=r"the JPEG has \d+ scans \(start-of-scan markers\); at most 100"):
+            call(repeated)
+    assert load_image(progressive, 32).shape == (32, 32, 3)
+
+
+def test_a_gifs_size_is_its_logical_screen_read_without_walking_its_blocks(monkeypatch) -> None:
+    gif = save(solid(), "GIF")
+    comments = b"\x21\xfe" + b"\x01x" * 200_000 + b"\x00"  # one comment extension of 200,000 sub-blocks
+    at = gif.index(b"\x2c")  # the image descriptor, after the header and the global colour table
+    padded = gif[:at] + comments + gif[at:]
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the header pass opened the file with Pillow"))
+    assert pixel_count(padded) == solid().size[0] * solid().size[1]
+    with pytest.raises(InvalidImage, match="the GIF logical screen declares a 0 x 5 image"):
+        pixel_count(gif[:6] + struct.pack("<HH", 0, 5) + gif[10:])
 
 
 def tokens_body(tokens) -> bytes:
