@@ -120,6 +120,13 @@ class CodecBusy(ServiceError):
     status, code = 503, "codec_busy"
 
 
+class UploadsBusy(ServiceError):
+    """The request bodies being received at once would hold more than TITOK_MAX_INFLIGHT_UPLOAD_BYTES: refused
+    before its body is read (a load balancer retries elsewhere)."""
+
+    status, code = 503, "uploads_busy"
+
+
 class CurvesBusy(ServiceError):
     """The page's PSNR curve waited for its turn (a few are measured at once) past the request's timeout."""
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .core.models import BUNDLED
@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         5.0, ge=0, description="After SIGTERM: seconds to keep accepting (readiness 503, new work 503) before "
                                 "closing the listener, so a load balancer can notice.")
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413).")
+    max_inflight_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Most bytes of request bodies held at once, over every request being "
+        "received or served (its declared Content-Length, or what has arrived); a request that would pass it is "
+        "refused at once with 503 uploads_busy + Retry-After. At least TITOK_MAX_UPLOAD_BYTES.")
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request line plus headers: a longer request "
         "head is answered 400 and its connection closed before the app sees it (titok.server.protocol).")
@@ -91,6 +95,15 @@ class Settings(BaseSettings):
     @classmethod
     def _keys(cls, v: object) -> object:
         return parse_keys(v) if isinstance(v, str | list | tuple) else v
+
+    @field_validator("max_inflight_upload_bytes")
+    @classmethod
+    def _inflight_holds_one_upload(cls, v: int, info: ValidationInfo) -> int:
+        largest = info.data.get("max_upload_bytes")
+        if largest is not None and v < largest:
+            raise ValueError(f"must be at least TITOK_MAX_UPLOAD_BYTES ({largest}), or no upload of that size could "
+                             "ever be received")
+        return v
 
     @field_validator("device", "log_format", mode="before")
     @classmethod

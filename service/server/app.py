@@ -126,7 +126,8 @@ def build_app(settings: Settings | None = None, engine: Any = None) -> FastAPI:
     openapi.install(app, unguarded if settings.api_keys else None)
     app.add_middleware(DrainGate, state=state)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_upload_bytes,
-                       body_timeout_s=settings.body_timeout_s, max_header_bytes=settings.max_header_bytes)
+                       body_timeout_s=settings.body_timeout_s, max_header_bytes=settings.max_header_bytes,
+                       max_inflight_body_bytes=settings.max_inflight_upload_bytes)
     _add_error_handlers(app)
     return app
 

@@ -49,6 +49,8 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.codec_decode = Histogram("titok_codec_decode_seconds", "Time to decode and resize one uploaded image.",
                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight_upload_bytes = Gauge("titok_inflight_upload_bytes", "Bytes of request bodies held now "
+                                           "(TITOK_MAX_INFLIGHT_UPLOAD_BYTES bounds it).", registry=r)
         self.items_processed = Counter("titok_items_processed", "Items (images or token sequences) computed.",
                                        ["op"], registry=r)
         self.rejections = Counter("titok_rejections", "Requests or items refused, by reason.", ["reason"], registry=r)

@@ -323,7 +323,8 @@ async def info(request: Request) -> dict[str, Any]:
             "batching": {"max_batch_size": s.max_batch_size, "max_batch_delay_ms": s.max_batch_delay_ms,
                          "max_queue_size": s.max_queue_size, "request_timeout_s": s.request_timeout_s},
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_images_per_request": s.max_images_per_request,
-                       "max_image_pixels": s.max_image_pixels, "max_request_pixels": s.max_request_pixels},
+                       "max_image_pixels": s.max_image_pixels, "max_request_pixels": s.max_request_pixels,
+                       "max_inflight_upload_bytes": s.max_inflight_upload_bytes},
             "png_compress_level": s.png_compress_level, "formats": openapi.request_formats(request.app)}
 
 

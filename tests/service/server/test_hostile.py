@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
+from sample_images import save
 from service_helpers import FakeEngine, make_settings, open_request, read_answer, serving, serving_server
 
 from titok.__main__ import uvicorn_config
@@ -677,3 +679,36 @@ def test_the_body_of_an_early_answer_must_still_arrive_within_the_deadline(tiny_
                 assert part, both
                 both += part
             assert both.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 200 " in both.partition(b"\r\n\r\n")[2]
+
+
+def test_bodies_in_progress_are_bounded_together_and_the_next_is_refused_before_it_is_read(
+        tiny_artifact: Path) -> None:
+    """Every body is held until its answer: sixty 32 MiB uploads at once took the process from 0.4 to 2.6 GB (a
+    hostile pass). TITOK_MAX_INFLIGHT_UPLOAD_BYTES bounds them together; past it, 503 uploads_busy at once."""
+    app = build_app(make_settings(tiny_artifact, max_upload_bytes=64 * 1024, max_inflight_upload_bytes=128 * 1024,
+                                  body_timeout_s=10.0), engine=FakeEngine())
+    head = (b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 60000\r\n\r\n"
+            + b"\x89PNG" + b"\x00" * 996)
+    with serving(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=30) for _ in range(2)]
+        try:
+            for sock in held:
+                sock.sendall(head)  # 60,000 bytes declared, 1,000 sent: both reserve their declared length
+            time.sleep(0.5)
+            assert 'titok_inflight_upload_bytes 120000.0' in httpx.get(f"{url}/metrics").text
+            refused = httpx.post(f"{url}/encode", content=b"\x89PNG" + b"\x00" * 59_996,
+                                 headers={"content-type": "image/png"}, timeout=10)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "uploads_busy" and "TITOK_MAX_INFLIGHT_UPLOAD_BYTES (131072)" in error["message"]
+            small = save(Image.new("RGB", (8, 8), (200, 30, 30)), "PNG")  # a few hundred bytes: room for it
+            assert httpx.post(f"{url}/encode", content=small, headers={"content-type": "image/png"}).status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.5)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "titok_inflight_upload_bytes 0.0" in metrics
+        assert 'titok_rejections_total{reason="uploads_busy"} 1.0' in metrics
+        assert httpx.get(f"{url}/info").json()["limits"]["max_inflight_upload_bytes"] == 128 * 1024
