@@ -43,7 +43,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Per-request deadline; items still queued past it are dropped (504).")
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest time a request head, and then its body, may take to arrive (408); a "
-                                "connection that sends nothing is closed after it.")
+                                "connection that sends nothing is closed after it, as is one whose body does not "
+                                "end this long after an early answer, or whose client reads none of its answer "
+                                "for this long.")
     drain_grace_s: float = Field(
         5.0, ge=0, description="After SIGTERM: seconds to keep accepting (readiness 503, new work 503) before "
                                 "closing the listener, so a load balancer can notice.")

@@ -13,8 +13,11 @@ never ends; a head that arrives whole and is over the limit is answered 431 by t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -75,6 +78,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cycles: deque[Any] = deque()  # uvicorn's request cycles not yet answered, oldest first
         self._head_timer: asyncio.TimerHandle | None = None
         self._unread_body_timer: asyncio.TimerHandle | None = None  # the rest of the body of an answered request
+        self._write_timer: asyncio.TimerHandle | None = None  # a paused write (a client not reading its answer)
         self._shutting_down = False
         self._shutdown_timer: asyncio.TimerHandle | None = None
 
@@ -85,6 +89,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_unread_body_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._shutdown_timer is not None:
             self._shutdown_timer.cancel()
         # uvicorn marks only its newest cycle disconnected: with pipelined requests, the one being answered (its
@@ -121,6 +128,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         if self.head_timeout_s:
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the answer is written (the transport's buffer is over its high-water mark):
+        it must read some of it within `head_timeout_s`, or the connection closes. An answer to a client that
+        never read was held, with its buffer, for as long as the client cared to stay (a hostile pass: 70 s, and no
+        bound)."""
+        super().pause_writing()
+        if self.head_timeout_s and self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.head_timeout_s, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            log.warning("the client read none of its answer within %g s: connection closed", self.head_timeout_s)
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # a reset, not a FIN behind megabytes the kernel would keep trying to send
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()  # not close(): that would wait for the unread buffer to drain; lost -> told
 
     def _arm_unread_body_timer(self) -> None:
         self._cancel_unread_body_timer()

@@ -712,3 +712,20 @@ def test_bodies_in_progress_are_bounded_together_and_the_next_is_refused_before_
         assert "titok_inflight_upload_bytes 0.0" in metrics
         assert 'titok_rejections_total{reason="uploads_busy"} 1.0' in metrics
         assert httpx.get(f"{url}/info").json()["limits"]["max_inflight_upload_bytes"] == 128 * 1024
+
+
+def test_a_client_that_stops_reading_its_answers_is_cut_off_after_the_deadline(tiny_artifact: Path) -> None:
+    """No write deadline: a client that sent requests and never read the answers held them, and their buffers, for
+    as long as it stayed (70 s in a hostile pass, and no bound). Now it must read within TITOK_BODY_TIMEOUT_S."""
+    with serving(build_app(make_settings(tiny_artifact, body_timeout_s=1.0), engine=FakeEngine())) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            get = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            sock.sendall(get * 600)  # 600 answers of ~15 KB, 9 MB: more than loopback's socket buffers (3-4 MB) hold
+            time.sleep(3.0)  # reading nothing, past the deadline
+            t0 = time.monotonic()
+            answers = until_closed(sock)
+            assert time.monotonic() - t0 < 5
+        assert answers.count(b"HTTP/1.1 200 ") < 600  # at most what the buffers held before the reset
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200

@@ -131,7 +131,10 @@ def test_a_client_that_stops_reading_cannot_hold_a_shutdown_for_ever(tiny_artifa
             proc.wait(30)
     err = (tmp_path / "log").read_text()  # a file: a pipe left unread fills with the access log and blocks the server
     records = [json.loads(line) for line in err.splitlines()]
-    assert any("1 connection(s) still open" in r["msg"] and r["level"] == "warning" for r in records), err[-2000:]
+    # cut by the write deadline (the client read none of its answer for TITOK_BODY_TIMEOUT_S), or, had it read a
+    # little now and then, by the shutdown's own bound: either way one warning says so
+    cut = ("1 connection(s) still open", "read none of its answer within 1 s")
+    assert any(any(c in r["msg"] for c in cut) and r["level"] == "warning" for r in records), err[-2000:]
     assert not [r for r in records if r["level"] == "error" or "exc" in r], err[-3000:]
 
 
