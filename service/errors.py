@@ -44,11 +44,17 @@ class ServiceError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    # The titok_rejections_total reason the app's error handler counts this answer under; None where the code that
+    # raises it counts it itself (the batcher's queue_full and deadline, the codec's codec_busy, ...) or it is no
+    # refusal.
+    rejection: str | None = None
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, rejection: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if rejection is not None:
+            self.rejection = rejection
 
 
 class EmptyBody(ServiceError):
@@ -131,6 +137,7 @@ class CurvesBusy(ServiceError):
     """The page's PSNR curve waited for its turn (a few are measured at once) past the request's timeout."""
 
     status, code = 503, "busy"
+    rejection = "busy"
 
 
 class NotReady(ServiceError):

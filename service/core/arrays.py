@@ -27,8 +27,36 @@ def media_types(header: str) -> set[str]:
     return {part.split(";")[0].strip().lower() for part in header.split(",") if part.strip()}
 
 
-def wants_npy(accept: str) -> bool:
-    return NPY in media_types(accept)
+def accept_quality(accept: str, media: str) -> float:
+    """The quality value an Accept header gives `media`: that of its most specific matching range (`type/sub`, then
+    `type/*`, then `*/*`; RFC 9110, section 12.5.1), q=1 where no q is given; 0 when none matches. A q that is not
+    a number counts as 1."""
+    kind = media.split("/")[0]
+    best, rank = 0.0, -1
+    for part in accept.lower().split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        order = 2 if name == media else 1 if name == f"{kind}/*" else 0 if name == "*/*" else -1
+        if order <= rank:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = min(1.0, max(0.0, float(value)))
+                except ValueError:
+                    q = 1.0
+        best, rank = q, order
+    return best
+
+
+def wants_npy(accept: str, others: tuple[str, ...] = ("application/json",)) -> bool:
+    """Whether the answer should be .npy rather than one of `others` (JSON; /decode's PNG or JSON): the Accept
+    header names application/x-npy itself, with a quality above 0 and at least each other's
+    (`application/x-npy;q=0` or `application/json, application/x-npy;q=0.5` get the other; so does `*/*` alone,
+    the default)."""
+    npy = accept_quality(accept, NPY)
+    return npy > 0 and NPY in media_types(accept) and all(npy >= accept_quality(accept, o) for o in others)
 
 
 def read_npy(body: bytes) -> np.ndarray:

@@ -412,7 +412,9 @@ def parse_tokens(body: bytes, num_tokens: int, codebook_size: int, max_sequences
             if type(t) is float and t.is_integer():  # JSON has one number type: 4.0 is 4 (so says JSON Schema)
                 t = seq[j] = int(t)
             if type(t) is not int:  # rejects bools, fractions, strings
-                raise InvalidTokens(f"{where}[{j}] is {json.dumps(t)[:40]}, not an integer")
+                said = json.dumps(t)
+                said = said if len(said) <= 40 else f"{_json_type(t)} ({said[:30]}...)"  # not a cut mid-value
+                raise InvalidTokens(f"{where}[{j}] is {said}, not an integer")
             if not 0 <= t < codebook_size:
                 shown = str(t) if len(str(t)) <= 40 else f"{str(t)[:20]}... ({len(str(t))} digits)"
                 raise InvalidTokens(f"{where}[{j}] is {shown}; token ids must be in [0, {codebook_size})")

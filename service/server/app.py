@@ -141,6 +141,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     @app.exception_handler(CoreError)
     async def service_error(request: Request, exc: ServiceError | CoreError) -> JSONResponse:
+        reason = getattr(exc, "rejection", None)
+        if reason is not None:
+            request.app.state.service.metrics.rejections.labels(reason).inc()
         return _error(request, *answer(exc))
 
     @app.exception_handler(RequestValidationError)

@@ -54,14 +54,17 @@ def _presented_key(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]
     """(the key the client sent, or None; what was wrong if none)."""
     found = dict(headers)  # each at most once: see middleware.SINGLE_HEADERS
     auth = found.get(b"authorization")
+    api_key = found.get(b"x-api-key")
+    other = api_key.decode("latin-1").strip(OWS) if api_key is not None else None
     if auth is not None:
         scheme, _, token = auth.decode("latin-1").strip(OWS).partition(" ")
         if scheme.lower() != "bearer" or not token.strip(OWS):
             return None, "the Authorization header must be 'Bearer KEY'"
+        if other is not None and other != token.strip(OWS):  # one reader would take one, another the other
+            return None, "Authorization and X-API-Key carry different keys; send one key, in one of them"
         return token.strip(OWS), ""
-    api_key = found.get(b"x-api-key")
-    if api_key is not None:
-        return api_key.decode("latin-1").strip(OWS), ""
+    if other is not None:
+        return other, ""
     return None, "this service needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
 
 

@@ -225,7 +225,7 @@ async def decode_images(queue: DecodeQueue, blobs: list[bytes], size: int, resiz
             if left <= 0 or not running:
                 undone = sum(r is None for r in results)
                 raise DeadlineExceeded(f"{undone} of {len(blobs)} images were not decoded within the request "
-                                       "timeout (TITOK_REQUEST_TIMEOUT_S)")
+                                       "timeout (TITOK_REQUEST_TIMEOUT_S)", rejection="deadline")
             done, _ = await asyncio.wait(running, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 results[running.pop(fut)] = fut.result()  # an undecodable image fails the request here

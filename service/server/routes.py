@@ -94,14 +94,19 @@ async def known_query_only(request: Request) -> None:
     if not request.scope.get("query_string"):
         return
     route = request.scope.get("route")
-    taken = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", [])}
-    # and those the route reads itself, declared in its OpenAPI (the token budgets of /encode)
-    taken |= {p["name"] for p in (getattr(route, "openapi_extra", None) or {}).get("parameters", [])
-              if p.get("in") == "query"}
+    declared = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", [])}
+    # and those the route reads itself, declared in its OpenAPI (the token budgets of /encode, which refuse a
+    # repeated value themselves, as invalid_budget)
+    taken = declared | {p["name"] for p in (getattr(route, "openapi_extra", None) or {}).get("parameters", [])
+                        if p.get("in") == "query"}
     unknown = sorted(set(request.query_params) - taken)
     if unknown:
         raise InvalidRequest(f"{request.url.path} does not take the query parameter(s) {', '.join(unknown)}; "
                              f"it takes {', '.join(sorted(taken)) or 'none'}")
+    # one value each: FastAPI takes the last of `?resize=pad&resize=crop` without a word (the budgets say so too)
+    twice = sorted(name for name in declared if len(request.query_params.getlist(name)) > 1)
+    if twice:
+        raise InvalidRequest(f"the query parameter(s) {', '.join(twice)} are given more than once; give each once")
 
 
 KNOWN_QUERY_ONLY = [Depends(known_query_only)]
@@ -152,7 +157,8 @@ def remaining(deadline: float) -> float:
     """Seconds left until `deadline` (time.monotonic()); DeadlineExceeded (504) once it has passed."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise DeadlineExceeded("the request timeout (TITOK_REQUEST_TIMEOUT_S) passed before its items were queued")
+        raise DeadlineExceeded("the request timeout (TITOK_REQUEST_TIMEOUT_S) passed before its items were queued",
+                               rejection="deadline")
     return left
 
 
@@ -281,7 +287,7 @@ async def decode(request: Request) -> Response:
     pixels, timing = await unless_disconnected(
         request, svc.batcher.submit_timed("decode", list(parsed.tokens), s.request_timeout_s))
     t_codec = time.perf_counter()
-    if arrays.wants_npy(request.headers.get("accept", "")):
+    if arrays.wants_npy(request.headers.get("accept", ""), ("image/png", "application/json")):
         return Response(arrays.stack(pixels), media_type=NPY,
                         headers=model_headers(eng.content_hash, timing, started, time.perf_counter() - t_codec))
     loop = asyncio.get_running_loop()

@@ -201,6 +201,13 @@ def test_too_many_items_in_an_array_is_a_422() -> None:
 
 
 def test_accept_headers() -> None:
-    assert wants_npy("application/x-npy") and wants_npy("application/json, application/x-npy;q=0.9")
+    assert wants_npy("application/x-npy") and wants_npy("application/x-npy, application/json;q=0.9")
+    assert wants_npy("application/json, application/x-npy")  # a tie: a program that names .npy at all wants it
     assert not wants_npy("") and not wants_npy("application/json") and not wants_npy("*/*")
+    # quality values count (RFC 9110, 12.5.1): q=0 refuses, a lower q loses (both were read as "npy named")
+    assert not wants_npy("application/x-npy;q=0, application/json") and not wants_npy("application/x-npy;q=0")
+    assert not wants_npy("application/json, application/x-npy;q=0.9")
+    assert not wants_npy("application/x-npy;q=0.5, image/*", ("image/png", "application/json"))
+    assert not wants_npy("application/json, application/x-npy;q=0.5", ("image/png", "application/json"))
+    assert wants_npy("application/x-npy;q=0.5, image/*;q=0.4", ("image/png", "application/json"))
     assert media_types("Application/X-NPY; charset=x") == {"application/x-npy"}

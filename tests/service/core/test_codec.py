@@ -295,6 +295,7 @@ def test_tokens_parse_flat_and_nested() -> None:
     ([1, True, 2, 0], r"tokens\[1\] is true, not an integer"),
     ([1, "2", 2, 0], r"tokens\[1\] is \"2\", not an integer"),
     ([1, None, 2, 0], r"tokens\[1\] is null"),
+    ([1, [0] * 30, 2, 3], r"tokens\[1\] is a list \(\[0, 0, 0, 0, 0, 0, 0, 0, 0, 0,\.\.\.\), not an integer"),
     ("1234", "must be a list"),
     (7, "must be a list"),
     ({"a": 1}, "must be a list"),

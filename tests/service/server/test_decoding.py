@@ -147,6 +147,8 @@ def test_over_http_the_budget_is_a_413_and_a_decoding_past_the_deadline_a_504(ti
         r = client.post("/encode", files=[("images", (f"{i}.png", big, "image/png")) for i in range(2)])
         assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
         assert "images were not decoded within the request timeout" in r.json()["error"]["message"]
+        # counted among the refusals, as the batcher's deadlines are (it was in titok_requests_total alone)
+        assert 'titok_rejections_total{reason="deadline"} 1.0' in client.get("/metrics").text
 
 
 def test_memory_of_big_decodes_goes_back_to_the_system(tmp_path: Path) -> None:

@@ -68,6 +68,15 @@ def test_npy_tokens_decode_to_npy_pixels_equal_to_the_pngs(client: TestClient) -
     assert np.array_equal(np.load(io.BytesIO(from_json.content)), pixels)
 
 
+@pytest.mark.parametrize("accept", [f"{NPY};q=0, application/json", f"{NPY};q=0", f"application/json, {NPY};q=0.5"])
+def test_an_accept_that_ranks_npy_below_json_or_refuses_it_gets_json(client: TestClient, images, accept) -> None:
+    """Quality values were ignored: any mention of application/x-npy got .npy, even `q=0` (RFC 9110, 12.5.1)."""
+    encoded = client.post("/encode", content=npy(images), headers={"content-type": NPY, "accept": accept})
+    assert encoded.headers["content-type"] == "application/json" and len(encoded.json()["tokens"]) == 3
+    decoded = client.post("/decode", json={"tokens": [[0] * 8, [1] * 8]}, headers={"accept": accept})
+    assert decoded.headers["content-type"] == "application/json" and len(decoded.json()["images"]) == 2
+
+
 @pytest.mark.parametrize(("path", "body", "status", "code", "words"), [
     ("/encode", npy(np.zeros((1, 32, 32, 3), np.float32)), 422, "invalid_array", "dtype float32"),
     ("/encode", npy(np.zeros((1, 64, 64, 3), np.uint8)), 422, "invalid_array", "shape (1, 64, 64, 3)"),

@@ -89,6 +89,7 @@ def test_a_curve_that_waits_past_the_timeout_for_its_turn_is_a_503_busy(tiny_art
         r = post_curve(c)
         assert r.status_code == 503 and r.json()["error"]["code"] == "busy", r.text
         assert r.headers["retry-after"] == "1" and "PSNR curves" in r.json()["error"]["message"]
+        assert 'titok_rejections_total{reason="busy"} 1.0' in c.get("/metrics").text
 
 
 def test_curves_that_time_out_give_their_slots_back(tiny_artifact: Path) -> None:
