@@ -89,8 +89,10 @@ def uvicorn_config(app: ASGIApp, settings: Settings, host: str, port: int) -> uv
     """
     svc = getattr(getattr(app, "state", None), "service", None)  # an app from build_app: count the protocol's 400s
     refused = (lambda status: svc.metrics.requests.labels("other", str(status)).inc()) if svc is not None else None
+    # ws="none": the service has no WebSocket route, so an Upgrade request is served as the plain HTTP request it
+    # also is (uvicorn's WebSocket layer answered it a bare 403 text/plain, no request id, counted nowhere)
     return uvicorn.Config(app, host=host, port=port, workers=1, access_log=False, log_config=None,
-                          timeout_graceful_shutdown=None, lifespan="on",
+                          timeout_graceful_shutdown=None, lifespan="on", ws="none",
                           http=bounded_httptools(settings.max_header_bytes, settings.body_timeout_s, refused))
 
 

@@ -729,3 +729,15 @@ def test_a_client_that_stops_reading_its_answers_is_cut_off_after_the_deadline(t
             assert time.monotonic() - t0 < 5
         assert answers.count(b"HTTP/1.1 200 ") < 600  # at most what the buffers held before the reset
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_websocket_upgrade_is_answered_as_the_http_request_it_also_is(live: tuple[str, object]) -> None:
+    """uvicorn's WebSocket layer answered `Upgrade: websocket` with a bare 403 text/plain: no JSON, no request id,
+    not counted. The service has no WebSocket route: the request is served as plain HTTP."""
+    url, _ = live
+    before = requests_total(url, "/healthz", 200)
+    r = httpx.get(f"{url}/healthz", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                             "Sec-WebSocket-Version": "13"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json" and r.headers["x-request-id"]
+    assert requests_total(url, "/healthz", 200) == before + 1
