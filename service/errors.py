@@ -61,6 +61,12 @@ class EmptyBody(ServiceError):
     status, code = 400, "empty_body"
 
 
+class MalformedMultipart(ServiceError):
+    """A multipart body that holds no usable part (no closing boundary, a boundary that is not the body's)."""
+
+    status, code = 400, "bad_request"
+
+
 class DuplicateHeader(ServiceError):
     status, code = 400, "duplicate_header"
 

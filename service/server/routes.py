@@ -22,6 +22,7 @@ from ..errors import (
     InvalidImage,
     InvalidRequest,
     InvalidTokens,
+    MalformedMultipart,
     NotAcceptable,
     NotReady,
     PayloadTooLarge,
@@ -133,6 +134,15 @@ async def _uploaded_images(request: Request, max_images: int) -> list[bytes]:
             if len(parts) > max_images:
                 raise TooManyImages(f"{len(parts)} images in one request; the limit is {max_images}")
             if not parts:
+                names = sorted({str(name) for name in form})
+                if names:
+                    shown = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in names[:5])
+                    raise EmptyBody(f"no images: the form's parts are named {shown}; send the images as parts "
+                                    "named 'images'")
+                if _declared_length(request) > 0 or request.headers.get("transfer-encoding"):
+                    raise MalformedMultipart("the multipart body holds no complete part: check that the boundary "
+                                             "in Content-Type is the body's and that the body ends with the closing "
+                                             "--BOUNDARY-- line")
                 raise EmptyBody("no images: send one or more multipart parts named 'images'")
             blobs = []
             for i, part in enumerate(parts):

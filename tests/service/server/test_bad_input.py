@@ -55,7 +55,11 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str]] = [
     ("more images than allowed", "/encode", {"files": [("images", (f"{i}.png", PNG, "image/png")) for i in range(5)]},
      422, "too_many_images", "5 images in one request; the limit is 4"),
     ("no part named images", "/encode", {"files": [("photo", ("a.png", PNG, "image/png"))]}, 400, "empty_body",
-     "parts named 'images'"),
+     "the form's parts are named 'photo'; send the images as parts named 'images'"),
+    ("multipart without its closing boundary", "/encode",  # was "no images: send ... parts named 'images'"
+     {"content": b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n' + PNG + b"\r\n",
+      "headers": {"content-type": "multipart/form-data; boundary=b"}},
+     400, "bad_request", "the multipart body holds no complete part: check that the boundary in Content-Type"),
     ("images part is text", "/encode", {"data": {"images": "hello"},
                                               "files": [("other", ("a.png", PNG, "image/png"))]},
      400, "invalid_image", "not a file"),
