@@ -73,6 +73,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidImage(f"the data is not an image in a supported format ({', '.join(FORMATS)})")
     if fmt == "JPEG":
         jpeg_size(data)  # bounded segments and scans before Pillow walks them (and libjpeg decodes every scan)
+    elif fmt == "TIFF":
+        tiff_size(data)  # a bounded number of strips before Pillow reads them all
     try:
         try:
             img = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -157,6 +159,43 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     return w, h
 
 
+MAX_TIFF_STRIPS = 1 << 20  # strips or tiles of a TIFF's first image (a 50 Mpx scan, one row a strip: 7,000)
+_TIFF_TYPE_BYTES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8: the integer types a size or count uses
+
+
+def tiff_size(data: bytes) -> tuple[int, int] | None:
+    """A classic TIFF's (width, height) from its first image file directory (TIFF 6.0, section 2), without Pillow;
+    None for a BigTIFF or a directory it cannot follow (Pillow then reads it, and says what is wrong).
+
+    Pillow reads every value of every tag of the directory into Python tuples: a TIFF listing 16 million strip
+    offsets held the event loop for 1.3 s (a hostile pass). Raises InvalidImage for a first image of more than
+    MAX_TIFF_STRIPS strips or tiles, or a size of 0.
+    """
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8 or struct.unpack(order + "H", data[2:4])[0] != 42:
+        return None
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    if ifd + 2 > len(data):
+        return None
+    (entries,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+    if ifd + 2 + 12 * entries > len(data):
+        return None
+    size: dict[int, int] = {}
+    for i in range(entries):
+        tag, kind, count = struct.unpack(order + "HHI", data[ifd + 2 + 12 * i:ifd + 10 + 12 * i])
+        if tag in (273, 279, 324, 325) and count > MAX_TIFF_STRIPS:  # Strip/Tile Offsets/ByteCounts
+            raise InvalidImage(f"the TIFF's first image lists {count} strips or tiles; at most {MAX_TIFF_STRIPS} "
+                               "are read")
+        if tag in (256, 257) and count == 1 and kind in (3, 4):  # ImageWidth, ImageLength: SHORT or LONG
+            at = ifd + 10 + 12 * i
+            size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), data[at:at + _TIFF_TYPE_BYTES[kind]])[0]
+    if 256 not in size or 257 not in size:
+        return None
+    if size[256] == 0 or size[257] == 0:
+        raise InvalidImage(f"the TIFF header declares a {size[256]} x {size[257]} image")
+    return size[256], size[257]
+
+
 def _declared_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) read straight from a PNG's IHDR, a GIF's logical screen descriptor or a JPEG's frame header;
     None for the other formats (Pillow reads theirs). Raises InvalidImage for a size of 0 or a JPEG refused by
@@ -169,6 +208,8 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
         kind = "GIF logical screen"
     elif data[:3] == b"\xff\xd8\xff":
         return jpeg_size(data)
+    elif data[:4] in (b"II*\x00", b"MM\x00*"):
+        return tiff_size(data)
     else:
         return None
     if w == 0 or h == 0:

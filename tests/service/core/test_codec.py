@@ -24,6 +24,7 @@ from sample_images import (
 from titok.core.codec import (
     MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
+    MAX_TIFF_STRIPS,
     encode_png,
     fit,
     jpeg_size,
@@ -32,6 +33,7 @@ from titok.core.codec import (
     orientation,
     parse_tokens,
     pixel_count,
+    tiff_size,
     to_uint8,
     upright,
 )
@@ -269,6 +271,41 @@ def test_a_gifs_size_is_its_logical_screen_read_without_walking_its_blocks(monke
     assert pixel_count(padded) == solid().size[0] * solid().size[1]
     with pytest.raises(InvalidImage, match="the GIF logical screen declares a 0 x 5 image"):
         pixel_count(gif[:6] + struct.pack("<HH", 0, 5) + gif[10:])
+
+
+def _patched_tiff_count(tiff: bytes, tag: int, count: int) -> bytes:
+    """A little-endian TIFF with the count of `tag` in its first directory set to `count`."""
+    (ifd,) = struct.unpack("<I", tiff[4:8])
+    (entries,) = struct.unpack("<H", tiff[ifd:ifd + 2])
+    for i in range(entries):
+        at = ifd + 2 + 12 * i
+        if struct.unpack("<H", tiff[at:at + 2])[0] == tag:
+            return tiff[:at + 4] + struct.pack("<I", count) + tiff[at + 8:]
+    raise AssertionError(f"no tag {tag}")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "CMYK", "1"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "tiff_deflate"])
+def test_a_tiffs_size_is_read_from_its_first_directory_as_pillow_reads_it(mode, compression, monkeypatch) -> None:
+    data = save(two_halves(90, 60).convert(mode), "TIFF", **({"compression": compression} if compression else {}))
+    assert Image.open(io.BytesIO(data)).size == (90, 60)
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the header pass opened the file with Pillow"))
+    assert tiff_size(data) == (90, 60) and pixel_count(data) == 90 * 60
+
+
+def test_a_big_endian_tiff_header_is_read_too() -> None:
+    entries = [(256, 3, 1, struct.pack(">HH", 300, 0)), (257, 4, 1, struct.pack(">I", 200))]
+    ifd = struct.pack(">H", len(entries)) + b"".join(struct.pack(">HHI", t, k, c) + v for t, k, c, v in entries)
+    assert tiff_size(b"MM\x00*" + struct.pack(">I", 8) + ifd + b"\x00" * 4) == (300, 200)
+
+
+def test_a_tiff_listing_millions_of_strips_is_refused_before_pillow_reads_them() -> None:
+    """Pillow reads every strip offset into a tuple: 16 million of them held the event loop 1.3 s (a hostile
+    pass)."""
+    bomb = _patched_tiff_count(save(two_halves(90, 60), "TIFF"), 273, MAX_TIFF_STRIPS + 1)
+    for call in (pixel_count, lambda d: load_image(d, 32)):
+        with pytest.raises(InvalidImage, match=f"lists {MAX_TIFF_STRIPS + 1} strips or tiles; at most"):
+            call(bomb)
 
 
 def tokens_body(tokens) -> bytes:
