@@ -103,27 +103,38 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A JPEG's segments before its frame header (APPn, DQT, DHT, COM, ...: a camera's photo has under 20) and its scans
 # (start-of-scan markers: a baseline JPEG has 1, or 1 a colour component, a progressive one about 10).
 MAX_JPEG_SEGMENTS = 1024
-MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 100 * 50_000_000
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers (T.81)
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers without a length field (TEM, RSTn)
 _BROKEN_JPEG = "the data starts like a JPEG image but cannot be read"
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    """A JPEG's (width, height) from its frame header, walking the segments before it (ITU-T T.81, annex B) without
+    """A JPEG's (width, height) from its frame header, walking the markers before it (ITU-T T.81, annex B) without
     Pillow, and refusing a file that will not decode in bounded time.
 
     Pillow's open walks every marker before the frame in Python and keeps each APPn segment: a 64 x 64 JPEG padded
     with 8.3 million empty APP1 segments (33 MB) held the event loop for 7 s and 1.4 GB (a hostile pass). Here at
-    most MAX_JPEG_SEGMENTS segments may come before the frame header. And libjpeg decodes every scan of a
-    progressive JPEG over the whole image: a 560 KB 7000 x 7000 file repeating one refinement scan 1,300 times took
-    35 s of a codec thread; at most MAX_JPEG_SCANS start-of-scan markers (counted over the whole file) are taken.
+    most MAX_JPEG_SEGMENTS markers (segments, standalone markers and runs of fill bytes alike) may come before the
+    frame header. And libjpeg decodes every scan of a progressive JPEG over the whole image: a 560 KB 7000 x 7000
+    file repeating one refinement scan 1,300 times took 35 s of a codec thread. The start-of-scan markers from the
+    frame header on, times the frame's pixels, may be at most MAX_JPEG_SCAN_PIXELS (100 scans of 50 Mpx, about 3 s
+    of libjpeg here); a count over the rest of the file, which may hold more than the JPEG (a phone's motion photo
+    appends its video after the image: one false marker per 64 KiB), so small images keep their trailers.
     Raises InvalidImage naming what is wrong.
     """
-    pos, segments = 2, 0
+    pos, markers = 2, 0
     while True:
-        while pos < len(data) and data[pos] == 0xFF and pos + 1 < len(data) and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes before a marker
+        markers += 1
+        if markers > MAX_JPEG_SEGMENTS:
+            raise InvalidImage(f"the JPEG has over {MAX_JPEG_SEGMENTS} markers before its frame header (SOF); a "
+                               "photo has a few dozen at most")
+        if pos + 1 < len(data) and data[pos] == 0xFF and data[pos + 1] == 0xFF:  # a run of fill bytes: one step
+            window = data[pos:pos + 65537]
+            run = len(window) - len(window.lstrip(b"\xff"))  # counted in C, not a byte at a time
+            if run > 65536:
+                raise InvalidImage(f"{_BROKEN_JPEG}: it has a run of over 65,536 fill bytes")
+            pos += run - 1  # the last 0xFF of the run begins the marker
         if pos + 2 > len(data) or data[pos] != 0xFF:
             raise InvalidImage(f"{_BROKEN_JPEG}: it ends or breaks before its frame header (SOF); it may be "
                                "truncated or corrupt")
@@ -142,20 +153,17 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
                 raise InvalidImage(f"{_BROKEN_JPEG}: its frame header (SOF) is cut short")
             h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
             break
-        segments += 1
         if length < 2:
             raise InvalidImage(f"{_BROKEN_JPEG}: a segment before its frame header (SOF) has a malformed length")
-        if segments > MAX_JPEG_SEGMENTS:
-            raise InvalidImage(f"the JPEG has over {MAX_JPEG_SEGMENTS} segments before its frame header (SOF); a "
-                               "photo has a few dozen at most")
         pos += 2 + length
-    scans = data.count(b"\xff\xda")  # entropy-coded data stuffs every 0xFF, so these are markers (or metadata)
-    if scans > MAX_JPEG_SCANS:
-        raise InvalidImage(f"the JPEG has {scans} scans (start-of-scan markers); at most {MAX_JPEG_SCANS} are decoded "
-                           "(a progressive JPEG has about 10)")
     if w == 0 or h == 0:
         raise InvalidImage(f"the JPEG frame header declares a {w} x {h} image (a height set later by a DNL marker "
                            "is not supported)")
+    scans = data.count(b"\xff\xda", pos)  # entropy-coded data stuffs every 0xFF: these are markers, or a trailer
+    if scans * w * h > MAX_JPEG_SCAN_PIXELS:
+        raise InvalidImage(f"the JPEG has {scans} scans (start-of-scan markers) of {w} x {h} pixels; libjpeg decodes "
+                           f"each over the whole image, and at most {MAX_JPEG_SCAN_PIXELS} scan-pixels are taken (a "
+                           "progressive photo has about 10 scans)")
     return w, h
 
 
@@ -186,8 +194,10 @@ def tiff_size(data: bytes) -> tuple[int, int] | None:
         if tag in (273, 279, 324, 325) and count > MAX_TIFF_STRIPS:  # Strip/Tile Offsets/ByteCounts
             raise InvalidImage(f"the TIFF's first image lists {count} strips or tiles; at most {MAX_TIFF_STRIPS} "
                                "are read")
-        if tag in (256, 257) and count == 1 and kind in (3, 4):  # ImageWidth, ImageLength: SHORT or LONG
-            at = ifd + 10 + 12 * i
+        if kind not in (1, 2, 6, 7) and count > MAX_TIFF_STRIPS:  # numbers, which Pillow reads into a tuple each
+            raise InvalidImage(f"the TIFF's tag {tag} holds {count} numbers; at most {MAX_TIFF_STRIPS} are read")
+        if tag in (256, 257) and tag not in size and count == 1 and kind in (3, 4):  # ImageWidth, ImageLength
+            at = ifd + 10 + 12 * i  # SHORT or LONG, in the entry itself; the first of a repeated tag, as Pillow
             size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), data[at:at + _TIFF_TYPE_BYTES[kind]])[0]
     if 256 not in size or 257 not in size:
         return None
@@ -196,16 +206,51 @@ def tiff_size(data: bytes) -> tuple[int, int] | None:
     return size[256], size[257]
 
 
+MAX_GIF_BLOCKS = 16384  # extension sub-blocks before a GIF's first image (4 MB of metadata at 255 bytes each)
+
+
+def gif_size(data: bytes) -> tuple[int, int]:
+    """A GIF's (width, height) as Pillow reports it: its logical screen, enlarged to hold the first image where that
+    reaches past it (GIF89a, sections 18 and 20), walking at most MAX_GIF_BLOCKS extension sub-blocks to it without
+    Pillow (a GIF with 6.6 million comment blocks held the event loop 2.6 s in Pillow: a hostile pass). A screen
+    of 1 x 1 with a 7000 x 7000 first image is 49 million pixels, not 1. Raises InvalidImage for a GIF that ends
+    before its first image, holds too many blocks before it, or is 0 pixels wide or high."""
+    w, h = struct.unpack("<HH", data[6:10])
+    flags = data[10] if len(data) > 10 else 0
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table, if any
+    blocks = 0
+    while pos < len(data):
+        if data[pos] == 0x2C:  # an image descriptor: left, top, width, height
+            if pos + 9 > len(data):
+                break
+            left, top, iw, ih = struct.unpack("<HHHH", data[pos + 1:pos + 9])
+            w, h = max(w, left + iw), max(h, top + ih)
+            if w == 0 or h == 0:
+                raise InvalidImage(f"the GIF declares a {w} x {h} image")
+            return w, h
+        if data[pos] != 0x21:  # not an extension (the trailer, or junk): no image comes
+            break
+        pos += 2  # introducer and label, then sub-blocks of a length byte and that many bytes, up to a 0 length
+        while pos < len(data):
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                raise InvalidImage(f"the GIF has over {MAX_GIF_BLOCKS} extension blocks before its first image")
+            size = data[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+    raise InvalidImage("the data starts like a GIF image but cannot be read: it ends before its first image")
+
+
 def _declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read straight from a PNG's IHDR, a GIF's logical screen descriptor or a JPEG's frame header;
-    None for the other formats (Pillow reads theirs). Raises InvalidImage for a size of 0 or a JPEG refused by
-    jpeg_size."""
+    """(width, height) read straight from a PNG's IHDR, a GIF's descriptors, a JPEG's frame header or a classic
+    TIFF's first directory; None for the other formats (Pillow reads theirs). Raises InvalidImage for a size of 0 or
+    a file refused by gif_size, jpeg_size or tiff_size."""
     if len(data) >= 24 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
         w, h = struct.unpack(">II", data[16:24])
         kind = "PNG header"
     elif len(data) >= 10 and data[:6] in (b"GIF87a", b"GIF89a"):
-        w, h = struct.unpack("<HH", data[6:10])  # Pillow's GIF size is this canvas, whatever the frames hold
-        kind = "GIF logical screen"
+        return gif_size(data)
     elif data[:3] == b"\xff\xd8\xff":
         return jpeg_size(data)
     elif data[:4] in (b"II*\x00", b"MM\x00*"):

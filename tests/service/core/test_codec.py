@@ -22,11 +22,12 @@ from sample_images import (
 )
 
 from titok.core.codec import (
-    MAX_JPEG_SCANS,
+    MAX_JPEG_SCAN_PIXELS,
     MAX_JPEG_SEGMENTS,
     MAX_TIFF_STRIPS,
     encode_png,
     fit,
+    gif_size,
     jpeg_size,
     load_image,
     load_image_sized,
@@ -249,28 +250,61 @@ def test_a_jpeg_padded_with_segments_or_scans_is_refused_at_once() -> None:
     progressive scan as often as it is repeated (1,300 times: 35 s of a codec thread for a 560 KB file)."""
     data = _photo_jpeg()
     padded = data[:2] + b"\xff\xe1\x00\x02" * (MAX_JPEG_SEGMENTS + 1) + data[2:]
+    standalone = data[:2] + b"\xff\xd0" * (MAX_JPEG_SEGMENTS + 1) + data[2:]  # RSTn and fill bytes count too
+    filled = data[:2] + b"\xff" * 70_000 + data[2:]
     for call in (pixel_count, lambda d: load_image(d, 32)):
-        with pytest.raises(InvalidImage, match=f"over {MAX_JPEG_SEGMENTS} segments before its frame header"):
-            call(padded)
+        for bad in (padded, standalone):
+            with pytest.raises(InvalidImage, match=f"over {MAX_JPEG_SEGMENTS} markers before its frame header"):
+                call(bad)
+        with pytest.raises(InvalidImage, match="a run of over 65,536 fill bytes"):
+            call(filled)
     progressive = _photo_jpeg(progressive=True)
     last, eoi = progressive.rindex(b"\xff\xda"), len(progressive) - 2
     assert 1 < progressive.count(b"\xff\xda") < 20  # Pillow's progressive JPEG: about 10 scans
-    repeated = progressive[:eoi] + progressive[last:eoi] * MAX_JPEG_SCANS + progressive[eoi:]
-    for call in (pixel_count, lambda d: load_image(d, 32)):
-        with pytest.raises(InvalidImage, match=r"the JPEG has \d+ scans \(start-of-scan markers\); at most 100"):
-            call(repeated)
+    # scans x pixels: 96 x 80 pixels would take 650,000 scans; the bound is checked with a smaller constant here
+    repeated = progressive[:eoi] + progressive[last:eoi] * 200 + progressive[eoi:]
+    assert pixel_count(repeated) == 96 * 80
+    import titok.core.codec as codec_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec_module, "MAX_JPEG_SCAN_PIXELS", 100 * 96 * 80)
+        for call in (pixel_count, lambda d: load_image(d, 32)):
+            with pytest.raises(InvalidImage, match=r"the JPEG has 2\d\d scans \(start-of-scan markers\) of 96 x 80"):
+                call(repeated)
     assert load_image(progressive, 32).shape == (32, 32, 3)
+    assert MAX_JPEG_SCAN_PIXELS == 100 * 50_000_000
 
 
-def test_a_gifs_size_is_its_logical_screen_read_without_walking_its_blocks(monkeypatch) -> None:
+def test_a_jpeg_with_a_trailer_after_its_image_keeps_its_size() -> None:
+    """A phone's motion photo appends its video after the JPEG's EOI (about one false start-of-scan marker per 64 KiB
+    of it): counted over the whole file, 8 MB of it refused a 96 x 80 photo as a scan bomb (a hostile pass)."""
+    data = _photo_jpeg() + np.random.default_rng(1).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    assert pixel_count(data) == 96 * 80 and load_image(data, 32).shape == (32, 32, 3)
+
+
+def test_a_gifs_size_is_read_without_pillow_and_its_blocks_are_bounded(monkeypatch) -> None:
     gif = save(solid(), "GIF")
-    comments = b"\x21\xfe" + b"\x01x" * 200_000 + b"\x00"  # one comment extension of 200,000 sub-blocks
+    comments = b"\x21\xfe" + b"\x01x" * 10_000 + b"\x00"  # one comment extension of 10,000 sub-blocks
     at = gif.index(b"\x2c")  # the image descriptor, after the header and the global colour table
     padded = gif[:at] + comments + gif[at:]
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the header pass opened the file with Pillow"))
     assert pixel_count(padded) == solid().size[0] * solid().size[1]
-    with pytest.raises(InvalidImage, match="the GIF logical screen declares a 0 x 5 image"):
-        pixel_count(gif[:6] + struct.pack("<HH", 0, 5) + gif[10:])
+    with pytest.raises(InvalidImage, match="the GIF has over 16384 extension blocks before its first image"):
+        pixel_count(gif[:at] + b"\x21\xfe" + b"\x01x" * 20_000 + b"\x00" + gif[at:])
+    with pytest.raises(InvalidImage, match="it ends before its first image"):
+        pixel_count(gif[:at])
+
+
+def test_a_gif_whose_first_image_is_larger_than_its_screen_counts_the_image() -> None:
+    """Pillow enlarges a GIF's size to its first image: a 1 x 1 screen over a 700 x 700 image was counted as one
+    pixel against TITOK_MAX_REQUEST_PIXELS (a hostile pass), and decoded as 490,000."""
+    gif = bytearray(save(Image.new("P", (700, 700)), "GIF"))
+    gif[6:10] = struct.pack("<HH", 1, 1)
+    assert Image.open(io.BytesIO(bytes(gif))).size == (700, 700) == gif_size(bytes(gif))
+    assert pixel_count(bytes(gif)) == 490_000
+    frames = [Image.new("RGB", (50, 40), (40 * i, 0, 0)) for i in range(4)]
+    animated = save(frames[0], "GIF", save_all=True, append_images=frames[1:], comment=b"c" * 1000, loop=0)
+    assert gif_size(animated) == Image.open(io.BytesIO(animated)).size == (50, 40)
 
 
 def _patched_tiff_count(tiff: bytes, tag: int, count: int) -> bytes:
@@ -299,6 +333,19 @@ def test_a_big_endian_tiff_header_is_read_too() -> None:
     assert tiff_size(b"MM\x00*" + struct.pack(">I", 8) + ifd + b"\x00" * 4) == (300, 200)
 
 
+def test_a_tiffs_repeated_size_tag_is_read_as_pillow_reads_it_the_first() -> None:
+    tiff = save(two_halves(90, 60), "TIFF")
+    (ifd,) = struct.unpack("<I", tiff[4:8])
+    (entries,) = struct.unpack("<H", tiff[ifd:ifd + 2])
+    table = tiff[ifd + 2:ifd + 2 + 12 * entries]
+    width = next(table[i:i + 12] for i in range(0, len(table), 12) if struct.unpack("<H", table[i:i + 2])[0] == 256)
+    second = struct.pack("<HHI", 256, 3, 1) + struct.pack("<HH", 1, 0)  # a second ImageWidth of 1 after the first
+    at = table.index(width) + 12
+    doubled = (tiff[:ifd] + struct.pack("<H", entries + 1) + table[:at] + second + table[at:]
+               + tiff[ifd + 2 + 12 * entries:])
+    assert tiff_size(doubled) == (90, 60)
+
+
 def test_a_tiff_listing_millions_of_strips_is_refused_before_pillow_reads_them() -> None:
     """Pillow reads every strip offset into a tuple: 16 million of them held the event loop 1.3 s (a hostile
     pass)."""
@@ -306,6 +353,9 @@ def test_a_tiff_listing_millions_of_strips_is_refused_before_pillow_reads_them()
     for call in (pixel_count, lambda d: load_image(d, 32)):
         with pytest.raises(InvalidImage, match=f"lists {MAX_TIFF_STRIPS + 1} strips or tiles; at most"):
             call(bomb)
+    other = _patched_tiff_count(save(two_halves(90, 60), "TIFF"), 277, MAX_TIFF_STRIPS + 1)  # SamplesPerPixel
+    with pytest.raises(InvalidImage, match=f"tag 277 holds {MAX_TIFF_STRIPS + 1} numbers"):
+        pixel_count(other)
 
 
 def tokens_body(tokens) -> bytes:
