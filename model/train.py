@@ -296,7 +296,7 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
         # Until measured (below): a fresh run's warm-up does not depend on the length; a resumed run keeps the
         # schedule it stopped on (an endless one would put its first steps back at the peak rate).
         planned = int(ckpt.get("training", {}).get("steps_planned") or 0) if ckpt is not None else 0
-        args.steps = 1 << 40
+        args.steps = UNMEASURED_STEPS
         lr_steps = planned or None  # the learning rate's schedule length until measured; None: args.steps
     heldout = None
     if args.eval_data:
@@ -344,7 +344,10 @@ def fit(args: argparse.Namespace) -> TiTok:  # noqa: C901 - the loop reads top t
                          "precision": precision, "init": args.init, "compile": args.compile,
                          "batch_size": args.batch_size * d.world, "lr": args.lr, "l1_weight": args.l1_weight,
                          "ema": args.ema, "images_seen": step * args.batch_size * d.world,
-                         "steps_planned": args.steps, "crop_min_scale": args.crop_min_scale,
+                         # a run stopped before its speed was measured records the plan it had (0: none), not
+                         # the placeholder, which a --resume --steps 0 would take as a schedule of 2^40 steps
+                         "steps_planned": (lr_steps or 0) if args.steps == UNMEASURED_STEPS else args.steps,
+                         "crop_min_scale": args.crop_min_scale,
                          "max_side": max_side},
         }, ckpt_path)
 
@@ -527,6 +530,7 @@ class NonFiniteTraining(RuntimeError):
 # the schedule is fitted at the second, then fitted again every AUTO_STEPS_REFIT steps at the mean speed since the
 # first (a machine whose load changes: other runs or tests beside it ending or starting).
 AUTO_STEPS_PROBE = (5, 25)
+UNMEASURED_STEPS = 1 << 40  # --steps 0 before the speed is measured: no end yet
 AUTO_STEPS_REFIT = 50
 
 
