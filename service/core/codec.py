@@ -75,6 +75,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         jpeg_size(data)  # bounded segments and scans before Pillow walks them (and libjpeg decodes every scan)
     elif fmt == "TIFF":
         tiff_size(data)  # a bounded number of strips before Pillow reads them all
+    elif fmt == "GIF":
+        gif_size(data)  # a bounded number of blocks before Pillow walks them
     try:
         try:
             img = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -100,8 +102,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-# A JPEG's segments before its frame header (APPn, DQT, DHT, COM, ...: a camera's photo has under 20) and its scans
-# (start-of-scan markers: a baseline JPEG has 1, or 1 a colour component, a progressive one about 10).
+# A JPEG's markers before its frame header (APPn, DQT, DHT, COM, ...: a camera's photo has under 20), and its scans
+# times its pixels (a baseline JPEG has 1 scan, or 1 a colour component, a progressive one about 10).
 MAX_JPEG_SEGMENTS = 1024
 MAX_JPEG_SCAN_PIXELS = 100 * 50_000_000
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers (T.81)
@@ -119,9 +121,9 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     frame header. And libjpeg decodes every scan of a progressive JPEG over the whole image: a 560 KB 7000 x 7000
     file repeating one refinement scan 1,300 times took 35 s of a codec thread. The start-of-scan markers from the
     frame header on, times the frame's pixels, may be at most MAX_JPEG_SCAN_PIXELS (100 scans of 50 Mpx, about 3 s
-    of libjpeg here); a count over the rest of the file, which may hold more than the JPEG (a phone's motion photo
-    appends its video after the image: one false marker per 64 KiB), so small images keep their trailers.
-    Raises InvalidImage naming what is wrong.
+    of libjpeg here). The count runs to the end of the file, which may hold more than the JPEG (a phone's motion
+    photo appends its video: about one false marker per 64 KiB); weighing it by the pixels lets a small photo keep
+    such a trailer. Raises InvalidImage naming what is wrong.
     """
     pos, markers = 2, 0
     while True:
@@ -177,7 +179,7 @@ def tiff_size(data: bytes) -> tuple[int, int] | None:
 
     Pillow reads every value of every tag of the directory into Python tuples: a TIFF listing 16 million strip
     offsets held the event loop for 1.3 s (a hostile pass). Raises InvalidImage for a first image of more than
-    MAX_TIFF_STRIPS strips or tiles, or a size of 0.
+    MAX_TIFF_STRIPS strips or tiles, a tag of more than MAX_TIFF_STRIPS numbers, or a size of 0.
     """
     order = {b"II": "<", b"MM": ">"}.get(data[:2])
     if order is None or len(data) < 8 or struct.unpack(order + "H", data[2:4])[0] != 42:

@@ -289,8 +289,9 @@ def test_a_gifs_size_is_read_without_pillow_and_its_blocks_are_bounded(monkeypat
     padded = gif[:at] + comments + gif[at:]
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the header pass opened the file with Pillow"))
     assert pixel_count(padded) == solid().size[0] * solid().size[1]
-    with pytest.raises(InvalidImage, match="the GIF has over 16384 extension blocks before its first image"):
-        pixel_count(gif[:at] + b"\x21\xfe" + b"\x01x" * 20_000 + b"\x00" + gif[at:])
+    for call in (pixel_count, lambda d: load_image(d, 32)):  # the codec thread's Pillow walk is bounded too
+        with pytest.raises(InvalidImage, match="the GIF has over 16384 extension blocks before its first image"):
+            call(gif[:at] + b"\x21\xfe" + b"\x01x" * 20_000 + b"\x00" + gif[at:])
     with pytest.raises(InvalidImage, match="it ends before its first image"):
         pixel_count(gif[:at])
 
