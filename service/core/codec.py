@@ -71,12 +71,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     fmt = _sniff(data)
     if fmt is None:
         raise InvalidImage(f"the data is not an image in a supported format ({', '.join(FORMATS)})")
-    if fmt == "JPEG":
-        jpeg_size(data)  # bounded segments and scans before Pillow walks them (and libjpeg decodes every scan)
-    elif fmt == "TIFF":
-        tiff_size(data)  # a bounded number of strips before Pillow reads them all
-    elif fmt == "GIF":
-        gif_size(data)  # a bounded number of blocks before Pillow walks them
+    _declared_size(data)  # the header readers' bounds (JPEG markers and scans, TIFF strips, GIF blocks) before Pillow
     try:
         try:
             img = Image.open(io.BytesIO(data), formats=FORMATS)

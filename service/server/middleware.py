@@ -68,10 +68,11 @@ def too_large(limit: int) -> str:
     return f"the request body is over the limit of {limit} bytes (TITOK_MAX_UPLOAD_BYTES)"
 
 
-def declared_length(headers: dict[bytes, bytes]) -> int:
-    """The Content-Length a request declares, 0 without one (or a chunked body, counted as it arrives)."""
+def declared_length(content_length: str | bytes | None) -> int:
+    """The body length a Content-Length header value declares; 0 without one (a chunked body, counted as it
+    arrives) or for one that is no number (the HTTP parser refuses those before the app sees them)."""
     try:
-        return max(0, int(headers.get(b"content-length", b"0")))
+        return max(0, int(content_length or 0))
     except ValueError:
         return 0
 
@@ -169,7 +170,8 @@ class RequestContext:
                 raise HeadersTooLarge(f"the request line and headers take {head} bytes; the limit is "
                                       f"{self.max_header_bytes} (TITOK_MAX_HEADER_BYTES)",
                                       headers={"Connection": "close"})
-            declared = min(declared_length(headers), self.max_body_bytes + 1)  # more is a 413 before it is read
+            # reserved before the body is read; past the upload limit it is a 413 before it is read
+            declared = min(declared_length(headers.get(b"content-length")), self.max_body_bytes + 1)
             self._hold(declared)
             held[0] = declared
             await self.app(scope, limited_receive, send_with_id)

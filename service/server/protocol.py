@@ -89,11 +89,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_unread_body_timer()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-        if self._shutdown_timer is not None:
-            self._shutdown_timer.cancel()
+        self._write_timer = _cancelled(self._write_timer)
+        self._shutdown_timer = _cancelled(self._shutdown_timer)
         # uvicorn marks only its newest cycle disconnected: with pipelined requests, the one being answered (its
         # write paused by a client that does not read) then wrote on the closed transport, which uvloop answers
         # with a RuntimeError, logged as an error with a traceback. Every unanswered cycle is told instead.
@@ -139,9 +136,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._write_timer = self.loop.call_later(self.head_timeout_s, self._write_timed_out)
 
     def resume_writing(self) -> None:
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._write_timer = _cancelled(self._write_timer)
         super().resume_writing()
 
     def _write_timed_out(self) -> None:
@@ -160,9 +155,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._unread_body_timer = self.loop.call_later(self.head_timeout_s, self._unread_body_timed_out)
 
     def _cancel_unread_body_timer(self) -> None:
-        if self._unread_body_timer is not None:
-            self._unread_body_timer.cancel()
-            self._unread_body_timer = None
+        self._unread_body_timer = _cancelled(self._unread_body_timer)
 
     def _unread_body_timed_out(self) -> None:
         """The body of a request already answered did not end in time: close (its answer has been written)."""
@@ -173,9 +166,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_timer = _cancelled(self._head_timer)
 
     def _head_timed_out(self) -> None:
         """A head that did not end in time (a slow or silent client holding the connection): 408 and close, or
@@ -292,9 +283,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_message and self.cycle is not None and self.cycle.response_complete:
             # uvicorn armed its keep-alive timer, which any byte cancels for good: a client could trickle for ever.
             self._unset_keepalive_if_required()
-            if self._in_head:
-                pass  # the next head is already half read: the head deadline bounds it (and answers 408)
-            elif not self.transport.is_closing():
+            # When the next head is already half read, the head deadline bounds it (and answers 408). Else:
+            if not self._in_head and not self.transport.is_closing():
                 # An early answer (401, 404, 413, ...) to a request whose body is still arriving: the rest of the
                 # body must arrive within the same deadline as a head, or the connection closes (no answer is left
                 # to give). It was held open for ever: 3,000 such connections kept 3,000 descriptors (a hostile pass).
@@ -305,6 +295,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._cut_after_response = False
                 self._refuse("request head over %d bytes and not finished", _HEAD_TOO_LARGE)
+
+
+def _cancelled(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel `timer` if there is one; None, to store in its place."""
+    if timer is not None:
+        timer.cancel()
 
 
 # What each 400 says ({limit}: max_head_bytes).

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from . import budgets, decoding, openapi
 from .answers import check_model, model_headers
-from .middleware import too_large
+from .middleware import declared_length, too_large
 from .schemas import (
     IMAGE_FILE,
     MODEL_HASH,
@@ -113,16 +113,9 @@ async def known_query_only(request: Request) -> None:
 KNOWN_QUERY_ONLY = [Depends(known_query_only)]
 
 
-def _declared_length(request: Request) -> int:
-    try:
-        return int(request.headers.get("content-length") or 0)
-    except ValueError:
-        return 0
-
-
 def refuse_declared_over(request: Request, max_bytes: int) -> None:
     """413 for a Content-Length over the upload limit, before a byte of the body is read."""
-    if _declared_length(request) > max_bytes:
+    if declared_length(request.headers.get("content-length")) > max_bytes:
         raise PayloadTooLarge(too_large(max_bytes))
 
 
@@ -139,7 +132,8 @@ async def _uploaded_images(request: Request, max_images: int) -> list[bytes]:
                     shown = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in names[:5])
                     raise EmptyBody(f"no images: the form's parts are named {shown}; send the images as parts "
                                     "named 'images'")
-                if _declared_length(request) > 0 or request.headers.get("transfer-encoding"):
+                headers = request.headers
+                if declared_length(headers.get("content-length")) > 0 or headers.get("transfer-encoding"):
                     raise MalformedMultipart("the multipart body holds no complete part: check that the boundary "
                                              "in Content-Type is the body's and that the body ends with the closing "
                                              "--BOUNDARY-- line")
@@ -280,7 +274,7 @@ async def decode(request: Request) -> Response:
     limit = codec.token_body_limit(eng.num_tokens, s.max_images_per_request)
     too_long = (f"the token list is too long: the body is over {limit} bytes, and a request holds at most "
                 f"{s.max_images_per_request} sequences of {eng.num_tokens} tokens")
-    if _declared_length(request) > limit:
+    if declared_length(request.headers.get("content-length")) > limit:
         raise InvalidTokens(too_long)
     request.state.body_limit = (limit, InvalidTokens(too_long))
     body = await request.body()
